@@ -1,0 +1,63 @@
+/* The kernel dispatch table: every hot loop of the runtime and the quantizer, one entry each.
+ *
+ * One table per instruction set (scalar, avx2, avx512, neon) lives in its own kernels_<isa>.c;
+ * dispatch.c picks the best one the CPU supports at import time (or the one forced by
+ * LMPACK_KERNELS / _core.set_kernel_path) and that choice is the only mutable global of the
+ * C core. The scalar table is the reference every other table is tested against.
+ */
+#ifndef LMPACK_KERNELS_H
+#define LMPACK_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum lmp_dtype { LMP_F32 = 0, LMP_F16 = 1, LMP_BF16 = 2, LMP_Q8_0 = 3, LMP_DTYPE_COUNT };
+
+#define LMP_QK 32 /* weights per Q8_0 block */
+
+/* A 2-D weight matrix as mapped from the file, row-major [rows, cols]. */
+typedef struct {
+    const void *data;        /* f32/f16/bf16 elements, or the int8 quants plane for q8_0 */
+    const uint16_t *scales;  /* q8_0 only: fp16 scales [rows, cols/32]; NULL otherwise */
+    int64_t rows, cols;
+    int dtype;               /* enum lmp_dtype */
+} lmp_weight;
+
+/* Activations quantized to blocks of 32 for q8_0 weights: ntok rows of cols values. */
+typedef struct {
+    const int8_t *q; /* [ntok, cols] */
+    const float *d;  /* [ntok, cols/32] f32 scales */
+} lmp_q8_act;
+
+/* Y[t*ldy + r] = dot(W row r, X row t) for r in [r0, r1) and t in [0, ntok).
+ * For f32/f16/bf16 weights X is f32 [ntok, cols]; for q8_0 it is an lmp_q8_act.
+ * Each output is one dot product accumulated in f32 in an order that depends only on cols,
+ * so results are identical whatever the row split across threads. */
+typedef void (*lmp_matmul_fn)(const lmp_weight *w, int64_t r0, int64_t r1,
+                              const void *x, int64_t ntok, float *y, int64_t ldy);
+
+typedef struct {
+    const char *name;
+    lmp_matmul_fn matmul[LMP_DTYPE_COUNT];
+    /* ggml-exact reference Q8_0 of n values (n % 32 == 0): quants q[n], fp16 scales d[n/32].
+     * src_dtype is LMP_F32, LMP_F16 or LMP_BF16. Returns 0, or -1 if a value is inf/nan. */
+    int (*quantize_q8_0)(const void *x, int src_dtype, int64_t n, int8_t *q, uint16_t *d);
+    /* Activation quantizer for the int8 matmul: same rule, scales kept in f32. */
+    void (*quantize_act_q8)(const float *x, int64_t n, int8_t *q, float *d);
+    float (*dot_f32)(const float *a, const float *b, int64_t n);
+    void (*axpy_f32)(float a, const float *x, float *y, int64_t n); /* y += a*x */
+} lmp_kernels;
+
+extern const lmp_kernels lmp_kernels_scalar;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const lmp_kernels lmp_kernels_avx2;
+extern const lmp_kernels lmp_kernels_avx512;
+#endif
+#if defined(__aarch64__)
+extern const lmp_kernels lmp_kernels_neon;
+#endif
+
+/* The active table (dispatch.c). */
+const lmp_kernels *lmp_active_kernels(void);
+
+#endif

@@ -1,0 +1,37 @@
+/* lmpack._core: the module object and its method table; the functions live beside their concern. */
+#include "pyapi.h"
+
+static PyMethodDef core_methods[] = {
+    {"crc32c", lmp_py_crc32c, METH_VARARGS,
+     "crc32c(buffer, crc=0) -> int: CRC-32C (Castagnoli) of a bytes-like object, continuing from crc."},
+    {"cpu_features", lmp_py_cpu_features, METH_NOARGS,
+     "cpu_features() -> dict[str, bool]: instruction-set features detected on this CPU."},
+    {"kernel_path", lmp_py_kernel_path, METH_NOARGS,
+     "kernel_path() -> str: name of the active kernel table (scalar, avx2, avx512, neon)."},
+    {"kernel_paths", lmp_py_kernel_paths, METH_NOARGS,
+     "kernel_paths() -> list[str]: kernel tables this CPU can run, best last."},
+    {"set_kernel_path", lmp_py_set_kernel_path, METH_VARARGS,
+     "set_kernel_path(name) -> None: force a kernel table (ValueError if this CPU cannot run it)."},
+    {"quantize_q8_0", (PyCFunction)(void (*)(void))lmp_py_quantize_q8_0, METH_VARARGS | METH_KEYWORDS,
+     "quantize_q8_0(src, src_dtype, quants_out, scales_out, threads=1) -> None: ggml-exact Q8_0."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT, "lmpack._core",
+    "C core of lmpack: kernels behind one dispatch table, the Llama forward pass, CRC-32C.",
+    -1, core_methods,
+};
+
+PyMODINIT_FUNC PyInit__core(void) {
+    if (PyType_Ready(&LmpModel_Type) < 0) return NULL;
+    PyObject *m = PyModule_Create(&core_module);
+    if (!m) return NULL;
+    Py_INCREF(&LmpModel_Type);
+    if (PyModule_AddObject(m, "Model", (PyObject *)&LmpModel_Type) < 0) {
+        Py_DECREF(&LmpModel_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

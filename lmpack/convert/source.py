@@ -1,0 +1,78 @@
+"""What every checkpoint reader hands the converter: a config, a tokenizer and lazy tensors.
+
+A `Source` is the boundary between the many on-disk checkpoint layouts (HF safetensors, HF
+PyTorch `.bin`, Meta `consolidated.NN.pth`) and the one canonical tensor stream that the
+container writer consumes. Tensors come out with Hugging Face Llama names and layout (q/k rows
+in HF's half-split RoPE order) and are loaded one at a time, so memory stays bounded by one
+tensor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from lmpack.formats.config import ModelConfig
+
+# Source dtypes a reader may produce. numpy has no bfloat16, so bf16 data travels as np.uint16
+# holding the raw bits; `TensorSpec.dtype` says how to read the array.
+SOURCE_DTYPES = ("f32", "f16", "bf16")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor as the source stores it: canonical HF name, shape and element type."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # one of SOURCE_DTYPES
+
+
+@dataclass
+class SourceFile:
+    """A file the conversion read, for the output's provenance."""
+
+    name: str
+    size: int
+
+
+@dataclass
+class SourceInfo:
+    kind: str  # "hf-safetensors" | "hf-bin" | "meta"
+    files: list[SourceFile] = field(default_factory=list)
+
+
+class Source(Protocol):
+    """A checkpoint opened for streaming conversion."""
+
+    info: SourceInfo
+
+    def config(self) -> ModelConfig:
+        """The model config, validated; raises LmpackError naming the missing field."""
+
+    def tokenizer_bytes(self) -> bytes:
+        """The original sentencepiece `tokenizer.model` bytes."""
+
+    def tensor_specs(self) -> list[TensorSpec]:
+        """Every tensor the file will hold (canonical names), without reading data."""
+
+    def load(self, name: str) -> np.ndarray:
+        """One tensor's values in canonical layout: float32, float16, or uint16 bits for bf16.
+
+        May be a read-only view over a memory map; the caller copies or casts it and drops it
+        before asking for the next one."""
+
+    def close(self) -> None:
+        """Release maps and file handles."""
+
+
+def tokenizer_path(folder: Path) -> Path:
+    """The sentencepiece model beside a checkpoint, or an LmpackError saying it is missing."""
+    from lmpack.errors import LmpackError
+
+    path = Path(folder) / "tokenizer.model"
+    if not path.is_file():
+        raise LmpackError(f"{folder}: no tokenizer.model (a sentencepiece model is required)")
+    return path

@@ -1,0 +1,30 @@
+"""Build recipe for the C core (lmpack._core).
+
+Everything else lives in pyproject.toml. The extension is compiled for the baseline ISA of
+the target; the SIMD kernel files raise their own target with `#pragma GCC target`, and the
+dispatch table picks among them at import time by CPU feature detection, so one wheel runs
+everywhere and still uses AVX-512/AVX2/NEON where the CPU has them.
+"""
+import glob
+import sys
+
+from setuptools import Extension, setup
+
+compile_args = ["-std=c11", "-O3", "-fno-math-errno", "-fvisibility=hidden", "-Wall", "-Wextra",
+                "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+link_args = []
+if sys.platform != "win32":
+    compile_args.append("-pthread")
+    link_args.append("-pthread")
+
+setup(
+    ext_modules=[
+        Extension(
+            "lmpack._core",
+            sources=sorted(glob.glob("csrc/*.c")),
+            include_dirs=["csrc"],
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
+        )
+    ]
+)
