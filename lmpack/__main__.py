@@ -1,0 +1,4 @@
+"""`python -m lmpack` runs the command line interface."""
+from lmpack.cli import main
+
+main()

@@ -1,0 +1,179 @@
+"""The `lmpack` command line: parse, call the library, report. No logic of its own.
+
+Every command turns an LmpackError (bad input) into one line on stderr starting with `error:`
+and exit status 1, without a traceback; long work shows a rich progress bar on stderr; generated
+text goes to stdout and timings to stderr so the text can be piped.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lmpack.errors import LmpackError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Convert LLM checkpoints into one memory-mappable .lmp file, and run it on the CPU.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> "typer.Exit":
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handles_errors(fn):
+    """Run a command, turning bad input into a one-line error and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LmpackError as e:
+            raise _fail(str(e)) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except OSError as e:
+            raise _fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}") from None
+        except MemoryError:
+            raise _fail("out of memory") from None
+        except Exception as e:  # a bug, not bad input: still one line, traceback on request
+            if os.environ.get("LMPACK_DEBUG"):
+                raise
+            raise _fail(f"internal error: {type(e).__name__}: {e} (set LMPACK_DEBUG=1 for a traceback)", 2) from None
+
+    return wrapper
+
+
+DTYPE_HELP = ("Stored type of the weight matrices: auto keeps the source's (bf16 stays bf16), f32, f16, bf16, "
+              "or q8_0 (ggml-exact 8-bit blocks). Norm weights are always f32.")
+KEEP_HELP = ("With q8_0: glob of tensor names to keep in source precision, e.g. 'lm_head.weight' or "
+             "'model.embed_tokens.weight'; repeatable.")
+
+
+@app.command()
+@handles_errors
+def convert(
+    src: Path = typer.Argument(..., help="Checkpoint folder: HF (config.json + *.safetensors or pytorch_model*.bin "
+                                         "+ tokenizer.model) or Meta (params.json + consolidated.NN.pth + tokenizer.model)."),
+    output: Path = typer.Option(..., "-o", "--output", help="The .lmp file to write (written atomically)."),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
+    keep: Optional[List[str]] = typer.Option(None, "--keep", help=KEEP_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Threads for quantization (default: all cores)."),
+):
+    """Convert a checkpoint folder into one .lmp file, streaming tensor by tensor (memory ~ one tensor)."""
+    from lmpack.convert.pipeline import convert as run_convert
+
+    out = run_convert(src, output, dtype=dtype, keep=tuple(keep or ()), progress=True, threads=threads)
+    err.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+@handles_errors
+def quantize(
+    src: Path = typer.Argument(..., help="An .lmp file with f32, f16 or bf16 weights."),
+    output: Path = typer.Option(..., "-o", "--output", help="The .lmp file to write (written atomically)."),
+    type_: str = typer.Option("q8_0", "--type", help="Target type of the weight matrices (q8_0)."),
+    keep: Optional[List[str]] = typer.Option(None, "--keep", help=KEEP_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Quantizer threads (default: all cores)."),
+):
+    """Re-encode an existing .lmp file's weight matrices as Q8_0 (streamed, atomic)."""
+    from lmpack.convert.lmp_source import LmpSource
+    from lmpack.convert.pipeline import run
+
+    if type_ != "q8_0":
+        raise LmpackError(f"unknown quantization type '{type_}' (supported: q8_0)")
+    if Path(src).resolve() == Path(output).resolve():
+        raise LmpackError("the output must be a different file than the input")
+    source = LmpSource(src)
+    try:
+        out = run(source, output, dtype=type_, keep=tuple(keep or ()), progress=True, threads=threads,
+                  description="quantizing")
+    finally:
+        source.close()
+    err.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+@handles_errors
+def run(
+    file: Path = typer.Argument(..., help="The .lmp model file."),
+    prompt: str = typer.Option("", "-p", "--prompt", help="Text to continue (BOS is prepended)."),
+    n: int = typer.Option(256, "-n", "--max-tokens", help="Maximum number of tokens to generate."),
+    temperature: float = typer.Option(0.8, "--temperature", "--temp", help="Sampling temperature; 0 is greedy."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling: keep the smallest set of tokens with this much probability."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible sampling."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores)."),
+    ctx: Optional[int] = typer.Option(None, "--ctx", help="KV cache length in tokens (default: the model's, at most 4096)."),
+):
+    """Generate text from a prompt; prints the text as it is generated, then tokens/s on stderr."""
+    from lmpack.runtime.model import load
+
+    if n < 0:
+        raise LmpackError("--max-tokens must be >= 0")
+    if not 0 < top_p <= 1 or temperature < 0:
+        raise LmpackError("--top-p must be in (0, 1] and --temperature >= 0")
+    m = load(file, threads=threads, max_context=ctx)
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    for piece in m.generate(prompt, max_tokens=n, temperature=temperature, top_p=top_p, seed=seed):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    s = m.last_stats
+    err.print(f"prompt: {s.prompt_tokens} tokens, {s.prompt_tps:.1f} tok/s | "
+              f"generation: {s.generated_tokens} tokens, {s.generation_tps:.1f} tok/s "
+              f"({m.threads} threads, stopped by {s.stopped_by})", highlight=False)
+
+
+@app.command()
+@handles_errors
+def inspect(file: Path = typer.Argument(..., help="The .lmp file to describe.")):
+    """Show a file's config, tokenizer, provenance and tensor directory."""
+    from lmpack.formats.lmp import LmpReader
+
+    out = Console()
+    with LmpReader(file) as r:
+        cfg = r.config.to_dict()
+        t = Table(title=f"{file} — lmpack format v{r.header.get('version')}, {r.file_size / 1e6:.2f} MB", show_header=False)
+        t.add_column("key", style="bold")
+        t.add_column("value")
+        for k, v in cfg.items():
+            t.add_row(k, str(v))
+        tok = r.tokenizer_entry
+        t.add_row("tokenizer", f"{r.header['tokenizer']['kind']}, {tok.nbytes} bytes")
+        prov = r.header.get("provenance", {})
+        for k in ("source_kind", "dtype", "lmpack_version", "created"):
+            if k in prov:
+                t.add_row(k, str(prov[k]))
+        files = prov.get("source_files") or []
+        if files:
+            t.add_row("source_files", ", ".join(f"{f.get('name')} ({f.get('size', 0) / 1e6:.1f} MB)" for f in files[:8]) +
+                      (f" and {len(files) - 8} more" if len(files) > 8 else ""))
+        out.print(t)
+        tt = Table(title=f"{len(r.tensors)} tensors")
+        for col in ("name", "dtype", "shape", "bytes", "offset", "crc32c"):
+            tt.add_column(col, justify="right" if col in ("bytes", "offset") else "left")
+        for e in r.tensors:
+            tt.add_row(e.name, e.dtype, "x".join(map(str, e.shape)), f"{e.nbytes:,}", f"{e.offset:,}", e.crc32c)
+        out.print(tt)
+
+
+def main() -> None:
+    app(prog_name="lmpack")
+
+
+if __name__ == "__main__":
+    main()

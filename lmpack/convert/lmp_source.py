@@ -1,0 +1,36 @@
+"""An existing `.lmp` file as a conversion source, so `lmpack quantize` reuses the streaming pipeline."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec
+from lmpack.errors import LmpackError
+from lmpack.formats.config import ModelConfig
+from lmpack.formats.dtypes import FLOAT_DTYPES
+from lmpack.formats.lmp import LmpReader
+
+
+class LmpSource:
+    def __init__(self, path: str | Path):
+        self._reader = LmpReader(path)
+        self.info = SourceInfo("lmp", [SourceFile(Path(path).name, self._reader.file_size)])
+        for e in self._reader.tensors:
+            if e.dtype not in FLOAT_DTYPES:
+                raise LmpackError(f"{path}: tensor '{e.name}' is already {e.dtype}; quantize a f32/f16/bf16 file")
+
+    def config(self) -> ModelConfig:
+        return self._reader.config
+
+    def tokenizer_bytes(self) -> bytes:
+        return self._reader.tokenizer_bytes
+
+    def tensor_specs(self) -> list[TensorSpec]:
+        return [TensorSpec(e.name, e.shape, e.dtype) for e in self._reader.tensors]
+
+    def load(self, name: str) -> np.ndarray:
+        return self._reader.tensor(name)
+
+    def close(self) -> None:
+        self._reader.close()

@@ -1,0 +1,393 @@
+"""Reading and writing `.lmp` container files, exactly as docs/FORMAT.md specifies.
+
+`LmpWriter` streams a planned set of tensors into a temporary file beside the output and renames
+it into place only when every byte and checksum is written, so a failure never leaves a partial
+file. `LmpReader` maps a file read-only, validates the preamble, header and directory before
+exposing anything, and hands out zero-copy numpy views of tensors; it is the public API for
+reading `.lmp` files from Python.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import mmap
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, NamedTuple
+
+import numpy as np
+
+from lmpack import _core
+from lmpack.errors import LmpackError
+from lmpack.formats.config import ModelConfig, expected_tensors
+from lmpack.formats.dtypes import ALIGN, DTYPES, Q8_0_BLOCK, align_up, numpy_dtype, q8_0_planes, tensor_nbytes
+
+MAGIC = b"\x89LMP\r\n\x1a\n"
+VERSION = 1
+PREAMBLE = struct.Struct("<8sIIQQQII16x")  # magic, version, flags, header_len, data_offset, file_size, crcs
+PREAMBLE_SIZE = 64
+PAGE = 4096
+MAX_HEADER = 64 << 20
+TOKENIZER_KINDS = ("sentencepiece",)
+
+assert PREAMBLE.size == PREAMBLE_SIZE
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One row of the tensor directory."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+    crc32c: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+                "offset": self.offset, "nbytes": self.nbytes, "crc32c": self.crc32c}
+
+
+class Q8Tensor(NamedTuple):
+    """A q8_0 tensor as stored: int8 quants (rows, cols) and fp16 scales (rows, cols/32)."""
+
+    quants: np.ndarray
+    scales: np.ndarray
+
+    def dequantize(self) -> np.ndarray:
+        rows, cols = self.quants.shape
+        q = self.quants.reshape(rows, cols // Q8_0_BLOCK, Q8_0_BLOCK).astype(np.float32)
+        return (q * self.scales.astype(np.float32)[:, :, None]).reshape(rows, cols)
+
+
+def _crc_hex(crc: int) -> str:
+    return f"{crc:08x}"
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+class LmpWriter:
+    """Writes one `.lmp` file; use as a context manager, then `write_tensor` each planned tensor.
+
+    The full directory (names, dtypes, shapes) is planned up front so every offset is known before
+    any data is written; checksums are filled into the header at the end (fixed-width hex, so the
+    header keeps its length).
+    """
+
+    def __init__(self, path: str | os.PathLike, config: ModelConfig, tokenizer: bytes,
+                 tensors: Iterable[tuple[str, str, tuple[int, ...]]], provenance: dict[str, Any],
+                 tokenizer_kind: str = "sentencepiece"):
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise LmpackError(f"{self.path}: output folder {self.path.parent} does not exist")
+        if self.path.is_dir():
+            raise LmpackError(f"{self.path}: is a folder, expected a file path")
+        config.validate()
+        self.config = config
+        self.tokenizer = bytes(tokenizer)
+        self.tokenizer_kind = tokenizer_kind
+        self.provenance = {"lmpack_version": _version(),
+                           "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                           **provenance}
+        self.entries = [TensorEntry(name, dtype, tuple(int(d) for d in shape), 0, tensor_nbytes(dtype, shape), "0" * 8)
+                        for name, dtype, shape in tensors]
+        self._plan()
+        self._next = 0
+        self._tmp: Path | None = None
+        self._f = None
+
+    def _header_bytes(self, tok_crc: str) -> bytes:
+        header = {
+            "format": "lmpack",
+            "version": VERSION,
+            "config": self.config.to_dict(),
+            "tokenizer": {"kind": self.tokenizer_kind, "offset": self.tok_offset,
+                          "nbytes": len(self.tokenizer), "crc32c": tok_crc},
+            "provenance": self.provenance,
+            "tensors": [e.to_json() for e in self.entries],
+        }
+        return json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
+
+    def _plan(self) -> None:
+        # Offsets depend on the header length and the header holds the offsets: plan with a
+        # generous upper bound for the header, which only costs padding.
+        probe = len(self._header_bytes("0" * 8)) + 32 * (len(self.entries) + 1)
+        self.data_offset = align_up(PREAMBLE_SIZE + probe + 1024, PAGE)
+        self.tok_offset = self.data_offset
+        pos = align_up(self.tok_offset + len(self.tokenizer), ALIGN)
+        planned = []
+        for e in self.entries:
+            planned.append(TensorEntry(e.name, e.dtype, e.shape, pos, e.nbytes, e.crc32c))
+            pos = align_up(pos + e.nbytes, ALIGN)
+        self.entries = planned
+        self.file_size = self.entries[-1].offset + self.entries[-1].nbytes if self.entries else \
+            self.tok_offset + len(self.tokenizer)
+        assert PREAMBLE_SIZE + len(self._header_bytes("0" * 8)) <= self.data_offset
+
+    def __enter__(self) -> "LmpWriter":
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self._tmp = Path(tmp)
+        self._f = os.fdopen(fd, "wb")
+        self._f.write(b"\0" * self.tok_offset)
+        self._f.write(self.tokenizer)
+        self._tok_crc = _core.crc32c(self.tokenizer)
+        self._pad()
+        return self
+
+    def _pad(self) -> None:
+        pos = self._f.tell()
+        self._f.write(b"\0" * (align_up(pos, ALIGN) - pos))
+
+    def write_tensor(self, name: str, chunks: Iterable[Any], progress: Callable[[int], None] | None = None) -> None:
+        """Write the next planned tensor from byte chunks (any buffer objects), in plan order."""
+        if self._next >= len(self.entries) or self.entries[self._next].name != name:
+            want = self.entries[self._next].name if self._next < len(self.entries) else "nothing"
+            raise LmpackError(f"internal: tensor '{name}' written out of order (expected {want})")
+        entry = self.entries[self._next]
+        assert self._f.tell() == entry.offset
+        crc, written = 0, 0
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            written += len(view)
+            if written > entry.nbytes:
+                raise LmpackError(f"internal: tensor '{name}' got more than its {entry.nbytes} bytes")
+            crc = _core.crc32c(view, crc)
+            self._f.write(view)
+            if progress:
+                progress(len(view))
+        if written != entry.nbytes:
+            raise LmpackError(f"internal: tensor '{name}' got {written} bytes, expected {entry.nbytes}")
+        self.entries[self._next] = TensorEntry(entry.name, entry.dtype, entry.shape, entry.offset,
+                                               entry.nbytes, _crc_hex(crc))
+        self._next += 1
+        if self._next < len(self.entries):
+            self._pad()
+
+    def _finish(self) -> None:
+        if self._next != len(self.entries):
+            raise LmpackError(f"internal: only {self._next} of {len(self.entries)} tensors written")
+        if self._f.tell() != self.file_size:
+            raise LmpackError("internal: file size does not match the plan")
+        header = self._header_bytes(_crc_hex(self._tok_crc))
+        if PREAMBLE_SIZE + len(header) > self.data_offset:
+            raise LmpackError("internal: header outgrew its planned space")
+        head = PREAMBLE.pack(MAGIC, VERSION, 0, len(header), self.data_offset, self.file_size,
+                             _core.crc32c(header), 0)
+        head = head[:44] + struct.pack("<I", _core.crc32c(head[:44])) + head[48:]
+        self._f.seek(0)
+        self._f.write(head)
+        self._f.write(header)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self._tmp, self.path)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._finish()
+        finally:
+            if self._f is not None and not self._f.closed:
+                self._f.close()
+            if self._tmp is not None and self._tmp.exists():
+                self._tmp.unlink()
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+class LmpReader:
+    """A validated, read-only, memory-mapped `.lmp` file.
+
+    >>> with LmpReader("model.lmp") as r:
+    ...     r.config.dim, [t.name for t in r.tensors][:2]
+    ...     emb = r.tensor("model.embed_tokens.weight")   # zero-copy numpy view
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            self._file = open(self.path, "rb")
+        except OSError as e:
+            raise LmpackError(f"{self.path}: cannot open ({e.strerror})") from None
+        try:
+            size = os.fstat(self._file.fileno()).st_size
+            if size < PREAMBLE_SIZE:
+                raise LmpackError(f"{self.path}: not an lmpack file (only {size} bytes)")
+            self.buffer = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._validate(size)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- validation, in the order of docs/FORMAT.md "Validation"
+    def _fail(self, what: str) -> LmpackError:
+        return LmpackError(f"{self.path}: {what}")
+
+    def _validate(self, size: int) -> None:
+        mm = self.buffer
+        magic, version, flags, header_len, data_offset, file_size, header_crc, pre_crc = \
+            PREAMBLE.unpack_from(mm, 0)
+        if magic != MAGIC:
+            raise self._fail("not an lmpack file (bad magic)")
+        if version != VERSION:
+            raise self._fail(f"unsupported lmpack format version {version} (this lmpack reads {VERSION})")
+        if _core.crc32c(mm[:44]) != pre_crc:
+            raise self._fail("corrupt preamble (checksum mismatch)")
+        if flags:
+            raise self._fail(f"unknown flags 0x{flags:x}")
+        if file_size != size:
+            raise self._fail(f"truncated or padded: header says {file_size} bytes, file has {size}")
+        if not 0 < header_len <= MAX_HEADER or data_offset % PAGE or \
+                not PREAMBLE_SIZE + header_len <= data_offset <= size:
+            raise self._fail("corrupt preamble (header length or data offset out of range)")
+        raw = mm[PREAMBLE_SIZE:PREAMBLE_SIZE + header_len]
+        if _core.crc32c(raw) != header_crc:
+            raise self._fail("corrupt header (checksum mismatch)")
+        try:
+            header = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise self._fail(f"corrupt header (not JSON: {e})") from None
+        if not isinstance(header, dict) or not all(k in header for k in ("config", "tokenizer", "tensors")):
+            raise self._fail("corrupt header (missing config, tokenizer or tensors)")
+        self.header = header
+        self.data_offset = data_offset
+        self.config = ModelConfig.from_dict(header["config"], where=f"{self.path}: config")
+
+        ranges = []
+        tok = header["tokenizer"]
+        if not isinstance(tok, dict) or tok.get("kind") not in TOKENIZER_KINDS:
+            raise self._fail(f"unsupported tokenizer {tok.get('kind') if isinstance(tok, dict) else tok!r}")
+        self.tokenizer_entry = self._entry({"name": "<tokenizer>", "dtype": "u8", **tok}, size, raw_bytes=True)
+        ranges.append((self.tokenizer_entry.offset, self.tokenizer_entry.nbytes, "tokenizer"))
+
+        if not isinstance(header["tensors"], list):
+            raise self._fail("corrupt header (tensors is not a list)")
+        self.tensors = [self._entry(t, size) for t in header["tensors"]]
+        self._by_name = {}
+        for t in self.tensors:
+            if t.name in self._by_name:
+                raise self._fail(f"tensor '{t.name}' listed twice")
+            self._by_name[t.name] = t
+            ranges.append((t.offset, t.nbytes, t.name))
+        ranges.sort()
+        for (o1, n1, a), (o2, _, b) in zip(ranges, ranges[1:]):
+            if o1 + n1 > o2:
+                raise self._fail(f"tensors '{a}' and '{b}' overlap")
+
+        expected = expected_tensors(self.config)
+        missing = [n for n in expected if n not in self._by_name]
+        if missing:
+            raise self._fail(f"missing tensor '{missing[0]}'" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        extra = [n for n in self._by_name if n not in expected]
+        if extra:
+            raise self._fail(f"unexpected tensor '{extra[0]}'")
+        for name, shape in expected.items():
+            t = self._by_name[name]
+            if t.shape != shape:
+                raise self._fail(f"tensor '{name}' has shape {list(t.shape)}, the config implies {list(shape)}")
+            if len(shape) == 1 and t.dtype != "f32":
+                raise self._fail(f"tensor '{name}' is {t.dtype}; norm weights must be f32")
+
+    def _entry(self, t: Any, size: int, raw_bytes: bool = False) -> TensorEntry:
+        if not isinstance(t, dict):
+            raise self._fail("corrupt tensor directory")
+        name = t.get("name")
+        if not isinstance(name, str):
+            raise self._fail("corrupt tensor directory (a tensor without a name)")
+        dtype, shape, offset, nbytes, crc = (t.get(k) for k in ("dtype", "shape", "offset", "nbytes", "crc32c"))
+        if raw_bytes:
+            shape = [nbytes] if isinstance(nbytes, int) else None
+        elif dtype not in DTYPES:
+            raise self._fail(f"tensor '{name}' has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise self._fail(f"tensor '{name}' has a bad shape {shape!r}")
+        for key, v in (("offset", offset), ("nbytes", nbytes)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise self._fail(f"tensor '{name}' has a bad {key} {v!r}")
+        if not isinstance(crc, str) or len(crc) != 8 or any(c not in "0123456789abcdef" for c in crc):
+            raise self._fail(f"tensor '{name}' has a bad checksum field {crc!r}")
+        if not raw_bytes:
+            try:
+                want = tensor_nbytes(dtype, tuple(shape))
+            except LmpackError as e:
+                raise self._fail(f"tensor '{name}': {e}") from None
+            if nbytes != want:
+                raise self._fail(f"tensor '{name}' claims {nbytes} bytes, {dtype} {shape} needs {want}")
+            if offset % ALIGN:
+                raise self._fail(f"tensor '{name}' offset {offset} is not {ALIGN}-byte aligned")
+        if offset < self.data_offset or offset + nbytes > size:
+            raise self._fail(f"tensor '{name}' lies outside the data section (offset {offset}, {nbytes} bytes)")
+        return TensorEntry(name, dtype, tuple(shape), offset, nbytes, crc)
+
+    # -- access
+    @property
+    def tokenizer_bytes(self) -> bytes:
+        e = self.tokenizer_entry
+        return bytes(self.buffer[e.offset:e.offset + e.nbytes])
+
+    def entry(self, name: str) -> TensorEntry:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise LmpackError(f"{self.path}: no tensor named '{name}'") from None
+
+    def tensor(self, name: str) -> np.ndarray | Q8Tensor:
+        """A zero-copy view: a numpy array (bf16 as uint16 bits), or a Q8Tensor for q8_0."""
+        e = self.entry(name)
+        if e.dtype == "q8_0":
+            rows, cols = e.shape
+            scales_at, _ = q8_0_planes(e.shape)
+            q = np.frombuffer(self.buffer, np.int8, rows * cols, e.offset).reshape(rows, cols)
+            s = np.frombuffer(self.buffer, np.float16, rows * cols // Q8_0_BLOCK, e.offset + scales_at)
+            return Q8Tensor(q, s.reshape(rows, cols // Q8_0_BLOCK))
+        dt = numpy_dtype(e.dtype)
+        count = e.nbytes // dt.itemsize
+        return np.frombuffer(self.buffer, dt, count, e.offset).reshape(e.shape)
+
+    def tensor_bytes(self, name: str) -> memoryview:
+        """The raw stored bytes of a tensor (for checksums and copies)."""
+        e = self.entry(name)
+        return memoryview(self.buffer)[e.offset:e.offset + e.nbytes]
+
+    def verify_checksums(self) -> list[str]:
+        """Names of tensors (and '<tokenizer>') whose bytes do not match their checksum."""
+        bad = []
+        for e in [self.tokenizer_entry, *self.tensors]:
+            view = memoryview(self.buffer)[e.offset:e.offset + e.nbytes]
+            if _crc_hex(_core.crc32c(view)) != e.crc32c:
+                bad.append(e.name)
+            view.release()
+        return bad
+
+    @property
+    def file_size(self) -> int:
+        return len(self.buffer)
+
+    def close(self) -> None:
+        buf = getattr(self, "buffer", None)
+        if buf is not None:
+            try:
+                buf.close()
+            except BufferError:
+                pass  # numpy views still use the map; it is unmapped when they are gone
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+
+    def __enter__(self) -> "LmpReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _version() -> str:
+    from lmpack import __version__
+    return __version__

@@ -1,0 +1,163 @@
+"""A loaded `.lmp` model: the Python face of the C forward pass.
+
+`Model` maps and validates the file (LmpReader), hands the C core the weight offsets and the
+RoPE frequencies, and runs it: `logits` for a fresh context, `generate` for streamed text. Python
+runs once per token (sampling and detokenizing); everything per layer happens in C with the GIL
+released.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from lmpack import _core
+from lmpack.errors import LmpackError
+from lmpack.formats.config import ModelConfig
+from lmpack.formats.lmp import LmpReader
+from lmpack.runtime.sampler import Sampler
+from lmpack.runtime.tokenizer import StreamDecoder, Tokenizer
+
+DEFAULT_MAX_CONTEXT = 4096  # the KV cache is sized from this, not from a 128k max_position_embeddings
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """Per-pair RoPE inverse frequencies in float32, as transformers computes them."""
+    d = cfg.head_dim
+    exponent = np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / np.float32(d)
+    inv = (np.float32(1.0) / (np.float32(cfg.rope_theta) ** exponent)).astype(np.float32)
+    rs = cfg.rope_scaling
+    if rs is None:
+        return inv
+    if rs["type"] == "linear":
+        return (inv / np.float32(rs["factor"])).astype(np.float32)
+    factor, low, high = float(rs["factor"]), float(rs["low_freq_factor"]), float(rs["high_freq_factor"])
+    old = float(rs["original_max_position_embeddings"])
+    wavelen = np.float32(2 * math.pi) / inv
+    scaled = np.where(wavelen > old / low, inv / np.float32(factor), inv).astype(np.float32)
+    smooth = ((old / wavelen - low) / (high - low)).astype(np.float32)
+    smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
+    medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    prompt_seconds: float = 0.0
+    generated_tokens: int = 0
+    generation_seconds: float = 0.0
+    stopped_by: str = ""  # "eos", "max_tokens" or "context"
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def generation_tps(self) -> float:
+        return self.generated_tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
+
+
+class Model:
+    """A `.lmp` file loaded for inference. Create it with `lmpack.load(path)`."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, max_context: int | None = None):
+        self.path = Path(path)
+        self._reader = LmpReader(self.path)
+        cfg = self.config = self._reader.config
+        self.tokenizer = Tokenizer(self._reader.tokenizer_bytes, cfg.bos_id, cfg.eos_ids, cfg.vocab_size)
+        self.threads = threads or default_threads()
+        if self.threads < 1:
+            raise LmpackError("threads must be at least 1")
+        self.n_ctx = max_context or min(cfg.max_context, DEFAULT_MAX_CONTEXT)
+        weights = {e.name: (e.offset, e.nbytes, e.dtype, e.shape) for e in self._reader.tensors}
+        core_cfg = {k: getattr(cfg, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                                                  "ffn_dim", "vocab_size", "norm_eps", "tie_embeddings")}
+        try:
+            self._core = _core.Model(self._reader.buffer, core_cfg, weights, rope_inv_freq(cfg),
+                                     self.n_ctx, self.threads)
+        except (ValueError, MemoryError) as e:
+            raise LmpackError(f"{self.path}: {e}") from None
+        self.last_stats = GenerationStats()
+
+    # -- the forward pass
+    def forward(self, ids: Sequence[int], pos: int, all_logits: bool = False) -> np.ndarray:
+        """Run `ids` at positions pos.. over the cached context; logits of every or the last token."""
+        tokens = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
+        if tokens.size == 0:
+            raise LmpackError("no tokens to run")
+        if pos < 0 or pos + tokens.size > self.n_ctx:
+            raise LmpackError(f"context full: {pos + tokens.size} tokens do not fit in {self.n_ctx}")
+        bad = (tokens < 0) | (tokens >= self.config.vocab_size)
+        if bad.any():
+            raise LmpackError(f"token id {int(tokens[bad][0])} is outside the vocabulary ({self.config.vocab_size})")
+        out = np.empty((tokens.size if all_logits else 1, self.config.vocab_size), np.float32)
+        self._core.forward(tokens, pos, out, all_logits)
+        return out
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """float32 logits (len(ids), vocab) for exactly `ids`, from a fresh context."""
+        return self.forward(ids, 0, all_logits=True)
+
+    # -- text generation
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, temperature: float = 0.8,
+                 top_p: float = 0.95, seed: int | None = None, stop_at_eos: bool = True) -> Iterator[str]:
+        """Stream text pieces continuing `prompt` (text gets BOS prepended; ids are used as given).
+
+        Greedy at temperature 0. Stops at an EOS id, after max_tokens, or when the context is full;
+        `last_stats` then holds token counts and timings."""
+        ids = self.tokenizer.encode(prompt, bos=True) if isinstance(prompt, str) else [int(i) for i in prompt]
+        sampler = Sampler(temperature, top_p, seed)
+        return self._generate(ids, max_tokens, sampler, stop_at_eos)
+
+    def _generate(self, ids: list[int], max_tokens: int, sampler: Sampler, stop_at_eos: bool) -> Iterator[str]:
+        stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
+        if not ids:
+            raise LmpackError("empty prompt (encode with bos=True to start from BOS)")
+        t0 = time.perf_counter()
+        logits = self.forward(ids, 0)[-1]
+        stats.prompt_seconds = time.perf_counter() - t0
+        decoder = StreamDecoder(self.tokenizer, ids)
+        pos = len(ids)
+        t1 = time.perf_counter()
+        stats.stopped_by = "max_tokens"
+        for _ in range(max_tokens):
+            token = sampler(logits)
+            if stop_at_eos and token in self.tokenizer.eos_ids:
+                stats.stopped_by = "eos"
+                break
+            stats.generated_tokens += 1
+            piece = decoder.push(token)
+            if piece:
+                yield piece
+            if pos >= self.n_ctx:
+                stats.stopped_by = "context"
+                break
+            logits = self.forward([token], pos)[-1]
+            pos += 1
+            stats.generation_seconds = time.perf_counter() - t1
+        stats.generation_seconds = time.perf_counter() - t1
+
+    def close(self) -> None:
+        self._core = None
+        self._reader.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load(path: str | os.PathLike, threads: int | None = None, max_context: int | None = None) -> Model:
+    """Map and validate a `.lmp` file and prepare it to run on `threads` CPU threads (default: all)."""
+    return Model(path, threads=threads, max_context=max_context)

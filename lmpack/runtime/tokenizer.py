@@ -1,0 +1,57 @@
+"""Text <-> token ids with the sentencepiece model embedded in a `.lmp` file."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import sentencepiece as spm
+
+from lmpack.errors import LmpackError
+
+
+class Tokenizer:
+    """Encodes and decodes exactly as sentencepiece does, with the file's BOS id."""
+
+    def __init__(self, model_bytes: bytes, bos_id: int, eos_ids: Iterable[int], vocab_size: int):
+        self._sp = spm.SentencePieceProcessor()
+        try:
+            self._sp.LoadFromSerializedProto(model_bytes)
+        except Exception as e:  # sentencepiece raises RuntimeError/OSError with C++ text
+            raise LmpackError(f"embedded tokenizer does not load ({str(e).splitlines()[0] if str(e) else e})") from None
+        if self._sp.get_piece_size() > vocab_size:
+            raise LmpackError(f"tokenizer has {self._sp.get_piece_size()} pieces but the model only {vocab_size}")
+        self.bos_id = bos_id
+        self.eos_ids = frozenset(eos_ids)
+        self.vocab_size = self._sp.get_piece_size()
+
+    def encode(self, text: str, bos: bool = True) -> list[int]:
+        ids = self._sp.encode(text)
+        return [self.bos_id, *ids] if bos else ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._sp.decode([int(i) for i in ids])
+
+    def piece(self, token_id: int) -> str:
+        return self._sp.id_to_piece(int(token_id))
+
+
+class StreamDecoder:
+    """Turns a growing list of generated ids into text pieces as soon as they are complete.
+
+    sentencepiece drops the leading space of the first piece it decodes and byte-fallback tokens
+    only form characters in groups, so each step decodes from a fixed anchor token and emits the
+    new suffix, holding back a trailing incomplete character.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, anchor: list[int]):
+        self._tok = tokenizer
+        self._ids = list(anchor[-1:])  # one context token keeps the next piece's leading space
+        self._emitted = len(tokenizer.decode(self._ids))
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        text = self._tok.decode(self._ids)
+        if text.endswith("\ufffd"):
+            return ""
+        piece = text[self._emitted:]
+        self._emitted = len(text)
+        return piece
