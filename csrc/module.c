@@ -14,6 +14,12 @@ static PyMethodDef core_methods[] = {
      "set_kernel_path(name) -> None: force a kernel table (ValueError if this CPU cannot run it)."},
     {"quantize_q8_0", (PyCFunction)(void (*)(void))lmp_py_quantize_q8_0, METH_VARARGS | METH_KEYWORDS,
      "quantize_q8_0(src, src_dtype, quants_out, scales_out, threads=1) -> None: ggml-exact Q8_0."},
+    {"_matmul", lmp_py_test_matmul, METH_VARARGS,
+     "_matmul(dtype, w, w_scales, rows, cols, x, x_scales, ntok, y, r0, r1): test hook, one matmul."},
+    {"_quantize_act_q8", lmp_py_test_quantize_act_q8, METH_VARARGS,
+     "_quantize_act_q8(x_f32, q_out, d_out): test hook, the activation quantizer."},
+    {"_dot_f32", lmp_py_test_dot_f32, METH_VARARGS, "_dot_f32(a, b) -> float: test hook."},
+    {"_axpy_f32", lmp_py_test_axpy_f32, METH_VARARGS, "_axpy_f32(a, x, y): test hook, y += a*x."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -24,6 +30,7 @@ static struct PyModuleDef core_module = {
 };
 
 PyMODINIT_FUNC PyInit__core(void) {
+    if (lmp_dispatch_init() < 0) return NULL;
     if (PyType_Ready(&LmpModel_Type) < 0) return NULL;
     PyObject *m = PyModule_Create(&core_module);
     if (!m) return NULL;
