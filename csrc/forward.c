@@ -1,0 +1,368 @@
+/* The Llama forward step: one call advances the KV cache by a run of tokens and yields logits.
+ *
+ * Semantics are Hugging Face LlamaForCausalLM in f32 activations with an f32 KV cache. Long runs
+ * are cut into chunks of LMP_CHUNK tokens so the scratch is a fixed size allocated once; within a
+ * chunk every layer's matmuls see all the chunk's tokens at once (a GEMM for prompts, a GEMV for
+ * generation). Work is shared by the pool as row ranges of the weights and (token, head) pairs of
+ * the attention; both give results independent of the thread count, because a row's dot product
+ * and a head's softmax are computed by one thread in a fixed order.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "forward.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "half.h"
+
+/* ---- allocation ---------------------------------------------------------------------------- */
+
+/* a*b into *out, 0 on overflow (all operands are non-negative). */
+static int mul64(int64_t a, int64_t b, int64_t *out) {
+    if (a < 0 || b < 0) return 0;
+    if (a != 0 && b > INT64_MAX / a) return 0;
+    *out = a * b;
+    return 1;
+}
+
+/* Zeroed, 64-byte aligned (the int8 activation rows feed aligned SIMD loads). */
+static void *zalloc(int64_t n_elems, size_t elem) {
+    if (n_elems < 1) n_elems = 1;
+    if ((uint64_t)n_elems > (SIZE_MAX - 64) / elem) return NULL;
+    size_t bytes = (size_t)n_elems * elem;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes) != 0) return NULL;
+    memset(p, 0, bytes);
+    return p;
+}
+
+void lmp_state_free(lmp_model *m) {
+    lmp_pool_destroy(m->pool);
+    m->pool = NULL;
+    float **fs[] = {&m->kcache, &m->vcache, &m->h, &m->xn, &m->q, &m->att, &m->proj, &m->gate,
+                    &m->up, &m->scores, &m->rope_cos, &m->rope_sin, &m->act_d};
+    for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++) {
+        free(*fs[i]);
+        *fs[i] = NULL;
+    }
+    free(m->act_q);
+    m->act_q = NULL;
+}
+
+static int any_q8(const lmp_model *m) {
+    if (m->embed.dtype == LMP_Q8_0 || m->lm_head.dtype == LMP_Q8_0) return 1;
+    for (int64_t l = 0; l < m->cfg.n_layers; l++) {
+        const lmp_layer *L = &m->layers[l];
+        const lmp_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+            if (ws[i]->dtype == LMP_Q8_0) return 1;
+    }
+    return 0;
+}
+
+int lmp_state_alloc(lmp_model *m, int threads) {
+    const lmp_config *c = &m->cfg;
+    int64_t kv_dim, q_dim, per_layer, kv_n, n_scores;
+    if (!mul64(c->n_kv_heads, c->head_dim, &kv_dim) || !mul64(c->n_heads, c->head_dim, &q_dim) ||
+        !mul64(m->n_ctx, kv_dim, &per_layer) || !mul64(per_layer, c->n_layers, &kv_n) ||
+        !mul64(threads, m->n_ctx, &n_scores))
+        return -1;
+    int64_t maxcols = c->dim;
+    if (q_dim > maxcols) maxcols = q_dim;
+    if (c->ffn_dim > maxcols) maxcols = c->ffn_dim;
+    const int64_t C = LMP_CHUNK;
+    /* The KV cache can be large: calloc leaves untouched pages unmapped, and positions never
+     * written read as zeros rather than garbage. */
+    m->kcache = (uint64_t)kv_n <= SIZE_MAX / sizeof(float) ? calloc((size_t)kv_n ? (size_t)kv_n : 1, sizeof(float)) : NULL;
+    m->vcache = (uint64_t)kv_n <= SIZE_MAX / sizeof(float) ? calloc((size_t)kv_n ? (size_t)kv_n : 1, sizeof(float)) : NULL;
+    m->h = zalloc(C * c->dim, sizeof(float));
+    m->xn = zalloc(C * c->dim, sizeof(float));
+    m->q = zalloc(C * q_dim, sizeof(float));
+    m->att = zalloc(C * q_dim, sizeof(float));
+    m->proj = zalloc(C * c->dim, sizeof(float));
+    m->gate = zalloc(C * c->ffn_dim, sizeof(float));
+    m->up = zalloc(C * c->ffn_dim, sizeof(float));
+    m->scores = zalloc(n_scores, sizeof(float));
+    m->rope_cos = zalloc(C * (c->head_dim / 2), sizeof(float));
+    m->rope_sin = zalloc(C * (c->head_dim / 2), sizeof(float));
+    int ok = m->kcache && m->vcache && m->h && m->xn && m->q && m->att && m->proj && m->gate && m->up &&
+             m->scores && m->rope_cos && m->rope_sin;
+    if (ok && any_q8(m)) {
+        m->act_q = zalloc(C * maxcols, sizeof(int8_t));
+        m->act_d = zalloc(C * (maxcols / LMP_QK + 1), sizeof(float));
+        ok = m->act_q && m->act_d;
+    }
+    if (!ok) {
+        lmp_state_free(m);
+        return -1;
+    }
+    m->pool = lmp_pool_create(threads);
+    if (!m->pool) {
+        lmp_state_free(m);
+        return -2;
+    }
+    return 0;
+}
+
+/* ---- element-wise pieces (cheap next to the matmuls: run on the calling thread) ----------- */
+
+static void rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps) {
+    /* double for the sum of squares: the mean is then as good as torch's cascaded f32 sum */
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * (double)x[i];
+    float var = (float)(ss / (double)n);
+    float r = 1.0f / sqrtf(var + eps);
+    for (int64_t i = 0; i < n; i++) y[i] = w[i] * (x[i] * r);
+}
+
+static void embed_row(const lmp_weight *e, int64_t row, float *y) {
+    const int64_t n = e->cols;
+    switch (e->dtype) {
+    case LMP_F32:
+        memcpy(y, (const float *)e->data + row * n, (size_t)n * sizeof(float));
+        break;
+    case LMP_F16: {
+        const uint16_t *s = (const uint16_t *)e->data + row * n;
+        for (int64_t i = 0; i < n; i++) y[i] = lmp_f16_to_f32(s[i]);
+        break;
+    }
+    case LMP_BF16: {
+        const uint16_t *s = (const uint16_t *)e->data + row * n;
+        for (int64_t i = 0; i < n; i++) y[i] = lmp_bf16_to_f32(s[i]);
+        break;
+    }
+    case LMP_Q8_0: {
+        const int8_t *q = (const int8_t *)e->data + row * n;
+        const uint16_t *d = e->scales + row * (n / LMP_QK);
+        for (int64_t b = 0; b < n / LMP_QK; b++) {
+            float s = lmp_f16_to_f32(d[b]);
+            for (int64_t j = 0; j < LMP_QK; j++) y[b * LMP_QK + j] = s * (float)q[b * LMP_QK + j];
+        }
+        break;
+    }
+    }
+}
+
+/* HF's angle: float32 position times float32 inverse frequency, then cos/sin of that float. */
+static void rope_table(lmp_model *m, int64_t p0, int64_t n) {
+    const int64_t half = m->cfg.head_dim / 2;
+    for (int64_t t = 0; t < n; t++) {
+        float p = (float)(p0 + t);
+        for (int64_t i = 0; i < half; i++) {
+            float a = p * m->inv_freq[i];
+            m->rope_cos[t * half + i] = (float)cos((double)a);
+            m->rope_sin[t * half + i] = (float)sin((double)a);
+        }
+    }
+}
+
+/* Half-split RoPE on n rows of `heads` heads each, row stride `ld`. */
+static void rope_rows(const lmp_model *m, float *x, int64_t n, int64_t heads, int64_t ld) {
+    const int64_t hd = m->cfg.head_dim, half = hd / 2;
+    for (int64_t t = 0; t < n; t++) {
+        const float *cs = m->rope_cos + t * half, *sn = m->rope_sin + t * half;
+        for (int64_t h = 0; h < heads; h++) {
+            float *v = x + t * ld + h * hd;
+            for (int64_t i = 0; i < half; i++) {
+                float x0 = v[i], x1 = v[i + half];
+                v[i] = x0 * cs[i] - x1 * sn[i];
+                v[i + half] = x1 * cs[i] + x0 * sn[i];
+            }
+        }
+    }
+}
+
+/* ---- matmuls across the pool ------------------------------------------------------------- */
+
+typedef struct {
+    const lmp_weight *w;
+    const void *x;
+    float *y;
+    int64_t ldy;
+    int64_t rows_per_task, ntasks;
+} mm_op;
+
+typedef struct {
+    const lmp_kernels *k;
+    int64_t ntok;
+    int nops;
+    mm_op op[3];
+    lmp_q8_act qa;
+} mm_job;
+
+static void mm_task(void *ctx, int64_t task, int thread) {
+    (void)thread;
+    mm_job *j = ctx;
+    int i = 0;
+    while (task >= j->op[i].ntasks) task -= j->op[i++].ntasks;
+    const mm_op *o = &j->op[i];
+    int64_t r0 = task * o->rows_per_task;
+    int64_t r1 = r0 + o->rows_per_task;
+    if (r1 > o->w->rows) r1 = o->w->rows;
+    j->k->matmul[o->w->dtype](o->w, r0, r1, o->x, j->ntok, o->y, o->ldy);
+}
+
+/* Y_i = W_i X for up to three weights sharing the input x [ntok, cols], in one parallel region.
+ * Rows go out in blocks of a multiple of 16 (whole SIMD row tiles), about four blocks per thread
+ * so a thread slowed by a neighbour on the machine does not hold up the step. */
+static void matmuls(lmp_model *m, const lmp_kernels *k, const float *x, int64_t cols, int64_t ntok, int nops,
+                    const lmp_weight *const *ws, float *const *ys, const int64_t *ldys) {
+    mm_job j;
+    j.k = k;
+    j.ntok = ntok;
+    j.nops = nops;
+    j.qa.q = NULL;
+    j.qa.d = NULL;
+    const int nth = lmp_pool_size(m->pool);
+    int64_t ntasks = 0;
+    for (int i = 0; i < nops; i++) {
+        if (ws[i]->dtype == LMP_Q8_0 && !j.qa.q) {
+            k->quantize_act_q8(x, ntok * cols, m->act_q, m->act_d);
+            j.qa.q = m->act_q;
+            j.qa.d = m->act_d;
+        }
+        mm_op *o = &j.op[i];
+        o->w = ws[i];
+        o->x = ws[i]->dtype == LMP_Q8_0 ? (const void *)&j.qa : (const void *)x;
+        o->y = ys[i];
+        o->ldy = ldys[i];
+        int64_t rows = ws[i]->rows;
+        if (nth == 1) {
+            o->rows_per_task = rows;
+        } else {
+            int64_t target = (int64_t)nth * 4;
+            int64_t r = (rows + target - 1) / target;
+            r = (r + 15) / 16 * 16;
+            o->rows_per_task = r;
+        }
+        o->ntasks = (rows + o->rows_per_task - 1) / o->rows_per_task;
+        ntasks += o->ntasks;
+    }
+    lmp_pool_run(m->pool, ntasks, mm_task, &j);
+}
+
+/* ---- attention ----------------------------------------------------------------------------- */
+
+typedef struct {
+    const lmp_model *m;
+    const lmp_kernels *k;
+    const float *kc, *vc; /* this layer's caches, position 0 */
+    int64_t p0;           /* position of the chunk's first token */
+    float scale;
+} att_job;
+
+/* One (token, query head): scores over cache positions [0, p0 + t], softmax, weighted V sum. */
+static void att_task(void *ctx, int64_t task, int thread) {
+    const att_job *j = ctx;
+    const lmp_model *m = j->m;
+    const lmp_config *c = &m->cfg;
+    const int64_t hd = c->head_dim, kv_dim = c->n_kv_heads * hd, q_dim = c->n_heads * hd;
+    const int64_t t = task / c->n_heads, h = task % c->n_heads;
+    const int64_t kvh = h / (c->n_heads / c->n_kv_heads);
+    const int64_t npos = j->p0 + t + 1;
+    const float *qh = m->q + t * q_dim + h * hd;
+    float *s = m->scores + (int64_t)thread * m->n_ctx;
+
+    float mx = -INFINITY;
+    for (int64_t p = 0; p < npos; p++) {
+        s[p] = j->k->dot_f32(qh, j->kc + p * kv_dim + kvh * hd, hd) * j->scale;
+        if (s[p] > mx) mx = s[p];
+    }
+    float sum = 0.0f;
+    for (int64_t p = 0; p < npos; p++) {
+        s[p] = expf(s[p] - mx);
+        sum += s[p];
+    }
+    float inv = 1.0f / sum;
+    float *o = m->att + t * q_dim + h * hd;
+    memset(o, 0, (size_t)hd * sizeof(float));
+    for (int64_t p = 0; p < npos; p++) j->k->axpy_f32(s[p] * inv, j->vc + p * kv_dim + kvh * hd, o, hd);
+}
+
+/* ---- the step ------------------------------------------------------------------------------ */
+
+static void add_rows(float *h, const float *d, int64_t n) {
+    for (int64_t i = 0; i < n; i++) h[i] += d[i];
+}
+
+/* Runs one chunk of n <= LMP_CHUNK tokens at positions p0.. through every layer; leaves the
+ * residual stream of its tokens in m->h. */
+static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens, int64_t n, int64_t p0) {
+    const lmp_config *c = &m->cfg;
+    const int64_t dim = c->dim, hd = c->head_dim, ffn = c->ffn_dim;
+    const int64_t kv_dim = c->n_kv_heads * hd, q_dim = c->n_heads * hd;
+    const int64_t layer_stride = m->n_ctx * kv_dim;
+
+    for (int64_t t = 0; t < n; t++) embed_row(&m->embed, tokens[t], m->h + t * dim);
+    rope_table(m, p0, n);
+
+    for (int64_t l = 0; l < c->n_layers; l++) {
+        const lmp_layer *L = &m->layers[l];
+        float *kc = m->kcache + l * layer_stride, *vc = m->vcache + l * layer_stride;
+
+        for (int64_t t = 0; t < n; t++) rmsnorm(m->xn + t * dim, m->h + t * dim, L->attn_norm, dim, c->norm_eps);
+        {
+            /* K and V go straight into their cache rows */
+            const lmp_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
+            float *ys[3] = {m->q, kc + p0 * kv_dim, vc + p0 * kv_dim};
+            const int64_t ld[3] = {q_dim, kv_dim, kv_dim};
+            matmuls(m, k, m->xn, dim, n, 3, ws, ys, ld);
+        }
+        rope_rows(m, m->q, n, c->n_heads, q_dim);
+        rope_rows(m, kc + p0 * kv_dim, n, c->n_kv_heads, kv_dim);
+
+        att_job aj = {m, k, kc, vc, p0, (float)(1.0 / sqrt((double)hd))};
+        lmp_pool_run(m->pool, n * c->n_heads, att_task, &aj);
+        {
+            const lmp_weight *ws[1] = {&L->wo};
+            float *ys[1] = {m->proj};
+            const int64_t ld[1] = {dim};
+            matmuls(m, k, m->att, q_dim, n, 1, ws, ys, ld);
+        }
+        add_rows(m->h, m->proj, n * dim);
+
+        for (int64_t t = 0; t < n; t++) rmsnorm(m->xn + t * dim, m->h + t * dim, L->ffn_norm, dim, c->norm_eps);
+        {
+            const lmp_weight *ws[2] = {&L->w_gate, &L->w_up};
+            float *ys[2] = {m->gate, m->up};
+            const int64_t ld[2] = {ffn, ffn};
+            matmuls(m, k, m->xn, dim, n, 2, ws, ys, ld);
+        }
+        for (int64_t i = 0; i < n * ffn; i++) {
+            float g = m->gate[i];
+            m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
+        }
+        {
+            const lmp_weight *ws[1] = {&L->w_down};
+            float *ys[1] = {m->proj};
+            const int64_t ld[1] = {dim};
+            matmuls(m, k, m->gate, ffn, n, 1, ws, ys, ld);
+        }
+        add_rows(m->h, m->proj, n * dim);
+    }
+}
+
+void lmp_forward(lmp_model *m, const int32_t *tokens, int64_t ntok, int64_t pos, float *out, int all_logits) {
+    /* fetched per call: set_kernel_path may switch tables between calls */
+    const lmp_kernels *k = lmp_active_kernels();
+    const lmp_config *c = &m->cfg;
+    const int64_t dim = c->dim, vocab = c->vocab_size;
+    const lmp_weight *head = &m->lm_head;
+    float *head_out[1];
+    const int64_t ld[1] = {vocab};
+
+    for (int64_t c0 = 0; c0 < ntok; c0 += LMP_CHUNK) {
+        int64_t n = ntok - c0 < LMP_CHUNK ? ntok - c0 : LMP_CHUNK;
+        run_chunk(m, k, tokens + c0, n, pos + c0);
+        if (all_logits) {
+            for (int64_t t = 0; t < n; t++) rmsnorm(m->xn + t * dim, m->h + t * dim, m->final_norm, dim, c->norm_eps);
+            head_out[0] = out + c0 * vocab;
+            matmuls(m, k, m->xn, dim, n, 1, &head, head_out, ld);
+        } else if (c0 + n == ntok) {
+            rmsnorm(m->xn, m->h + (n - 1) * dim, m->final_norm, dim, c->norm_eps);
+            head_out[0] = out;
+            matmuls(m, k, m->xn, dim, 1, 1, &head, head_out, ld);
+        }
+    }
+}

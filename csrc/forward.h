@@ -1,0 +1,64 @@
+/* The Llama forward pass over weights mapped from a .lmp file: plain structs for the config, the
+ * weights and the run state, and one function that advances the KV cache by a run of tokens.
+ *
+ * Everything here trusts its inputs: py_model.c validates the config, every tensor's dtype,
+ * shape, offset and size, the token ids and the positions before calling in.
+ */
+#ifndef LMPACK_FORWARD_H
+#define LMPACK_FORWARD_H
+
+#include <stdint.h>
+
+#include "kernels.h"
+#include "threadpool.h"
+
+/* Tokens per pass through the layers: bounds the scratch memory whatever the prompt length. */
+#define LMP_CHUNK 64
+
+typedef struct {
+    int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, vocab_size;
+    float norm_eps;
+    int tie_embeddings;
+} lmp_config;
+
+typedef struct {
+    const float *attn_norm; /* input_layernorm [dim] */
+    const float *ffn_norm;  /* post_attention_layernorm [dim] */
+    lmp_weight wq, wk, wv, wo, w_gate, w_up, w_down;
+} lmp_layer;
+
+typedef struct {
+    lmp_config cfg;
+    lmp_weight embed;        /* [vocab, dim] */
+    lmp_weight lm_head;      /* a copy of embed when tied */
+    const float *final_norm; /* [dim] */
+    lmp_layer *layers;       /* [n_layers] */
+    float *inv_freq;         /* [head_dim/2], owned */
+    int64_t n_ctx;
+
+    /* run state, allocated once by lmp_state_alloc */
+    lmp_pool *pool;
+    float *kcache, *vcache; /* [n_layers, n_ctx, n_kv_heads*head_dim] each */
+    float *h;               /* residual stream [CHUNK, dim] */
+    float *xn;              /* normalized input [CHUNK, dim] */
+    float *q;               /* queries [CHUNK, n_heads*head_dim] */
+    float *att;             /* attention output [CHUNK, n_heads*head_dim] */
+    float *proj;            /* o_proj / down_proj output [CHUNK, dim] */
+    float *gate, *up;       /* [CHUNK, ffn_dim] */
+    float *scores;          /* [threads, n_ctx] softmax rows, one per thread */
+    float *rope_cos, *rope_sin; /* [CHUNK, head_dim/2] for the chunk's positions */
+    int8_t *act_q;          /* q8_0 activations [CHUNK, max cols], NULL without q8_0 weights */
+    float *act_d;           /* their scales [CHUNK, max cols / 32] */
+} lmp_model;
+
+/* Allocates the KV cache and scratch and starts the pool. Returns 0, -1 when out of memory or a
+ * size overflows, -2 when the threads cannot be started. On failure nothing stays allocated. */
+int lmp_state_alloc(lmp_model *m, int threads);
+void lmp_state_free(lmp_model *m);
+
+/* Runs tokens[0..ntok) at positions pos.., writing their K/V into the cache, and stores the
+ * logits: out[ntok, vocab] if all_logits, else out[vocab] for the last token. Requires
+ * ntok >= 1, 0 <= pos, pos + ntok <= n_ctx and every id in [0, vocab). */
+void lmp_forward(lmp_model *m, const int32_t *tokens, int64_t ntok, int64_t pos, float *out, int all_logits);
+
+#endif

@@ -1,0 +1,532 @@
+/* lmpack._core.Model: a Llama model over a buffer holding a .lmp file, with its KV cache.
+ *
+ * The constructor is the gate between Python and forward.c: it checks the config, every tensor's
+ * name, dtype, shape, size, alignment and byte range against the buffer, and the RoPE table,
+ * before any pointer into the buffer is formed; forward() checks ids, positions and the output
+ * buffer, then runs the whole step in C with the GIL released.
+ */
+#include "pyapi.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "forward.h"
+
+#define MAX_DIM 0x7fffffffLL /* every config dimension fits an int32, so products fit an int64 */
+#define MAX_THREADS 1024
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view; /* the file, held for the model's lifetime */
+    int has_view;
+    void *copy;     /* 64-byte aligned copy of the buffer when its base address is not aligned */
+    int has_state;
+    int busy;       /* a forward() is running with the GIL released */
+    int threads;
+    lmp_model m;
+} ModelObject;
+
+/* ---- config ------------------------------------------------------------------------------- */
+
+static int cfg_int(PyObject *cfg, const char *key, int64_t *out) {
+    PyObject *v = PyDict_GetItemString(cfg, key); /* borrowed */
+    if (!v) {
+        PyErr_Format(PyExc_ValueError, "config: missing '%s'", key);
+        return -1;
+    }
+    if (PyBool_Check(v) || !PyLong_Check(v)) {
+        PyErr_Format(PyExc_ValueError, "config: '%s' must be an int", key);
+        return -1;
+    }
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    if (overflow || x < 1 || x > MAX_DIM) {
+        PyErr_Format(PyExc_ValueError, "config: '%s' must be in [1, %lld]", key, MAX_DIM);
+        return -1;
+    }
+    *out = (int64_t)x;
+    return 0;
+}
+
+static int parse_config(PyObject *cfg, lmp_config *c) {
+    if (!PyDict_Check(cfg)) {
+        PyErr_SetString(PyExc_ValueError, "config must be a dict");
+        return -1;
+    }
+    if (cfg_int(cfg, "dim", &c->dim) || cfg_int(cfg, "n_layers", &c->n_layers) ||
+        cfg_int(cfg, "n_heads", &c->n_heads) || cfg_int(cfg, "n_kv_heads", &c->n_kv_heads) ||
+        cfg_int(cfg, "head_dim", &c->head_dim) || cfg_int(cfg, "ffn_dim", &c->ffn_dim) ||
+        cfg_int(cfg, "vocab_size", &c->vocab_size))
+        return -1;
+    PyObject *eps = PyDict_GetItemString(cfg, "norm_eps");
+    if (!eps) {
+        PyErr_SetString(PyExc_ValueError, "config: missing 'norm_eps'");
+        return -1;
+    }
+    if (PyBool_Check(eps) || !(PyFloat_Check(eps) || PyLong_Check(eps))) {
+        PyErr_SetString(PyExc_ValueError, "config: 'norm_eps' must be a float");
+        return -1;
+    }
+    double e = PyFloat_AsDouble(eps);
+    if (e == -1.0 && PyErr_Occurred()) return -1;
+    if (!isfinite(e) || e < 0.0 || e > 1.0) {
+        PyErr_SetString(PyExc_ValueError, "config: 'norm_eps' must be a finite number in [0, 1]");
+        return -1;
+    }
+    c->norm_eps = (float)e;
+    PyObject *tie = PyDict_GetItemString(cfg, "tie_embeddings");
+    if (!tie) {
+        PyErr_SetString(PyExc_ValueError, "config: missing 'tie_embeddings'");
+        return -1;
+    }
+    if (!PyBool_Check(tie)) {
+        PyErr_SetString(PyExc_ValueError, "config: 'tie_embeddings' must be a bool");
+        return -1;
+    }
+    c->tie_embeddings = tie == Py_True;
+    if (c->n_heads % c->n_kv_heads != 0) {
+        PyErr_Format(PyExc_ValueError, "config: n_heads (%lld) is not a multiple of n_kv_heads (%lld)",
+                     (long long)c->n_heads, (long long)c->n_kv_heads);
+        return -1;
+    }
+    if (c->head_dim % 2 != 0) {
+        PyErr_Format(PyExc_ValueError, "config: head_dim (%lld) must be even", (long long)c->head_dim);
+        return -1;
+    }
+    if (c->n_heads * c->head_dim > MAX_DIM) {
+        PyErr_SetString(PyExc_ValueError, "config: n_heads * head_dim is too large");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- tensors ------------------------------------------------------------------------------ */
+
+static const char *const DTYPE_NAMES[LMP_DTYPE_COUNT] = {"f32", "f16", "bf16", "q8_0"};
+static const int64_t DTYPE_SIZE[LMP_DTYPE_COUNT] = {4, 2, 2, 1};
+
+/* The byte size a tensor of `numel` elements takes, or -1 if it overflows. */
+static int64_t tensor_nbytes(int dtype, int64_t numel) {
+    if (numel > INT64_MAX / 8) return -1;
+    if (dtype == LMP_Q8_0) return (numel + 63) / 64 * 64 + numel / 16;
+    return numel * DTYPE_SIZE[dtype];
+}
+
+typedef struct {
+    const char *base; /* the (aligned) file bytes */
+    int64_t len;
+    PyObject *weights;
+} tensor_src;
+
+static int64_t get_i64(PyObject *v, const char *name, const char *what, int *ok) {
+    if (PyBool_Check(v) || !PyLong_Check(v)) {
+        PyErr_Format(PyExc_ValueError, "tensor '%s': %s must be an int", name, what);
+        *ok = 0;
+        return 0;
+    }
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred()) {
+        *ok = 0;
+        return 0;
+    }
+    if (overflow || x < 0) {
+        PyErr_Format(PyExc_ValueError, "tensor '%s': %s out of range", name, what);
+        *ok = 0;
+        return 0;
+    }
+    *ok = 1;
+    return (int64_t)x;
+}
+
+/* Looks `name` up and checks it against the expected shape (ndim 1 or 2). On success sets *data,
+ * and for a 2-D tensor fills *w. Norms (ndim 1) must be f32. */
+static int load_tensor(const tensor_src *src, const char *name, int ndim, int64_t rows, int64_t cols,
+                       lmp_weight *w, const float **vec) {
+    PyObject *entry = PyDict_GetItemString(src->weights, name);
+    if (!entry) {
+        PyErr_Format(PyExc_ValueError, "tensor '%s': missing", name);
+        return -1;
+    }
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 4) {
+        PyErr_Format(PyExc_ValueError, "tensor '%s': expected a tuple (offset, nbytes, dtype, shape)", name);
+        return -1;
+    }
+    int ok;
+    int64_t offset = get_i64(PyTuple_GET_ITEM(entry, 0), name, "offset", &ok);
+    if (!ok) return -1;
+    int64_t nbytes = get_i64(PyTuple_GET_ITEM(entry, 1), name, "nbytes", &ok);
+    if (!ok) return -1;
+    PyObject *dt = PyTuple_GET_ITEM(entry, 2);
+    const char *dts = PyUnicode_Check(dt) ? PyUnicode_AsUTF8(dt) : NULL;
+    if (!dts) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "tensor '%s': dtype must be a str", name);
+        return -1;
+    }
+    int dtype = -1;
+    for (int i = 0; i < LMP_DTYPE_COUNT; i++)
+        if (strcmp(dts, DTYPE_NAMES[i]) == 0) dtype = i;
+    if (dtype < 0) {
+        PyErr_Format(PyExc_ValueError, "tensor '%s': unknown dtype '%.20s'", name, dts);
+        return -1;
+    }
+    PyObject *shape = PyTuple_GET_ITEM(entry, 3);
+    if (!PyTuple_Check(shape) && !PyList_Check(shape)) {
+        PyErr_Format(PyExc_ValueError, "tensor '%s': shape must be a tuple", name);
+        return -1;
+    }
+    Py_ssize_t nd = PySequence_Fast_GET_SIZE(shape);
+    int64_t dims[2] = {0, 0};
+    int shape_ok = nd == ndim;
+    for (Py_ssize_t i = 0; shape_ok && i < nd; i++) {
+        PyObject *d = PySequence_Fast_GET_ITEM(shape, i);
+        dims[i] = get_i64(d, name, "shape entry", &ok);
+        if (!ok) return -1;
+    }
+    int64_t want[2] = {ndim == 1 ? cols : rows, cols};
+    if (shape_ok) shape_ok = ndim == 1 ? dims[0] == want[0] : dims[0] == want[0] && dims[1] == want[1];
+    if (!shape_ok) {
+        if (ndim == 1)
+            PyErr_Format(PyExc_ValueError, "tensor '%s': shape must be [%lld] for this config", name,
+                         (long long)cols);
+        else
+            PyErr_Format(PyExc_ValueError, "tensor '%s': shape must be [%lld, %lld] for this config", name,
+                         (long long)rows, (long long)cols);
+        return -1;
+    }
+    if (ndim == 1 && dtype != LMP_F32) {
+        PyErr_Format(PyExc_ValueError, "tensor '%s': 1-D tensors must be f32, got %s", name, dts);
+        return -1;
+    }
+    if (dtype == LMP_Q8_0 && cols % LMP_QK != 0) {
+        PyErr_Format(PyExc_ValueError, "tensor '%s': q8_0 needs a column count divisible by 32, got %lld", name,
+                     (long long)cols);
+        return -1;
+    }
+    int64_t numel = ndim == 1 ? cols : rows * cols; /* both <= 2^31: no overflow */
+    int64_t want_bytes = tensor_nbytes(dtype, numel);
+    if (want_bytes < 0 || nbytes != want_bytes) {
+        PyErr_Format(PyExc_ValueError, "tensor '%s': nbytes is %lld, a %s tensor of this shape takes %lld", name,
+                     (long long)nbytes, dts, (long long)want_bytes);
+        return -1;
+    }
+    int64_t align = dtype == LMP_Q8_0 ? 64 : DTYPE_SIZE[dtype];
+    if (offset % align != 0) {
+        PyErr_Format(PyExc_ValueError, "tensor '%s': offset %lld is not a multiple of %lld", name,
+                     (long long)offset, (long long)align);
+        return -1;
+    }
+    if (offset > src->len || nbytes > src->len - offset) {
+        PyErr_Format(PyExc_ValueError, "tensor '%s': bytes [%lld, +%lld) run past the end of the %lld-byte buffer",
+                     name, (long long)offset, (long long)nbytes, (long long)src->len);
+        return -1;
+    }
+    const char *p = src->base + offset;
+    if (ndim == 1) {
+        *vec = (const float *)p;
+    } else {
+        w->data = p;
+        w->scales = dtype == LMP_Q8_0 ? (const uint16_t *)(p + (numel + 63) / 64 * 64) : NULL;
+        w->rows = rows;
+        w->cols = cols;
+        w->dtype = dtype;
+    }
+    return 0;
+}
+
+static const char *const LAYER_TENSORS[] = {
+    "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+};
+#define N_LAYER_TENSORS ((int)(sizeof LAYER_TENSORS / sizeof LAYER_TENSORS[0]))
+
+/* 1 if `name` is one of the tensors this config requires. */
+static int known_name(const char *name, const lmp_config *c) {
+    if (strcmp(name, "model.embed_tokens.weight") == 0 || strcmp(name, "model.norm.weight") == 0) return 1;
+    if (strcmp(name, "lm_head.weight") == 0) return !c->tie_embeddings;
+    const char *pre = "model.layers.";
+    size_t np = strlen(pre);
+    if (strncmp(name, pre, np) != 0) return 0;
+    const char *s = name + np;
+    int64_t layer = 0;
+    int digits = 0;
+    while (*s >= '0' && *s <= '9' && digits < 12) layer = layer * 10 + (*s++ - '0'), digits++;
+    if (digits == 0 || (digits > 1 && name[np] == '0') || *s != '.' || layer >= c->n_layers) return 0;
+    for (int i = 0; i < N_LAYER_TENSORS; i++)
+        if (strcmp(s + 1, LAYER_TENSORS[i]) == 0) return 1;
+    return 0;
+}
+
+static int load_weights(ModelObject *self, PyObject *weights) {
+    lmp_model *m = &self->m;
+    const lmp_config *c = &m->cfg;
+    if (!PyDict_Check(weights)) {
+        PyErr_SetString(PyExc_ValueError, "weights must be a dict");
+        return -1;
+    }
+    PyObject *key, *value;
+    Py_ssize_t it = 0;
+    while (PyDict_Next(weights, &it, &key, &value)) {
+        const char *name = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+        if (!name) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "weights: tensor names must be str");
+            return -1;
+        }
+        if (!known_name(name, c)) {
+            PyErr_Format(PyExc_ValueError, "tensor '%.200s': not part of this model", name);
+            return -1;
+        }
+    }
+    tensor_src src = {self->copy ? (const char *)self->copy : (const char *)self->view.buf,
+                      (int64_t)self->view.len, weights};
+    const int64_t dim = c->dim, q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
+    if (load_tensor(&src, "model.embed_tokens.weight", 2, c->vocab_size, dim, &m->embed, NULL) ||
+        load_tensor(&src, "model.norm.weight", 1, 0, dim, NULL, &m->final_norm))
+        return -1;
+    if (c->tie_embeddings) {
+        m->lm_head = m->embed;
+    } else if (load_tensor(&src, "lm_head.weight", 2, c->vocab_size, dim, &m->lm_head, NULL)) {
+        return -1;
+    }
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->layers) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int64_t l = 0; l < c->n_layers; l++) {
+        lmp_layer *L = &m->layers[l];
+        struct {
+            int ndim;
+            int64_t rows, cols;
+            lmp_weight *w;
+            const float **v;
+        } spec[N_LAYER_TENSORS] = {
+            {1, 0, dim, NULL, &L->attn_norm},   {2, q_dim, dim, &L->wq, NULL},      {2, kv_dim, dim, &L->wk, NULL},
+            {2, kv_dim, dim, &L->wv, NULL},     {2, dim, q_dim, &L->wo, NULL},      {1, 0, dim, NULL, &L->ffn_norm},
+            {2, c->ffn_dim, dim, &L->w_gate, NULL}, {2, c->ffn_dim, dim, &L->w_up, NULL},
+            {2, dim, c->ffn_dim, &L->w_down, NULL},
+        };
+        for (int i = 0; i < N_LAYER_TENSORS; i++) {
+            char name[128];
+            snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)l, LAYER_TENSORS[i]);
+            if (load_tensor(&src, name, spec[i].ndim, spec[i].rows, spec[i].cols, spec[i].w, spec[i].v)) return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- buffers ------------------------------------------------------------------------------ */
+
+/* 1 if a buffer's struct format is a native little-endian `kind` ('i' int32 or 'f' float32). */
+static int format_is(const Py_buffer *b, char kind) {
+    if (b->itemsize != 4 || !b->format) return 0;
+    const char *f = b->format;
+    if (*f == '@' || *f == '=' || *f == '<') f++;
+    if (f[0] == kind && f[1] == '\0') return 1;
+    return kind == 'i' && f[0] == 'l' && f[1] == '\0' && sizeof(long) == 4;
+}
+
+static int get_typed_buffer(PyObject *obj, Py_buffer *b, char kind, int writable, const char *what) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, b, flags) != 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s must be a %sC-contiguous buffer of %s", what, writable ? "writable " : "",
+                     kind == 'i' ? "int32" : "float32");
+        return -1;
+    }
+    if (!format_is(b, kind)) {
+        PyErr_Format(PyExc_ValueError, "%s must hold %s, got format '%s'", what, kind == 'i' ? "int32" : "float32",
+                     b->format ? b->format : "B");
+        PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- the type ----------------------------------------------------------------------------- */
+
+static void model_dealloc(ModelObject *self) {
+    if (self->has_state) lmp_state_free(&self->m);
+    free(self->m.layers);
+    free(self->m.inv_freq);
+    free(self->copy);
+    if (self->has_view) PyBuffer_Release(&self->view);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *model_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"buffer", "config", "weights", "inv_freq", "n_ctx", "threads", NULL};
+    PyObject *buffer, *config, *weights, *inv_freq;
+    long long n_ctx, threads = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOL|L:Model", kwlist, &buffer, &config, &weights, &inv_freq,
+                                     &n_ctx, &threads))
+        return NULL;
+    ModelObject *self = (ModelObject *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    lmp_model *m = &self->m;
+
+    if (parse_config(config, &m->cfg)) goto fail;
+    if (n_ctx < 1 || n_ctx > MAX_DIM) {
+        PyErr_Format(PyExc_ValueError, "n_ctx must be in [1, %lld], got %lld", MAX_DIM, n_ctx);
+        goto fail;
+    }
+    if (threads < 1 || threads > MAX_THREADS) {
+        PyErr_Format(PyExc_ValueError, "threads must be in [1, %d], got %lld", MAX_THREADS, threads);
+        goto fail;
+    }
+    m->n_ctx = (int64_t)n_ctx;
+    self->threads = (int)threads;
+
+    {
+        Py_buffer fb;
+        if (get_typed_buffer(inv_freq, &fb, 'f', 0, "inv_freq")) goto fail;
+        int64_t half = m->cfg.head_dim / 2;
+        if (fb.len != half * 4) {
+            PyErr_Format(PyExc_ValueError, "inv_freq must hold head_dim/2 = %lld floats, got %lld", (long long)half,
+                         (long long)(fb.len / 4));
+            PyBuffer_Release(&fb);
+            goto fail;
+        }
+        m->inv_freq = malloc((size_t)half * sizeof(float));
+        if (!m->inv_freq) {
+            PyBuffer_Release(&fb);
+            PyErr_NoMemory();
+            goto fail;
+        }
+        memcpy(m->inv_freq, fb.buf, (size_t)half * sizeof(float));
+        PyBuffer_Release(&fb);
+        for (int64_t i = 0; i < half; i++)
+            if (!isfinite(m->inv_freq[i])) {
+                PyErr_Format(PyExc_ValueError, "inv_freq[%lld] is not finite", (long long)i);
+                goto fail;
+            }
+    }
+
+    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_SIMPLE) != 0) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "buffer must be a contiguous bytes-like object");
+        goto fail;
+    }
+    self->has_view = 1;
+    if ((uintptr_t)self->view.buf % 64 != 0 && self->view.len > 0) {
+        /* The q8_0 planes must sit on 64-byte boundaries in memory, not just in the file (an mmap
+         * always is; a bytes object is not), so an unaligned buffer is read from a copy. */
+        if ((size_t)self->view.len > SIZE_MAX - 64 ||
+            posix_memalign(&self->copy, 64, (size_t)self->view.len) != 0) {
+            self->copy = NULL;
+            PyErr_NoMemory();
+            goto fail;
+        }
+        memcpy(self->copy, self->view.buf, (size_t)self->view.len);
+    }
+    if (load_weights(self, weights)) goto fail;
+
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = lmp_state_alloc(m, self->threads);
+    Py_END_ALLOW_THREADS
+    if (rc == -1) {
+        PyErr_Format(PyExc_MemoryError, "cannot allocate the KV cache and scratch for n_ctx=%lld", n_ctx);
+        goto fail;
+    }
+    if (rc == -2) {
+        PyErr_Format(PyExc_RuntimeError, "cannot start %lld threads", threads);
+        goto fail;
+    }
+    self->has_state = 1;
+    return (PyObject *)self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+static PyObject *model_forward(ModelObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"tokens", "pos", "out", "all_logits", NULL};
+    PyObject *tokens_obj, *out_obj;
+    long long pos;
+    int all_logits = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OLO|p:forward", kwlist, &tokens_obj, &pos, &out_obj, &all_logits))
+        return NULL;
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Model.forward is already running in another thread");
+        return NULL;
+    }
+    lmp_model *m = &self->m;
+    Py_buffer tb, ob;
+    if (get_typed_buffer(tokens_obj, &tb, 'i', 0, "tokens")) return NULL;
+    int64_t ntok = (int64_t)(tb.len / 4);
+    const int32_t *tok = tb.buf;
+    if (ntok < 1) {
+        PyErr_SetString(PyExc_ValueError, "tokens is empty");
+        goto fail_t;
+    }
+    if (pos < 0 || pos > m->n_ctx || ntok > m->n_ctx - pos) {
+        PyErr_Format(PyExc_ValueError, "pos %lld with %lld tokens does not fit the context of %lld positions", pos,
+                     (long long)ntok, (long long)m->n_ctx);
+        goto fail_t;
+    }
+    for (int64_t i = 0; i < ntok; i++)
+        if (tok[i] < 0 || tok[i] >= m->cfg.vocab_size) {
+            PyErr_Format(PyExc_ValueError, "token id %d at index %lld is outside the vocabulary [0, %lld)", tok[i],
+                         (long long)i, (long long)m->cfg.vocab_size);
+            goto fail_t;
+        }
+    if (get_typed_buffer(out_obj, &ob, 'f', 1, "out")) goto fail_t;
+    int64_t want = (all_logits ? ntok : 1) * m->cfg.vocab_size;
+    if (ob.len / 4 != want) {
+        PyErr_Format(PyExc_ValueError, "out holds %lld floats, expected %lld", (long long)(ob.len / 4),
+                     (long long)want);
+        goto fail_o;
+    }
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    lmp_forward(m, tok, ntok, (int64_t)pos, (float *)ob.buf, all_logits);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&tb);
+    Py_RETURN_NONE;
+fail_o:
+    PyBuffer_Release(&ob);
+fail_t:
+    PyBuffer_Release(&tb);
+    return NULL;
+}
+
+static PyObject *model_get_n_ctx(ModelObject *self, void *closure) { return PyLong_FromLongLong(self->m.n_ctx); }
+static PyObject *model_get_threads(ModelObject *self, void *closure) { return PyLong_FromLong(self->threads); }
+
+static PyMethodDef model_methods[] = {
+    {"forward", (PyCFunction)(void (*)(void))model_forward, METH_VARARGS | METH_KEYWORDS,
+     "forward(tokens, pos, out, all_logits=False) -> None: run int32 tokens at positions pos.. through the model, "
+     "(over)writing their KV cache entries; out (float32) gets ntok*vocab logits if all_logits else the last "
+     "token's vocab logits."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef model_getset[] = {
+    {"n_ctx", (getter)model_get_n_ctx, NULL, "KV cache length in positions.", NULL},
+    {"threads", (getter)model_get_threads, NULL, "Threads used by forward (including the caller's).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject LmpModel_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "lmpack._core.Model",
+    .tp_basicsize = sizeof(ModelObject),
+    .tp_dealloc = (destructor)model_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Model(buffer, config, weights, inv_freq, n_ctx, threads=1): a Llama model over the bytes of a "
+              ".lmp file (weights: name -> (offset, nbytes, dtype, shape)), with an f32 KV cache of n_ctx "
+              "positions and a pool of `threads` threads.",
+    .tp_methods = model_methods,
+    .tp_getset = model_getset,
+    .tp_new = model_new,
+};
