@@ -117,6 +117,7 @@ class LmpWriter:
     def _plan(self) -> None:
         # Offsets depend on the header length and the header holds the offsets: plan with a
         # generous upper bound for the header, which only costs padding.
+        self.tok_offset = 0
         probe = len(self._header_bytes("0" * 8)) + 32 * (len(self.entries) + 1)
         self.data_offset = align_up(PREAMBLE_SIZE + probe + 1024, PAGE)
         self.tok_offset = self.data_offset
