@@ -275,3 +275,51 @@ def crc32c_py(data: bytes, crc: int = 0) -> int:
     for b in bytes(data):
         crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFF
+
+
+def copy_checkpoint(src: Path, dst: Path) -> Path:
+    """A private copy of a checkpoint folder, for tests that modify or corrupt files."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    return Path(dst)
+
+
+# --------------------------------------------------------------------------------------------
+# Raw `.lmp` surgery (docs/FORMAT.md), done without lmpack so corruptions are independent of the
+# reader they test.
+
+LMP_MAGIC = b"\x89LMP\r\n\x1a\n"
+
+
+def read_lmp_raw(path: Path) -> tuple[dict, dict]:
+    """(preamble fields, header JSON) parsed with struct and json only."""
+    import struct
+
+    data = Path(path).read_bytes()
+    magic, version, flags, header_len, data_offset, file_size, header_crc, pre_crc = struct.unpack_from(
+        "<8sIIQQQII", data, 0)
+    pre = dict(magic=magic, version=version, flags=flags, header_len=header_len, data_offset=data_offset,
+               file_size=file_size, header_crc=header_crc, preamble_crc=pre_crc, reserved=data[48:64])
+    header = json.loads(data[64:64 + header_len])
+    return pre, header
+
+
+def write_lmp_with_header(src: Path, dst: Path, mutate) -> Path:
+    """Copy `src` to `dst` after `mutate(header_dict)`, with valid lengths and checksums.
+
+    The result is consistent except for whatever `mutate` broke, so a reader must catch that one
+    thing itself (and not merely notice a checksum)."""
+    import struct
+
+    data = bytearray(Path(src).read_bytes())
+    pre, header = read_lmp_raw(src)
+    mutate(header)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    assert 64 + len(raw) <= pre["data_offset"], "mutated header no longer fits before the data section"
+    data[64:pre["data_offset"]] = raw + b"\0" * (pre["data_offset"] - 64 - len(raw))
+    struct.pack_into("<Q", data, 16, len(raw))
+    struct.pack_into("<I", data, 40, crc32c_py(raw))
+    struct.pack_into("<I", data, 44, crc32c_py(bytes(data[:44])))
+    Path(dst).write_bytes(bytes(data))
+    return Path(dst)
