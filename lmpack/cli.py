@@ -135,7 +135,7 @@ def run(
     s = m.last_stats
     err.print(f"prompt: {s.prompt_tokens} tokens, {s.prompt_tps:.1f} tok/s | "
               f"generation: {s.generated_tokens} tokens, {s.generation_tps:.1f} tok/s "
-              f"({m.threads} threads, stopped by {s.stopped_by})", highlight=False)
+              f"({m.threads} threads, stopped by {s.stopped_by})", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -169,6 +169,73 @@ def inspect(file: Path = typer.Argument(..., help="The .lmp file to describe."))
         for e in r.tensors:
             tt.add_row(e.name, e.dtype, "x".join(map(str, e.shape)), f"{e.nbytes:,}", f"{e.offset:,}", e.crc32c)
         out.print(tt)
+
+
+@app.command()
+@handles_errors
+def chat(
+    file: Path = typer.Argument(..., help="The .lmp model file."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt (Llama 2 chat format only)."),
+    plain: bool = typer.Option(False, "--plain", help="Ignore the model's chat format: continue the text you type."),
+    n: int = typer.Option(256, "-n", "--max-tokens", help="Maximum tokens per reply."),
+    temperature: float = typer.Option(0.8, "--temperature", "--temp", help="Sampling temperature; 0 is greedy."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling threshold."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible replies."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores)."),
+    ctx: Optional[int] = typer.Option(None, "--ctx", help="KV cache length in tokens (default: the model's, at most 4096)."),
+):
+    """Talk to a model: one line per turn, replies stream; the KV cache is kept across turns.
+
+    Uses the model's chat format ([INST] ... [/INST] for Llama 2 chat models), otherwise continues
+    your text. Ctrl-C stops a reply; Ctrl-C or Ctrl-D at the prompt, or /exit, ends; /reset starts over.
+    """
+    from lmpack.runtime.chat import ChatSession, ContextFull
+    from lmpack.runtime.model import load
+
+    m = load(file, threads=threads, max_context=ctx)
+    session = ChatSession(m, system=system, chat_format=None if plain else "auto")
+    interactive = sys.stdin.isatty()
+    mode = "chat format " + session.format if session.format else "plain continuation"
+    err.print(f"[dim]{file.name}: {mode}, context {m.n_ctx} tokens. /reset starts over, /exit or Ctrl-D ends.[/]")
+    turn_seed = seed
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except (EOFError, KeyboardInterrupt):
+            err.print("")
+            break
+        if line.strip() == "/exit":
+            break
+        if line.strip() == "/reset":
+            session.reset()
+            err.print("[dim](conversation cleared)[/]")
+            continue
+        if not line.strip():
+            continue
+        for attempt in (0, 1):
+            try:
+                for piece in session.reply(line, max_tokens=n, temperature=temperature, top_p=top_p, seed=turn_seed):
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+                break
+            except ContextFull:
+                if attempt or session.pos == 0:
+                    raise LmpackError("this message alone does not fit in the context; use a larger --ctx") from None
+                err.print("[yellow](context full: starting a new conversation)[/]")
+                session.reset()
+            except KeyboardInterrupt:
+                err.print("[dim] (stopped)[/]", end="")
+                break
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        s = session.stats
+        if s.stopped_by == "context":
+            err.print("[yellow](context full: the next message starts a new conversation)[/]")
+            session.reset()
+        err.print(f"[dim]{s.generated_tokens} tokens, {s.generation_tps:.1f} tok/s, "
+                  f"context {session.tokens_used}/{m.n_ctx}[/]", highlight=False)
+        if turn_seed is not None:
+            turn_seed += 1
 
 
 def main() -> None:

@@ -56,6 +56,7 @@ class GenerationStats:
     prompt_seconds: float = 0.0
     generated_tokens: int = 0
     generation_seconds: float = 0.0
+    decode_steps: int = 0  # single-token forward passes (the first token comes from the prompt's logits)
     stopped_by: str = ""  # "eos", "max_tokens" or "context"
 
     @property
@@ -64,7 +65,7 @@ class GenerationStats:
 
     @property
     def generation_tps(self) -> float:
-        return self.generated_tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
+        return self.decode_steps / self.generation_seconds if self.generation_seconds > 0 else 0.0
 
 
 class Model:
@@ -116,36 +117,44 @@ class Model:
         Greedy at temperature 0. Stops at an EOS id, after max_tokens, or when the context is full;
         `last_stats` then holds token counts and timings."""
         ids = self.tokenizer.encode(prompt, bos=True) if isinstance(prompt, str) else [int(i) for i in prompt]
-        sampler = Sampler(temperature, top_p, seed)
-        return self._generate(ids, max_tokens, sampler, stop_at_eos)
-
-    def _generate(self, ids: list[int], max_tokens: int, sampler: Sampler, stop_at_eos: bool) -> Iterator[str]:
-        stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
         if not ids:
             raise LmpackError("empty prompt (encode with bos=True to start from BOS)")
+        return self.continue_from(ids, 0, Sampler(temperature, top_p, seed), max_tokens, stop_at_eos)
+
+    def continue_from(self, ids: list[int], pos: int, sampler: Sampler, max_tokens: int,
+                      stop_at_eos: bool = True, generated: list[int] | None = None) -> Iterator[str]:
+        """Feed `ids` at position `pos` (the cache holds positions < pos), then sample up to
+        max_tokens. Each sampled id is appended to `generated` (if given) as it is produced; the
+        last one is not yet in the cache, so a caller that goes on must feed it first."""
+        stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
         t0 = time.perf_counter()
-        logits = self.forward(ids, 0)[-1]
+        logits = self.forward(ids, pos)[-1]
         stats.prompt_seconds = time.perf_counter() - t0
         decoder = StreamDecoder(self.tokenizer, ids)
-        pos = len(ids)
+        pos += len(ids)
         t1 = time.perf_counter()
         stats.stopped_by = "max_tokens"
-        for _ in range(max_tokens):
-            token = sampler(logits)
-            if stop_at_eos and token in self.tokenizer.eos_ids:
-                stats.stopped_by = "eos"
-                break
-            stats.generated_tokens += 1
-            piece = decoder.push(token)
-            if piece:
-                yield piece
-            if pos >= self.n_ctx:
-                stats.stopped_by = "context"
-                break
-            logits = self.forward([token], pos)[-1]
-            pos += 1
+        try:
+            for i in range(max_tokens):
+                if i:
+                    if pos >= self.n_ctx:
+                        stats.stopped_by = "context"
+                        break
+                    logits = self.forward([token], pos)[-1]
+                    pos += 1
+                    stats.decode_steps += 1
+                token = sampler(logits)
+                if generated is not None:
+                    generated.append(token)
+                if stop_at_eos and token in self.tokenizer.eos_ids:
+                    stats.stopped_by = "eos"
+                    break
+                stats.generated_tokens += 1
+                piece = decoder.push(token)
+                if piece:
+                    yield piece
+        finally:
             stats.generation_seconds = time.perf_counter() - t1
-        stats.generation_seconds = time.perf_counter() - t1
 
     def close(self) -> None:
         self._core = None
