@@ -1,0 +1,124 @@
+"""Hugging Face Llama folders whose weights are PyTorch pickles (`pytorch_model*.bin`).
+
+The config comes from `config.json` exactly as for safetensors folders (`read_hf_config`); the
+weights are read with lmpack's torch zip reader, so nothing is unpickled with the stock unpickler
+and no tensor is copied unless torch saved it as a non-contiguous view.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lmpack.convert.hf import IGNORED_SUFFIXES, read_hf_config, shard_files
+from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec, tokenizer_path
+from lmpack.errors import LmpackError
+from lmpack.formats.config import ModelConfig, expected_tensors
+from lmpack.formats.torchzip import FLOAT_DTYPES, TorchFile, TorchTensor
+
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+BIN_PATTERN = "pytorch_model*.bin"
+
+
+def read_bin_index(folder: Path) -> dict[str, str] | None:
+    """The index's {tensor: shard file name}, or None without an index; shard names must be plain
+    file names in `folder` (an index is data, and must not point elsewhere on the disk)."""
+    path = folder / BIN_INDEX
+    if not path.is_file():
+        return None
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LmpackError(f"{path}: not valid JSON ({e})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise LmpackError(f"{path}: no weight_map")
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or not file or Path(file).name != file or file in (".", ".."):
+            raise LmpackError(f"{path}: tensor '{name}' maps to {file!r}, not a file name in the folder")
+    return weight_map
+
+
+class HFBinSource:
+    """An HF Llama folder with `pytorch_model.bin`, or sharded `.bin` files plus their index."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self._config = read_hf_config(self.folder)
+        self._tokenizer = tokenizer_path(self.folder)
+        weight_map = read_bin_index(self.folder)
+        paths = shard_files(self.folder, BIN_INDEX, BIN_SINGLE, BIN_PATTERN)
+        self.files: list[TorchFile] = []
+        self._where: dict[str, tuple[TorchFile, TorchTensor]] = {}
+        try:
+            for p in paths:
+                f = TorchFile(p)
+                self.files.append(f)
+                for name, t in f.tensors().items():
+                    if name.endswith(IGNORED_SUFFIXES):
+                        continue
+                    if name in self._where:
+                        raise LmpackError(f"{self.folder}: tensor '{name}' appears in two shards")
+                    self._where[name] = (f, t)
+            if weight_map is not None:
+                self._check_index(weight_map)
+            if self._config.tie_embeddings:
+                # A tied model's head is the embedding; some writers save it twice anyway.
+                self._where.pop("lm_head.weight", None)
+            self._specs = self._check_tensors()
+        except BaseException:
+            self.close()
+            raise
+        self.info = SourceInfo("hf-bin", [SourceFile(p.name, p.stat().st_size) for p in paths])
+
+    def _check_index(self, weight_map: dict[str, str]) -> None:
+        for name, file in weight_map.items():
+            if name.endswith(IGNORED_SUFFIXES):
+                continue
+            got = self._where.get(name)
+            if got is None:
+                raise LmpackError(f"{self.folder / BIN_INDEX}: tensor '{name}' is listed in {file} but not stored there")
+            if got[0].path.name != file:
+                raise LmpackError(f"{self.folder / BIN_INDEX}: tensor '{name}' is listed in {file} but stored in {got[0].path.name}")
+
+    def _check_tensors(self) -> list[TensorSpec]:
+        expected = expected_tensors(self._config)
+        specs = []
+        for name, shape in expected.items():
+            got = self._where.get(name)
+            if got is None:
+                raise LmpackError(f"{self.folder}: tensor '{name}' is missing from the checkpoint")
+            f, t = got
+            if t.shape != shape:
+                raise LmpackError(f"{f.path}: tensor '{name}' has shape {list(t.shape)}, config.json implies {list(shape)}")
+            if t.dtype not in FLOAT_DTYPES:
+                raise LmpackError(f"{f.path}: tensor '{name}' has dtype {t.dtype or 'torch.' + t.storage_type}; "
+                                  f"lmpack reads f32, f16 and bf16")
+            specs.append(TensorSpec(name, shape, t.dtype))
+        extra = sorted(set(self._where) - set(expected))
+        if extra:
+            raise LmpackError(f"{self.folder}: unexpected tensor '{extra[0]}' (not a plain Llama checkpoint?)")
+        return specs
+
+    def config(self) -> ModelConfig:
+        return self._config
+
+    def tokenizer_bytes(self) -> bytes:
+        return self._tokenizer.read_bytes()
+
+    def tensor_specs(self) -> list[TensorSpec]:
+        return list(self._specs)
+
+    def load(self, name: str) -> np.ndarray:
+        got = self._where.get(name)
+        if got is None:
+            raise LmpackError(f"{self.folder}: no tensor '{name}'")
+        arr = got[1].array()
+        # torch may save a transposed or strided view; hand out C order like every other source.
+        return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
