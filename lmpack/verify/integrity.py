@@ -1,0 +1,172 @@
+"""Is an `.lmp` file intact? Structure, checksums, tokenizer and values, without a source.
+
+The structural checks are the reader's own (`LmpReader` validates everything docs/FORMAT.md
+lists before it exposes a byte); this module adds what a load deliberately skips: the CRC-32C of
+every byte of the tokenizer and of every tensor, a sentencepiece load of the tokenizer, and a scan
+of every float for NaN and infinity (and of q8_0 blocks for non-finite scales and the -128 quant
+that ggml's quantizer never produces). The scans are chunked, so memory stays small whatever the
+file size, and read the mapped file at memory speed.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from lmpack import _core
+from lmpack.errors import LmpackError
+from lmpack.formats.dtypes import Q8_0_BLOCK, q8_0_planes
+from lmpack.formats.lmp import LmpReader, TensorEntry
+from lmpack.verify.report import Check
+
+CHUNK = 16 << 20  # bytes per step of a scan: large enough for full speed, small enough for the cache
+
+# Per float dtype: the unsigned view of its bits, and the smallest (bits & ~sign) that is inf or NaN
+# (an all-ones exponent).
+_NONFINITE = {
+    "f32": (np.uint32, 0x7FFFFFFF, 0x7F800000),
+    "f16": (np.uint16, 0x7FFF, 0x7C00),
+    "bf16": (np.uint16, 0x7FFF, 0x7F80),
+}
+
+Progress = Callable[[int], None]  # called with the number of bytes just scanned
+
+
+def open_structure(path: Path, check: Check) -> LmpReader | None:
+    """Open and validate the file; on failure record why in `check` and return None."""
+    t0 = time.perf_counter()
+    try:
+        reader = LmpReader(path)
+    except LmpackError as e:
+        check.fail(str(e))
+        check.summary = "the file is not a valid .lmp"
+        reader = None
+    else:
+        check.status = "pass"
+        check.summary = (f"format v{reader.header.get('version')}, {len(reader.tensors)} tensors, "
+                         f"{reader.file_size / 1e6:.1f} MB")
+        check.data = {"tensors": len(reader.tensors), "file_size": reader.file_size}
+    check.seconds = time.perf_counter() - t0
+    return reader
+
+
+def _entries(reader: LmpReader) -> list[TensorEntry]:
+    return [reader.tokenizer_entry, *reader.tensors]
+
+
+def check_checksums(reader: LmpReader, check: Check, progress: Progress | None = None) -> None:
+    """CRC-32C of every byte of the tokenizer and each tensor against the directory."""
+    t0 = time.perf_counter()
+    total = 0
+    buf = memoryview(reader.buffer)
+    try:
+        for e in _entries(reader):
+            crc = 0
+            for start in range(e.offset, e.offset + e.nbytes, CHUNK):
+                end = min(start + CHUNK, e.offset + e.nbytes)
+                piece = buf[start:end]
+                crc = _core.crc32c(piece, crc)
+                piece.release()
+                if progress:
+                    progress(end - start)
+            total += e.nbytes
+            if f"{crc:08x}" != e.crc32c:
+                check.fail(f"checksum mismatch: stored {e.crc32c}, computed {crc:08x}", e.name)
+    finally:
+        buf.release()
+    check.seconds = time.perf_counter() - t0
+    gbps = total / check.seconds / 1e9 if check.seconds > 0 else float("inf")
+    check.data = {"bytes": total, "gb_per_s": gbps, "hash": "crc32c"}
+    if check.status != "fail":
+        check.status = "pass"
+    check.summary = (f"{len(_entries(reader))} ranges, {total / 1e6:.1f} MB at {gbps:.2f} GB/s"
+                     + (f"; {check.problem_count} mismatched" if check.problem_count else ""))
+
+
+def check_tokenizer(reader: LmpReader, check: Check) -> None:
+    """The embedded sentencepiece model loads and has no more pieces than the vocabulary has rows."""
+    import sentencepiece as spm
+
+    t0 = time.perf_counter()
+    cfg = reader.config
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.LoadFromSerializedProto(reader.tokenizer_bytes)
+    except Exception as e:  # sentencepiece raises RuntimeError/OSError with C++ text
+        check.fail(f"sentencepiece cannot load it ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                   "<tokenizer>")
+    else:
+        pieces = sp.get_piece_size()
+        check.data = {"pieces": pieces, "vocab_size": cfg.vocab_size}
+        if pieces > cfg.vocab_size:
+            check.fail(f"{pieces} pieces but the model's vocabulary has only {cfg.vocab_size} rows", "<tokenizer>")
+        if check.status != "fail":
+            check.status = "pass"
+            check.summary = f"sentencepiece, {pieces} pieces for a vocabulary of {cfg.vocab_size}"
+    check.seconds = time.perf_counter() - t0
+
+
+def _scan_float(reader: LmpReader, e: TensorEntry, progress: Progress | None) -> int:
+    """Number of NaN/inf elements of a float tensor (0 fast: a max over masked bits per chunk)."""
+    kind, mask, inf_bits = _NONFINITE[e.dtype]
+    item = np.dtype(kind).itemsize
+    step = CHUNK // item
+    count = e.nbytes // item
+    bad = 0
+    scratch = np.empty(min(step, count), kind)
+    for i in range(0, count, step):
+        n = min(step, count - i)
+        bits = np.frombuffer(reader.buffer, kind, n, e.offset + i * item)
+        masked = np.bitwise_and(bits, kind(mask), out=scratch[:n])
+        if masked.max() >= inf_bits:
+            bad += int(np.count_nonzero(masked >= inf_bits))
+        if progress:
+            progress(n * item)
+    return bad
+
+
+def _scan_q8(reader: LmpReader, e: TensorEntry, progress: Progress | None) -> tuple[int, int]:
+    """(non-finite fp16 scales, quants equal to -128) of a q8_0 tensor."""
+    rows, cols = e.shape
+    scales_at, _ = q8_0_planes(e.shape)
+    nq, ns = rows * cols, rows * cols // Q8_0_BLOCK
+    bad_q = 0
+    for i in range(0, nq, CHUNK):
+        n = min(CHUNK, nq - i)
+        q = np.frombuffer(reader.buffer, np.int8, n, e.offset + i)
+        if q.min() == -128:
+            bad_q += int(np.count_nonzero(q == -128))
+        if progress:
+            progress(n)
+    s = np.frombuffer(reader.buffer, np.uint16, ns, e.offset + scales_at)
+    bad_s = int(np.count_nonzero((s & np.uint16(0x7FFF)) >= 0x7C00)) if ns else 0
+    if progress:
+        progress(ns * 2)
+    return bad_s, bad_q
+
+
+def check_values(reader: LmpReader, check: Check, progress: Progress | None = None) -> None:
+    """No NaN or infinity in any float tensor; q8_0 scales finite and quants in [-127, 127]."""
+    t0 = time.perf_counter()
+    total = 0
+    for e in reader.tensors:
+        if e.dtype == "q8_0":
+            bad_s, bad_q = _scan_q8(reader, e, progress)
+            if bad_s:
+                check.fail(f"{bad_s} q8_0 scales are NaN or infinite", e.name)
+            if bad_q:
+                check.fail(f"{bad_q} q8_0 quants are -128 (the quantizer only writes -127..127)", e.name)
+        else:
+            bad = _scan_float(reader, e, progress)
+            if bad:
+                check.fail(f"{bad} of {e.nbytes // np.dtype(_NONFINITE[e.dtype][0]).itemsize} values are NaN or infinite",
+                           e.name)
+        total += e.nbytes
+    check.seconds = time.perf_counter() - t0
+    gbps = total / check.seconds / 1e9 if check.seconds > 0 else float("inf")
+    check.data = {"bytes": total, "gb_per_s": gbps}
+    if check.status != "fail":
+        check.status = "pass"
+        check.summary = f"{len(reader.tensors)} tensors, all finite ({gbps:.2f} GB/s)"

@@ -1,0 +1,119 @@
+"""An independent Llama forward pass in numpy float32 over a source checkpoint's own weights.
+
+This is the yardstick of `lmpack verify --against`: it shares no code with the C runtime and
+reads the source checkpoint, not the `.lmp` file. It follows Hugging Face's LlamaForCausalLM
+step by step in float32 — RMSNorm, half-split RoPE with float32 angles, grouped-query causal
+attention, SwiGLU, a separate or tied head — and streams the weights: each matrix is loaded from
+the Source when its matmul runs and widened to float32 a block of rows at a time, so memory stays
+at the activations plus one row block, never a layer and never the model.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from lmpack.convert.source import Source
+from lmpack.formats.dtypes import to_f32
+from lmpack.runtime.model import rope_inv_freq
+
+BLOCK_BYTES = 32 << 20  # float32 bytes of one widened row block of a weight matrix
+
+
+class _Weights:
+    """Loads source tensors on demand as float32, one matrix (or row block) at a time."""
+
+    def __init__(self, source: Source):
+        self.source = source
+        self.dtypes = {s.name: s.dtype for s in source.tensor_specs()}
+
+    def vector(self, name: str) -> np.ndarray:
+        return np.array(to_f32(self.source.load(name), self.dtypes[name]), dtype=np.float32)
+
+    def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+        w = self.source.load(name)
+        return np.array(to_f32(np.asarray(w[ids]), self.dtypes[name]), dtype=np.float32)
+
+    def linear(self, x: np.ndarray, name: str) -> np.ndarray:
+        """x @ W.T for W [out, in] stored in the source; W widened a row block at a time."""
+        w = self.source.load(name)
+        dtype = self.dtypes[name]
+        out = np.empty((x.shape[0], w.shape[0]), np.float32)
+        step = max(1, BLOCK_BYTES // (4 * w.shape[1]))
+        for r0 in range(0, w.shape[0], step):
+            block = to_f32(np.asarray(w[r0:r0 + step]), dtype)
+            np.matmul(x, block.T, out=out[:, r0:r0 + step])
+        del w
+        return out
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    var = np.mean(x * x, axis=-1, keepdims=True, dtype=np.float32)
+    return (weight * (x / np.sqrt(var + np.float32(eps)))).astype(np.float32)
+
+
+def rope_tables(n: int, inv_freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin [n, head_dim] of HF's half-split RoPE: angles pos * inv_freq formed in float32."""
+    ang = np.arange(n, dtype=np.float32)[:, None] * inv_freq.astype(np.float32)[None, :]
+    emb = np.concatenate([ang, ang], axis=-1)
+    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """x [n, heads, head_dim]: rotates the pairs (x[i], x[i + head_dim/2]) of each head."""
+    half = x.shape[-1] // 2
+    rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return (x * cos[:, None, :] + rotated * sin[:, None, :]).astype(np.float32)
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Causal grouped-query attention: q [n, H, d], k/v [n, KV, d] -> [n, H*d]; query head h reads
+    key/value head h // (H / KV)."""
+    n, heads, d = q.shape
+    group = heads // k.shape[1]
+    qg = q.reshape(n, k.shape[1], group, d).transpose(1, 2, 0, 3)  # [KV, group, n, d]
+    kt = k.transpose(1, 2, 0)[:, None]  # [KV, 1, d, n]
+    scores = (qg @ kt) * np.float32(d ** -0.5)  # [KV, group, n, n]
+    scores[..., np.triu(np.ones((n, n), dtype=bool), 1)] = -np.inf  # a token sees only the past
+    scores -= scores.max(axis=-1, keepdims=True)
+    p = np.exp(scores)
+    p /= p.sum(axis=-1, keepdims=True)
+    out = p @ v.transpose(1, 0, 2)[:, None]  # [KV, group, n, d]
+    return out.transpose(2, 0, 1, 3).reshape(n, heads * d).astype(np.float32)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return (x / (np.float32(1) + np.exp(-x))).astype(np.float32)
+
+
+def reference_logits(source: Source, ids: Sequence[int],
+                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """float32 logits [len(ids), vocab] of `ids` at positions 0.. from the source's weights.
+
+    `progress(done, total)` is called after each layer."""
+    cfg = source.config()
+    w = _Weights(source)
+    tokens = np.asarray(ids, dtype=np.int64)
+    n = len(tokens)
+    if n == 0 or tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+        raise ValueError("token ids must be non-empty and inside the vocabulary")
+    cos, sin = rope_tables(n, rope_inv_freq(cfg))
+    eps, hd = cfg.norm_eps, cfg.head_dim
+
+    h = w.rows("model.embed_tokens.weight", tokens)
+    for i in range(cfg.n_layers):
+        p = f"model.layers.{i}."
+        x = rms_norm(h, w.vector(p + "input_layernorm.weight"), eps)
+        q = apply_rope(w.linear(x, p + "self_attn.q_proj.weight").reshape(n, cfg.n_heads, hd), cos, sin)
+        k = apply_rope(w.linear(x, p + "self_attn.k_proj.weight").reshape(n, cfg.n_kv_heads, hd), cos, sin)
+        v = w.linear(x, p + "self_attn.v_proj.weight").reshape(n, cfg.n_kv_heads, hd)
+        h = h + w.linear(attention(q, k, v), p + "self_attn.o_proj.weight")
+        x = rms_norm(h, w.vector(p + "post_attention_layernorm.weight"), eps)
+        gated = silu(w.linear(x, p + "mlp.gate_proj.weight")) * w.linear(x, p + "mlp.up_proj.weight")
+        h = h + w.linear(gated, p + "mlp.down_proj.weight")
+        if progress:
+            progress(i + 1, cfg.n_layers)
+    x = rms_norm(h, w.vector("model.norm.weight"), eps)
+    head = "model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"
+    return w.linear(x, head)
