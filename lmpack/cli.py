@@ -238,6 +238,60 @@ def chat(
             turn_seed += 1
 
 
+@app.command()
+@handles_errors
+def verify(
+    file: Path = typer.Argument(..., help="The .lmp file to check."),
+    against: Optional[Path] = typer.Option(None, "--against", help="The source checkpoint (folder, or a float .lmp) "
+                                           "to compare config, tensors and logits with."),
+    prompt: Optional[str] = typer.Option(None, "-p", "--prompt", help="Text for the logit comparison "
+                                         "(default: a fixed English paragraph)."),
+    text_file: Optional[Path] = typer.Option(None, "--text-file", help="A UTF-8 text file for the logit comparison "
+                                             "instead of --prompt."),
+    max_tokens: int = typer.Option(256, "-n", "--max-tokens", help="Cut the prompt or text to this many tokens."),
+    max_error: Optional[float] = typer.Option(None, "--max-error", help="Override: max |logit error| / std of the "
+                                              "reference logits."),
+    min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Override: minimum top-1 agreement (0..1)."),
+    max_kl: Optional[float] = typer.Option(None, "--max-kl", help="Override: maximum mean KL(ref || file), nats."),
+    max_kl_token: Optional[float] = typer.Option(None, "--max-kl-token", help="Override: maximum KL at any one "
+                                                 "position, nats."),
+    max_ppl_diff: Optional[float] = typer.Option(None, "--max-ppl-diff", help="Override: maximum relative "
+                                                 "perplexity difference."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Runtime threads (default: all cores)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout (stable keys)."),
+):
+    """Check that a file is intact (structure, checksums, tokenizer, finite values) and, with --against,
+    faithful to its source (config, every tensor, logits against a numpy reference). Exit 0 when sound,
+    1 when not, 2 on usage errors. Thresholds per dtype: docs/VERIFY.md."""
+    import json
+
+    from lmpack.verify import UsageError, render, verify as run_verify
+
+    overrides = {"max_error_rel_std": max_error, "min_top1": min_top1, "max_kl_mean": max_kl,
+                 "max_kl_max": max_kl_token, "max_ppl_rel_diff": max_ppl_diff}
+    # typer.Exit is an Exception that handles_errors would report as a bug: leave through SystemExit.
+    bad = [f"--{k.replace('_', '-')}" for k, v in (("max_error", max_error), ("min_top1", min_top1), ("max_kl", max_kl),
+                                                   ("max_kl_token", max_kl_token), ("max_ppl_diff", max_ppl_diff))
+           if v is not None and not v >= 0]
+    if bad or (threads is not None and threads < 1):
+        err.print(f"[bold red]error:[/] {bad[0] if bad else '--threads'} must be "
+                  f"{'a number >= 0' if bad else 'at least 1'}", highlight=False)
+        raise SystemExit(2)
+    try:
+        result = run_verify(file, against=against, prompt=prompt, text_file=text_file, max_tokens=max_tokens,
+                            thresholds=overrides, threads=threads, progress=not as_json and err.is_terminal)
+    except UsageError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+        sys.stdout.flush()
+    else:
+        render(result, Console())
+    if not result.ok:
+        raise SystemExit(1)
+
+
 def main() -> None:
     app(prog_name="lmpack")
 
