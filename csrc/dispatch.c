@@ -144,14 +144,9 @@ typedef struct {
     int (*runnable)(const int f[F_NFEAT]);
 } path;
 
-/* Set to 1 once kernels_avx2.c / kernels_avx512.c / kernels_neon.c define their tables. */
-#ifndef LMP_SIMD_TABLES
-#define LMP_SIMD_TABLES 0
-#endif
-
 static int run_scalar(const int f[F_NFEAT]) { return 1; }
 
-#if defined(LMP_X86) && LMP_SIMD_TABLES
+#if defined(LMP_X86)
 static int run_avx2(const int f[F_NFEAT]) {
     return f[F_OS_AVX] && f[F_AVX] && f[F_AVX2] && f[F_FMA] && f[F_F16C];
 }
@@ -160,18 +155,18 @@ static int run_avx512(const int f[F_NFEAT]) {
            f[F_AVX512DQ] && f[F_AVX512VNNI];
 }
 #endif
-#if defined(__aarch64__) && LMP_SIMD_TABLES
+#if defined(__aarch64__)
 static int run_neon(const int f[F_NFEAT]) { return f[F_NEON] && f[F_DOTPROD]; }
 #endif
 
 /* Best last. */
 static const path paths[] = {
     {&lmp_kernels_scalar, run_scalar},
-#if defined(LMP_X86) && LMP_SIMD_TABLES
+#if defined(LMP_X86)
     {&lmp_kernels_avx2, run_avx2},
     {&lmp_kernels_avx512, run_avx512},
 #endif
-#if defined(__aarch64__) && LMP_SIMD_TABLES
+#if defined(__aarch64__)
     {&lmp_kernels_neon, run_neon},
 #endif
 };

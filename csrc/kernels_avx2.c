@@ -1,0 +1,343 @@
+/* The AVX2 kernel table (AVX2 + FMA + F16C): the fast path on x86-64 CPUs from 2013 on.
+ *
+ * Compiled with a raised target for this file only; dispatch.c hands it out only after cpuid and
+ * xgetbv said the CPU and the OS support AVX2/FMA/F16C and the YMM state.
+ *
+ * Same structure as kernels_avx512.c at half the width: a tile of RM rows x RN tokens keeps its
+ * accumulators in registers (16 ymm here, so smaller tiles), generation uses RN = 1. Every tile
+ * shape runs the same per-output chain and final reduction, so an output's value depends only on
+ * (row, token, cols).
+ */
+#include "kernels.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+
+#include <float.h>
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "half.h"
+
+#if defined(__GNUC__)
+#define INLINE static inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 16")
+#else
+#define INLINE static inline
+#define UNROLL
+#endif
+
+/* Fixed-order horizontal sum: halves, then pairs. */
+INLINE float hsum8(__m256 v) {
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    b = _mm_add_ss(b, _mm_movehdup_ps(b));
+    return _mm_cvtss_f32(b);
+}
+
+/* Lane mask with the first k (0..8) lanes set, for maskload. */
+INLINE __m256i first_lanes(int64_t k) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* ---- f32 / f16 / bf16 weights ---------------------------------------------------------- */
+
+INLINE __m256 ld_f32(const void *p, int64_t c) { return _mm256_loadu_ps((const float *)p + c); }
+INLINE __m256 ldm_f32(const void *p, int64_t c, int64_t k) {
+    return _mm256_maskload_ps((const float *)p + c, first_lanes(k));
+}
+INLINE __m256 ld_f16(const void *p, int64_t c) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + c)));
+}
+/* 16-bit tails have no masked load: copy the k live halves into a zeroed block. */
+INLINE __m128i tail16(const void *p, int64_t c, int64_t k) {
+    uint16_t buf[8] = {0};
+    memcpy(buf, (const uint16_t *)p + c, (size_t)k * 2);
+    return _mm_loadu_si128((const __m128i *)buf);
+}
+INLINE __m256 ldm_f16(const void *p, int64_t c, int64_t k) { return _mm256_cvtph_ps(tail16(p, c, k)); }
+INLINE __m256 bf16_widen(__m128i h) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+INLINE __m256 ld_bf16(const void *p, int64_t c) {
+    return bf16_widen(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + c)));
+}
+INLINE __m256 ldm_bf16(const void *p, int64_t c, int64_t k) { return bf16_widen(tail16(p, c, k)); }
+
+#define FRM 4 /* tile rows */
+#define FRN 3 /* tile tokens: 12 accumulators + 3 activations + 1 weight = 16 ymm */
+
+#define DEFINE_FTILE(NAME, ESIZE, LD, LDM)                                                       \
+    INLINE void NAME(const char *w, const float *x, int64_t cols, int rm, int rn, float *y,     \
+                     int64_t ldy) {                                                             \
+        __m256 acc[FRM * 2][FRN];                                                               \
+        UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++) acc[i][j] =    \
+            _mm256_setzero_ps();                                                                \
+        int64_t c = 0;                                                                          \
+        for (; c + 8 <= cols; c += 8) {                                                         \
+            __m256 xv[FRN];                                                                     \
+            UNROLL for (int j = 0; j < rn; j++) xv[j] = _mm256_loadu_ps(x + j * cols + c);     \
+            UNROLL for (int i = 0; i < rm; i++) {                                               \
+                __m256 wv = LD(w + i * cols * ESIZE, c);                                        \
+                UNROLL for (int j = 0; j < rn; j++) acc[i][j] =                                 \
+                    _mm256_fmadd_ps(wv, xv[j], acc[i][j]);                                      \
+            }                                                                                   \
+        }                                                                                       \
+        if (c < cols) {                                                                         \
+            const int64_t k = cols - c;                                                         \
+            __m256 xv[FRN];                                                                     \
+            UNROLL for (int j = 0; j < rn; j++) xv[j] = ldm_f32(x + j * cols, c, k);           \
+            UNROLL for (int i = 0; i < rm; i++) {                                               \
+                __m256 wv = LDM(w + i * cols * ESIZE, c, k);                                    \
+                UNROLL for (int j = 0; j < rn; j++) acc[i][j] =                                 \
+                    _mm256_fmadd_ps(wv, xv[j], acc[i][j]);                                      \
+            }                                                                                   \
+        }                                                                                       \
+        UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++)                \
+            y[j * ldy + i] = hsum8(acc[i][j]);                                                  \
+    }
+
+DEFINE_FTILE(ftile_f32, 4, ld_f32, ldm_f32)
+DEFINE_FTILE(ftile_f16, 2, ld_f16, ldm_f16)
+DEFINE_FTILE(ftile_bf16, 2, ld_bf16, ldm_bf16)
+
+#define FCASE(T, RM, RN) case (RM) * 16 + (RN): T(w, x, cols, RM, RN, y, ldy); break;
+#define FCASES_RM(T, RM) FCASE(T, RM, 1) FCASE(T, RM, 2) FCASE(T, RM, 3)
+
+#define DEFINE_FMATMUL(NAME, TILE, ESIZE)                                                        \
+    static void TILE##_any(const char *w, const float *x, int64_t cols, int rm, int rn, float *y, \
+                           int64_t ldy) {                                                       \
+        switch (rm * 16 + rn) {                                                                 \
+            FCASES_RM(TILE, 1) FCASES_RM(TILE, 2) FCASES_RM(TILE, 3) FCASES_RM(TILE, 4)         \
+            FCASE(TILE, 8, 1)                                                                   \
+        default: break;                                                                         \
+        }                                                                                       \
+    }                                                                                           \
+    static void NAME(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv, int64_t ntok,  \
+                     float *y, int64_t ldy) {                                                   \
+        const char *wd = w->data;                                                               \
+        const float *x = xv;                                                                    \
+        const int64_t cols = w->cols;                                                           \
+        if (ntok == 1) {                                                                        \
+            int64_t r = r0;                                                                     \
+            for (; r + 8 <= r1; r += 8) TILE##_any(wd + r * cols * ESIZE, x, cols, 8, 1, y + r, ldy); \
+            for (; r < r1; r += FRM) {                                                          \
+                int rm = r1 - r < FRM ? (int)(r1 - r) : FRM;                                    \
+                TILE##_any(wd + r * cols * ESIZE, x, cols, rm, 1, y + r, ldy);                  \
+            }                                                                                   \
+            return;                                                                             \
+        }                                                                                       \
+        for (int64_t r = r0; r < r1; r += FRM) {                                                \
+            int rm = r1 - r < FRM ? (int)(r1 - r) : FRM;                                        \
+            for (int64_t t = 0; t < ntok; t += FRN) {                                           \
+                int rn = ntok - t < FRN ? (int)(ntok - t) : FRN;                                \
+                TILE##_any(wd + r * cols * ESIZE, x + t * cols, cols, rm, rn, y + t * ldy + r,  \
+                           ldy);                                                                \
+            }                                                                                   \
+        }                                                                                       \
+    }
+
+DEFINE_FMATMUL(matmul_f32, ftile_f32, 4)
+DEFINE_FMATMUL(matmul_f16, ftile_f16, 2)
+DEFINE_FMATMUL(matmul_bf16, ftile_bf16, 2)
+
+/* ---- q8_0 weights x q8 activations -------------------------------------------------------- */
+
+/* Per 32-block: maddubs takes unsigned x signed bytes, so it gets |w| and x with w's sign moved
+ * onto it (|q| <= 127, so neither overflows and pair sums stay below 2^15); madd with ones
+ * widens to 8 int32 lanes of 4 products each, converted to float and FMA'd with d_w*d_x. */
+
+#define QRM 2
+#define QRN 2
+
+INLINE __m256i dot_lanes(__m256i aw, __m256i w, __m256i x) {
+    __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
+INLINE void qtile(const int8_t *wq, const uint16_t *ws, const lmp_q8_act *x, int64_t t0,
+                  int64_t cols, int rm, int rn, float *y, int64_t ldy) {
+    const int64_t nb = cols / LMP_QK;
+    __m256 acc[QRM * 2][QRN];
+    UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++) acc[i][j] =
+        _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i wv[QRM * 2], aw[QRM * 2];
+        __m256 dw[QRM * 2];
+        UNROLL for (int i = 0; i < rm; i++) {
+            wv[i] = _mm256_loadu_si256((const __m256i *)(wq + i * cols + b * LMP_QK));
+            aw[i] = _mm256_sign_epi8(wv[i], wv[i]);
+            dw[i] = _mm256_set1_ps(_cvtsh_ss(ws[i * nb + b]));
+        }
+        UNROLL for (int j = 0; j < rn; j++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + (t0 + j) * cols + b * LMP_QK));
+            __m256 dx = _mm256_broadcast_ss(x->d + (t0 + j) * nb + b);
+            UNROLL for (int i = 0; i < rm; i++) {
+                __m256 f = _mm256_cvtepi32_ps(dot_lanes(aw[i], wv[i], xv));
+                acc[i][j] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw[i], dx), acc[i][j]);
+            }
+        }
+    }
+    UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++)
+        y[j * ldy + i] = hsum8(acc[i][j]);
+}
+
+#define QCASE(RM, RN) case (RM) * 16 + (RN): qtile(wq, ws, x, t0, cols, RM, RN, y, ldy); break;
+
+static void qtile_any(const int8_t *wq, const uint16_t *ws, const lmp_q8_act *x, int64_t t0,
+                      int64_t cols, int rm, int rn, float *y, int64_t ldy) {
+    switch (rm * 16 + rn) {
+        QCASE(1, 1) QCASE(1, 2) QCASE(2, 1) QCASE(2, 2) QCASE(4, 1)
+    default: break;
+    }
+}
+
+static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv,
+                        int64_t ntok, float *y, int64_t ldy) {
+    const lmp_q8_act *x = xv;
+    const int8_t *wq = w->data;
+    const int64_t cols = w->cols, nb = cols / LMP_QK;
+    if (ntok == 1) {
+        int64_t r = r0;
+        for (; r + 4 <= r1; r += 4) qtile_any(wq + r * cols, w->scales + r * nb, x, 0, cols, 4, 1, y + r, ldy);
+        for (; r < r1; r++) qtile_any(wq + r * cols, w->scales + r * nb, x, 0, cols, 1, 1, y + r, ldy);
+        return;
+    }
+    for (int64_t r = r0; r < r1; r += QRM) {
+        int rm = r1 - r < QRM ? (int)(r1 - r) : QRM;
+        for (int64_t t = 0; t < ntok; t += QRN) {
+            int rn = ntok - t < QRN ? (int)(ntok - t) : QRN;
+            qtile_any(wq + r * cols, w->scales + r * nb, x, t, cols, rm, rn, y + t * ldy + r, ldy);
+        }
+    }
+}
+
+/* ---- quantizers ------------------------------------------------------------------------- */
+
+/* Round half away from zero, exactly (see kernels_scalar.c), to int32. */
+INLINE __m256i round_away(__m256 v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 r = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m256 rem = _mm256_andnot_ps(sign, _mm256_sub_ps(v, r));
+    __m256 up = _mm256_cmp_ps(rem, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    __m256 one = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0f));
+    r = _mm256_add_ps(r, _mm256_and_ps(up, one));
+    return _mm256_cvttps_epi32(r);
+}
+
+/* Quantizes 32 finite values in v[0..3]; returns d = amax/127 (f32). */
+INLINE float quant_block(const __m256 v[4], int8_t *q) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                             _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    float amax = _mm_cvtss_f32(h);
+    float d = amax / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    if (isinf(id)) { /* 1/d overflowed: ggml's reference gives quants 0 here (see scalar) */
+        _mm256_storeu_si256((__m256i *)q, _mm256_setzero_si256());
+        return d;
+    }
+    __m256 vid = _mm256_set1_ps(id);
+    __m256i i0 = round_away(_mm256_mul_ps(v[0], vid)), i1 = round_away(_mm256_mul_ps(v[1], vid));
+    __m256i i2 = round_away(_mm256_mul_ps(v[2], vid)), i3 = round_away(_mm256_mul_ps(v[3], vid));
+    /* The packs work within 128-bit halves; the permute puts the 4-byte groups back in order. */
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)q, p);
+    return d;
+}
+
+INLINE int nonfinite4(const __m256 v[4]) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 big = _mm256_set1_ps(FLT_MAX);
+    __m256 bad = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++)
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_andnot_ps(sign, v[k]), big, _CMP_NLE_UQ));
+    return _mm256_movemask_ps(bad) != 0;
+}
+
+static int quantize_q8_0(const void *src, int src_dtype, int64_t n, int8_t *q, uint16_t *d) {
+    for (int64_t blk = 0; blk < n / LMP_QK; blk++) {
+        int64_t i = blk * LMP_QK;
+        __m256 v[4];
+        for (int k = 0; k < 4; k++) {
+            if (src_dtype == LMP_F32) v[k] = ld_f32(src, i + 8 * k);
+            else if (src_dtype == LMP_F16) v[k] = ld_f16(src, i + 8 * k);
+            else v[k] = ld_bf16(src, i + 8 * k);
+        }
+        if (nonfinite4(v)) return -1;
+        d[blk] = lmp_f32_to_f16(quant_block(v, q + i));
+    }
+    return 0;
+}
+
+static void quantize_act_q8(const float *x, int64_t n, int8_t *q, float *d) {
+    for (int64_t blk = 0; blk < n / LMP_QK; blk++) {
+        int64_t i = blk * LMP_QK;
+        __m256 v[4];
+        for (int k = 0; k < 4; k++) v[k] = _mm256_loadu_ps(x + i + 8 * k);
+        if (nonfinite4(v)) { /* quants 0, scale nan: the nan reaches every output */
+            _mm256_storeu_si256((__m256i *)(q + i), _mm256_setzero_si256());
+            d[blk] = NAN;
+            continue;
+        }
+        d[blk] = quant_block(v, q + i);
+    }
+}
+
+/* ---- vector helpers ---------------------------------------------------------------------- */
+
+static float dot_f32(const float *a, const float *b, int64_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    if (i < n) s0 = _mm256_fmadd_ps(ldm_f32(a, i, n - i), ldm_f32(b, i, n - i), s0);
+    return hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+}
+
+static void axpy_f32(float a, const float *x, float *y, int64_t n) {
+    __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    if (i < n) {
+        __m256i m = first_lanes(n - i);
+        __m256 v = _mm256_fmadd_ps(va, _mm256_maskload_ps(x + i, m), _mm256_maskload_ps(y + i, m));
+        _mm256_maskstore_ps(y + i, m, v);
+    }
+}
+
+const lmp_kernels lmp_kernels_avx2 = {
+    .name = "avx2",
+    .matmul = {[LMP_F32] = matmul_f32, [LMP_F16] = matmul_f16, [LMP_BF16] = matmul_bf16,
+               [LMP_Q8_0] = matmul_q8_0},
+    .quantize_q8_0 = quantize_q8_0,
+    .quantize_act_q8 = quantize_act_q8,
+    .dot_f32 = dot_f32,
+    .axpy_f32 = axpy_f32,
+};
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+#endif /* x86-64 */

@@ -1,0 +1,344 @@
+/* The AVX-512 kernel table (F/BW/VL/DQ + VNNI, with AVX2/FMA/F16C): the fast path on recent Xeons.
+ *
+ * Compiled with a raised target for this file only; dispatch.c hands it out only after cpuid and
+ * xgetbv said the CPU and the OS support every instruction used here.
+ *
+ * Matmuls compute dot products of weight rows with activation rows (both contiguous along cols).
+ * A tile of RM rows x RN tokens keeps RM*RN vector accumulators in registers, so each weight
+ * vector loaded is used RN times (prompts) and each activation vector RM times; generation
+ * (ntok == 1) uses the same tile code with RN = 1, streaming each weight row once.
+ *
+ * Determinism: an output's value depends only on (row, token, cols). Every tile shape runs the
+ * same per-output chain (lane l of one accumulator takes columns l, l+16, ... in order, the tail
+ * through masked loads) and the same final reduction, so a row computed inside a 4x6 tile equals
+ * the same row computed alone, whatever the thread split or the batch size.
+ */
+#include "kernels.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")
+#endif
+
+#include <float.h>
+#include <immintrin.h>
+#include <math.h>
+
+#include "half.h"
+
+#if defined(__GNUC__)
+#define INLINE static inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 16")
+#else
+#define INLINE static inline
+#define UNROLL
+#endif
+
+/* Fixed-order horizontal sum: halves, then quarters, then pairs. */
+INLINE float hsum16(__m512 v) {
+    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    b = _mm_add_ss(b, _mm_movehdup_ps(b));
+    return _mm_cvtss_f32(b);
+}
+
+/* ---- f32 / f16 / bf16 weights ---------------------------------------------------------- */
+
+INLINE __m512 ld_f32(const void *p, int64_t c) { return _mm512_loadu_ps((const float *)p + c); }
+INLINE __m512 ldm_f32(const void *p, int64_t c, __mmask16 m) {
+    return _mm512_maskz_loadu_ps(m, (const float *)p + c);
+}
+INLINE __m512 ld_f16(const void *p, int64_t c) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + c)));
+}
+INLINE __m512 ldm_f16(const void *p, int64_t c, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + c));
+}
+INLINE __m512 bf16_widen(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+INLINE __m512 ld_bf16(const void *p, int64_t c) {
+    return bf16_widen(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + c)));
+}
+INLINE __m512 ldm_bf16(const void *p, int64_t c, __mmask16 m) {
+    return bf16_widen(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + c));
+}
+
+#define FRM 4 /* tile rows */
+#define FRN 6 /* tile tokens: 24 accumulators + 6 activations + 1 weight = 31 zmm */
+
+/* One RM x RN tile for weights of ESIZE bytes loaded by LD/LDM. w: row r0 of the tile,
+ * x: token t0, y: &Y[t0*ldy + r0]. */
+#define DEFINE_FTILE(NAME, ESIZE, LD, LDM)                                                       \
+    INLINE void NAME(const char *w, const float *x, int64_t cols, int rm, int rn, float *y,     \
+                     int64_t ldy) {                                                             \
+        __m512 acc[FRM * 2][FRN];                                                               \
+        UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++) acc[i][j] =    \
+            _mm512_setzero_ps();                                                                \
+        int64_t c = 0;                                                                          \
+        for (; c + 16 <= cols; c += 16) {                                                       \
+            __m512 xv[FRN];                                                                     \
+            UNROLL for (int j = 0; j < rn; j++) xv[j] = _mm512_loadu_ps(x + j * cols + c);     \
+            UNROLL for (int i = 0; i < rm; i++) {                                               \
+                __m512 wv = LD(w + i * cols * ESIZE, c);                                        \
+                UNROLL for (int j = 0; j < rn; j++) acc[i][j] =                                 \
+                    _mm512_fmadd_ps(wv, xv[j], acc[i][j]);                                      \
+            }                                                                                   \
+        }                                                                                       \
+        if (c < cols) {                                                                         \
+            __mmask16 m = (__mmask16)((1u << (cols - c)) - 1);                                  \
+            __m512 xv[FRN];                                                                     \
+            UNROLL for (int j = 0; j < rn; j++) xv[j] = _mm512_maskz_loadu_ps(m, x + j * cols + c); \
+            UNROLL for (int i = 0; i < rm; i++) {                                               \
+                __m512 wv = LDM(w + i * cols * ESIZE, c, m);                                    \
+                UNROLL for (int j = 0; j < rn; j++) acc[i][j] =                                 \
+                    _mm512_fmadd_ps(wv, xv[j], acc[i][j]);                                      \
+            }                                                                                   \
+        }                                                                                       \
+        UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++)                \
+            y[j * ldy + i] = hsum16(acc[i][j]);                                                 \
+    }
+
+DEFINE_FTILE(ftile_f32, 4, ld_f32, ldm_f32)
+DEFINE_FTILE(ftile_f16, 2, ld_f16, ldm_f16)
+DEFINE_FTILE(ftile_bf16, 2, ld_bf16, ldm_bf16)
+
+/* Instantiates the tile for constant shapes so the accumulators live in registers. */
+#define FCASE(T, RM, RN) case (RM) * 16 + (RN): T(w, x, cols, RM, RN, y, ldy); break;
+#define FCASES_RM(T, RM) FCASE(T, RM, 1) FCASE(T, RM, 2) FCASE(T, RM, 3) FCASE(T, RM, 4) \
+    FCASE(T, RM, 5) FCASE(T, RM, 6)
+
+#define DEFINE_FMATMUL(NAME, TILE, ESIZE)                                                        \
+    static void TILE##_any(const char *w, const float *x, int64_t cols, int rm, int rn, float *y, \
+                           int64_t ldy) {                                                       \
+        switch (rm * 16 + rn) {                                                                 \
+            FCASES_RM(TILE, 1) FCASES_RM(TILE, 2) FCASES_RM(TILE, 3) FCASES_RM(TILE, 4)         \
+            FCASE(TILE, 8, 1)                                                                   \
+        default: break;                                                                         \
+        }                                                                                       \
+    }                                                                                           \
+    static void NAME(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv, int64_t ntok,  \
+                     float *y, int64_t ldy) {                                                   \
+        const char *wd = w->data;                                                               \
+        const float *x = xv;                                                                    \
+        const int64_t cols = w->cols;                                                           \
+        if (ntok == 1) {                                                                        \
+            int64_t r = r0;                                                                     \
+            for (; r + 8 <= r1; r += 8) TILE##_any(wd + r * cols * ESIZE, x, cols, 8, 1, y + r, ldy); \
+            for (; r < r1; r += FRM) {                                                          \
+                int rm = r1 - r < FRM ? (int)(r1 - r) : FRM;                                    \
+                TILE##_any(wd + r * cols * ESIZE, x, cols, rm, 1, y + r, ldy);                  \
+            }                                                                                   \
+            return;                                                                             \
+        }                                                                                       \
+        for (int64_t r = r0; r < r1; r += FRM) {                                                \
+            int rm = r1 - r < FRM ? (int)(r1 - r) : FRM;                                        \
+            for (int64_t t = 0; t < ntok; t += FRN) {                                           \
+                int rn = ntok - t < FRN ? (int)(ntok - t) : FRN;                                \
+                TILE##_any(wd + r * cols * ESIZE, x + t * cols, cols, rm, rn, y + t * ldy + r,  \
+                           ldy);                                                                \
+            }                                                                                   \
+        }                                                                                       \
+    }
+
+DEFINE_FMATMUL(matmul_f32, ftile_f32, 4)
+DEFINE_FMATMUL(matmul_f16, ftile_f16, 2)
+DEFINE_FMATMUL(matmul_bf16, ftile_bf16, 2)
+
+/* ---- q8_0 weights x q8 activations -------------------------------------------------------- */
+
+/* A 64-byte step covers two blocks. vpdpbusd multiplies unsigned by signed bytes, so the
+ * activations are offset to x+128 (unsigned) and the row's 128*sum(w) is subtracted back by
+ * seeding the accumulator with it: exact, since every sum fits easily in int32. Lane l of the
+ * int32 result holds 4 products of block (l < 8 ? first : second); it is converted to float
+ * and FMA'd with that block's d_w*d_x into the float accumulator. */
+
+#define QRM 4 /* tile rows */
+#define QRN 3 /* tile tokens: 12 accumulators + 3 zmm per row + 2 per token */
+
+INLINE __m512 expand2(__m128 two) { /* [a, b, ...] -> [a x8, b x8] */
+    const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(two));
+}
+
+INLINE void qtile(const int8_t *wq, const uint16_t *ws, const lmp_q8_act *x, int64_t t0,
+                  int64_t cols, int rm, int rn, float *y, int64_t ldy) {
+    const int64_t nb = cols / LMP_QK;
+    const __m512i k128 = _mm512_set1_epi8((char)0x80);
+    const __m512i zero = _mm512_setzero_si512();
+    __m512 acc[QRM][QRN];
+    UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++) acc[i][j] =
+        _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b += 2) {
+        const int two = b + 1 < nb;
+        const __mmask64 m = two ? ~(__mmask64)0 : (__mmask64)0xffffffffu;
+        __m512i wv[QRM], nc[QRM];
+        __m512 dw[QRM];
+        UNROLL for (int i = 0; i < rm; i++) {
+            wv[i] = _mm512_maskz_loadu_epi8(m, wq + i * cols + b * LMP_QK);
+            nc[i] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, k128, wv[i]));
+            const uint16_t *s = ws + i * nb + b;
+            uint32_t bits = two ? (uint32_t)s[0] | (uint32_t)s[1] << 16 : s[0];
+            dw[i] = expand2(_mm_cvtph_ps(_mm_cvtsi32_si128((int)bits)));
+        }
+        UNROLL for (int j = 0; j < rn; j++) {
+            const int8_t *xq = x->q + (t0 + j) * cols + b * LMP_QK;
+            const float *xd = x->d + (t0 + j) * nb + b;
+            __m512i xu = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, xq), k128);
+            __m512 dx = expand2(two ? _mm_castpd_ps(_mm_load_sd((const double *)xd))
+                                    : _mm_load_ss(xd));
+            UNROLL for (int i = 0; i < rm; i++) {
+                __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc[i], xu, wv[i]));
+                acc[i][j] = _mm512_fmadd_ps(f, _mm512_mul_ps(dw[i], dx), acc[i][j]);
+            }
+        }
+    }
+    UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++)
+        y[j * ldy + i] = hsum16(acc[i][j]);
+}
+
+#define QCASE(RM, RN) case (RM) * 16 + (RN): qtile(wq, ws, x, t0, cols, RM, RN, y, ldy); break;
+
+static void qtile_any(const int8_t *wq, const uint16_t *ws, const lmp_q8_act *x, int64_t t0,
+                      int64_t cols, int rm, int rn, float *y, int64_t ldy) {
+    switch (rm * 16 + rn) {
+        QCASE(1, 1) QCASE(1, 2) QCASE(1, 3) QCASE(2, 1) QCASE(2, 2) QCASE(2, 3)
+        QCASE(3, 1) QCASE(3, 2) QCASE(3, 3) QCASE(4, 1) QCASE(4, 2) QCASE(4, 3)
+    default: break;
+    }
+}
+
+static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv,
+                        int64_t ntok, float *y, int64_t ldy) {
+    const lmp_q8_act *x = xv;
+    const int8_t *wq = w->data;
+    const int64_t cols = w->cols, nb = cols / LMP_QK;
+    for (int64_t r = r0; r < r1; r += QRM) {
+        int rm = r1 - r < QRM ? (int)(r1 - r) : QRM;
+        for (int64_t t = 0; t < ntok; t += QRN) {
+            int rn = ntok - t < QRN ? (int)(ntok - t) : QRN;
+            qtile_any(wq + r * cols, w->scales + r * nb, x, t, cols, rm, rn, y + t * ldy + r, ldy);
+        }
+    }
+}
+
+/* ---- quantizers ------------------------------------------------------------------------- */
+
+/* Round half away from zero of integral-or-not v, exactly: trunc, then step away by one where
+ * the (exact) remainder is at least 0.5. */
+INLINE __m512i round_away(__m512 v) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    __m512 r = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m512 rem = _mm512_andnot_ps(sign, _mm512_sub_ps(v, r));
+    __mmask16 up = _mm512_cmp_ps_mask(rem, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    __m512 one = _mm512_or_ps(_mm512_and_ps(v, sign), _mm512_set1_ps(1.0f));
+    r = _mm512_mask_add_ps(r, up, r, one);
+    return _mm512_cvttps_epi32(r);
+}
+
+/* Quantizes 32 finite values held in two vectors; returns d = amax/127 (f32). */
+INLINE float quant_block(__m512 a, __m512 b, int8_t *q) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    __m512 m = _mm512_max_ps(_mm512_andnot_ps(sign, a), _mm512_andnot_ps(sign, b));
+    float amax = _mm512_reduce_max_ps(m);
+    float d = amax / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    if (isinf(id)) { /* 1/d overflowed: ggml's reference gives quants 0 here (see scalar) */
+        _mm256_storeu_si256((__m256i *)q, _mm256_setzero_si256());
+        return d;
+    }
+    __m512 vid = _mm512_set1_ps(id);
+    _mm_storeu_si128((__m128i *)q, _mm512_cvtepi32_epi8(round_away(_mm512_mul_ps(a, vid))));
+    _mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtepi32_epi8(round_away(_mm512_mul_ps(b, vid))));
+    return d;
+}
+
+/* Nonzero if any lane is inf or nan. */
+INLINE int nonfinite2(__m512 a, __m512 b) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    const __m512 big = _mm512_set1_ps(FLT_MAX);
+    return (_mm512_cmp_ps_mask(_mm512_andnot_ps(sign, a), big, _CMP_NLE_UQ) |
+            _mm512_cmp_ps_mask(_mm512_andnot_ps(sign, b), big, _CMP_NLE_UQ)) != 0;
+}
+
+static int quantize_q8_0(const void *src, int src_dtype, int64_t n, int8_t *q, uint16_t *d) {
+    for (int64_t blk = 0; blk < n / LMP_QK; blk++) {
+        int64_t i = blk * LMP_QK;
+        __m512 a, b;
+        if (src_dtype == LMP_F32) a = ld_f32(src, i), b = ld_f32(src, i + 16);
+        else if (src_dtype == LMP_F16) a = ld_f16(src, i), b = ld_f16(src, i + 16);
+        else a = ld_bf16(src, i), b = ld_bf16(src, i + 16);
+        if (nonfinite2(a, b)) return -1;
+        d[blk] = lmp_f32_to_f16(quant_block(a, b, q + i));
+    }
+    return 0;
+}
+
+static void quantize_act_q8(const float *x, int64_t n, int8_t *q, float *d) {
+    for (int64_t blk = 0; blk < n / LMP_QK; blk++) {
+        int64_t i = blk * LMP_QK;
+        __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+        if (nonfinite2(a, b)) { /* quants 0, scale nan: the nan reaches every output */
+            _mm256_storeu_si256((__m256i *)(q + i), _mm256_setzero_si256());
+            d[blk] = NAN;
+            continue;
+        }
+        d[blk] = quant_block(a, b, q + i);
+    }
+}
+
+/* ---- vector helpers ---------------------------------------------------------------------- */
+
+static float dot_f32(const float *a, const float *b, int64_t n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);
+        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);
+    }
+    for (; i + 16 <= n; i += 16)
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return hsum16(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+static void axpy_f32(float a, const float *x, float *y, int64_t n) {
+    __m512 va = _mm512_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        __m512 v = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i));
+        _mm512_mask_storeu_ps(y + i, m, v);
+    }
+}
+
+const lmp_kernels lmp_kernels_avx512 = {
+    .name = "avx512",
+    .matmul = {[LMP_F32] = matmul_f32, [LMP_F16] = matmul_f16, [LMP_BF16] = matmul_bf16,
+               [LMP_Q8_0] = matmul_q8_0},
+    .quantize_q8_0 = quantize_q8_0,
+    .quantize_act_q8 = quantize_act_q8,
+    .dot_f32 = dot_f32,
+    .axpy_f32 = axpy_f32,
+};
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+#endif /* x86-64 */

@@ -1,0 +1,252 @@
+"""Every kernel table entry on every path this CPU can run, against float64 numpy and the scalar table.
+
+Float matmuls must sit within a rounding bound of the float64 product; the q8_0 integer dot must be
+exact on every path; and the determinism contract must hold: an output depends only on (row,
+token, cols), not on the batch size or on how the rows are split across calls.
+"""
+import contextlib
+
+import numpy as np
+import pytest
+
+from lmpack import _core
+
+PATHS = _core.kernel_paths()
+U = 2.0**-24  # f32 unit roundoff
+
+
+@contextlib.contextmanager
+def kernel_path(name):
+    before = _core.kernel_path()
+    _core.set_kernel_path(name)
+    try:
+        yield
+    finally:
+        _core.set_kernel_path(before)
+
+
+@pytest.fixture(params=PATHS)
+def path(request):
+    with kernel_path(request.param):
+        yield request.param
+
+
+def make_weight(dtype, rows, cols, rng):
+    """(buffer, scales or None, float64 dequantized values)."""
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    if dtype == "f32":
+        return w, None, w.astype(np.float64)
+    if dtype == "f16":
+        h = w.astype(np.float16)
+        return h, None, h.astype(np.float64)
+    if dtype == "bf16":
+        bits = (w.view(np.uint32) >> 16).astype(np.uint16)
+        return bits, None, (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    q = np.empty(rows * cols, np.int8)
+    d = np.empty(rows * cols // 32, np.uint16)
+    _core.quantize_q8_0(w, "f32", q, d)
+    deq = q.reshape(-1, 32).astype(np.float64) * d.view(np.float16).astype(np.float64)[:, None]
+    return q, d, deq.reshape(rows, cols)
+
+
+def quantize_act(x):
+    q = np.empty(x.size, np.int8)
+    d = np.empty(x.size // 32, np.float32)
+    _core._quantize_act_q8(np.ascontiguousarray(x, np.float32), q, d)
+    return q.reshape(x.shape), d.reshape(x.shape[0], -1)
+
+
+def matmul(dtype, w, ws, rows, cols, x, ntok, r0=0, r1=None, fill=np.nan):
+    """Y[ntok, rows] from the active table; x is f32 [ntok, cols], quantized here for q8_0."""
+    r1 = rows if r1 is None else r1
+    y = np.full((ntok, rows), fill, np.float32)
+    if dtype == "q8_0":
+        xq, xd = x
+        _core._matmul(dtype, w, ws, rows, cols, xq, xd, ntok, y, r0, r1)
+    else:
+        _core._matmul(dtype, w, None, rows, cols, x, None, ntok, y, r0, r1)
+    return y
+
+
+SHAPES = [(1, 32), (5, 96), (13, 4096 + 32), (9, 64), (33, 160)]
+ODD_COLS = [(3, 7), (6, 33), (11, 100), (4, 1)]
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("rows,cols", SHAPES + ODD_COLS)
+@pytest.mark.parametrize("ntok", [1, 2, 7])
+def test_float_matmul_matches_float64(path, dtype, rows, cols, ntok):
+    rng = np.random.default_rng(rows * 1000 + cols + ntok)
+    w, _, w64 = make_weight(dtype, rows, cols, rng)
+    x = rng.standard_normal((ntok, cols)).astype(np.float32)
+    y = matmul(dtype, w, None, rows, cols, x, ntok)
+    ref = x.astype(np.float64) @ w64.T
+    bound = (cols / 8 + 10) * U * (np.abs(x.astype(np.float64)) @ np.abs(w64).T)
+    assert np.all(np.abs(y - ref) <= bound), np.max(np.abs(y - ref) / bound)
+
+
+@pytest.mark.parametrize("rows,cols", SHAPES)
+@pytest.mark.parametrize("ntok", [1, 2, 7])
+def test_q8_0_matmul_matches_float64(path, rows, cols, ntok):
+    rng = np.random.default_rng(rows * 77 + cols + ntok)
+    wq, wd, _ = make_weight("q8_0", rows, cols, rng)
+    x = rng.standard_normal((ntok, cols)).astype(np.float32)
+    xq, xd = quantize_act(x)
+    y = matmul("q8_0", wq, wd, rows, cols, (xq, xd), ntok)
+    # Exact per-block integer dots, scaled in float64.
+    wi = wq.reshape(rows, cols // 32, 32).astype(np.int64)
+    xi = xq.reshape(ntok, cols // 32, 32).astype(np.int64)
+    isum = np.einsum("rbk,tbk->trb", wi, xi)
+    scale = wd.view(np.float16).astype(np.float64).reshape(rows, -1)[None] * xd.astype(np.float64)[:, None]
+    terms = isum * scale
+    ref = terms.sum(-1)
+    bound = (cols / 32 + 12) * 2 * U * np.abs(terms).sum(-1)
+    assert np.all(np.abs(y - ref) <= bound), np.max(np.abs(y - ref) / bound)
+
+
+@pytest.mark.parametrize("cols", [32, 64, 96, 4096 + 32])
+def test_q8_0_integer_dot_exact_on_every_path(cols):
+    """Unit scales turn the output into the bare int8 dot, which every path must get exactly."""
+    rng = np.random.default_rng(cols)
+    rows, ntok = 7, 5
+    wq = rng.integers(-7, 8, rows * cols).astype(np.int8)  # small: sums stay exact in f32
+    wq[:32] = rng.choice([-127, 127], 32)                   # and the extremes are exercised
+    wd = np.full(rows * cols // 32, 0x3C00, np.uint16)      # fp16 1.0
+    xq = rng.integers(-7, 8, (ntok, cols)).astype(np.int8)
+    xq[0, :32] = rng.choice([-127, 127], 32)
+    xd = np.ones((ntok, cols // 32), np.float32)
+    want = xq.astype(np.int64) @ wq.reshape(rows, cols).astype(np.int64).T
+    for p in PATHS:
+        with kernel_path(p):
+            y = matmul("q8_0", wq, wd, rows, cols, (xq, xd), ntok)
+            np.testing.assert_array_equal(y, want.astype(np.float32), err_msg=p)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "q8_0"])
+@pytest.mark.parametrize("rows,cols", [(13, 4096 + 32), (10, 96), (7, 32)])
+def test_simd_paths_close_to_scalar(dtype, rows, cols):
+    rng = np.random.default_rng(5)
+    w, ws, _ = make_weight(dtype, rows, cols, rng)
+    x = rng.standard_normal((7, cols)).astype(np.float32)
+    arg = quantize_act(x) if dtype == "q8_0" else x
+    with kernel_path("scalar"):
+        ref = matmul(dtype, w, ws, rows, cols, arg, 7)
+    for p in PATHS[1:]:
+        with kernel_path(p):
+            y = matmul(dtype, w, ws, rows, cols, arg, 7)
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(), err_msg=p)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "q8_0"])
+@pytest.mark.parametrize("rows,cols", [(13, 4096 + 32), (11, 96), (9, 100)])
+def test_determinism_contract(path, dtype, rows, cols):
+    if dtype == "q8_0" and cols % 32:
+        pytest.skip("q8_0 needs cols % 32 == 0")
+    rng = np.random.default_rng(rows + cols)
+    w, ws, _ = make_weight(dtype, rows, cols, rng)
+    ntok = 7
+    x = rng.standard_normal((ntok, cols)).astype(np.float32)
+    xa = quantize_act(x) if dtype == "q8_0" else x
+    full = matmul(dtype, w, ws, rows, cols, xa, ntok)
+    assert not np.isnan(full).any()
+    # One token at a time (the generation path) gives the same bits as the batch.
+    for t in range(ntok):
+        one = (xa[0][t:t + 1], xa[1][t:t + 1]) if dtype == "q8_0" else x[t:t + 1]
+        np.testing.assert_array_equal(matmul(dtype, w, ws, rows, cols, one, 1)[0], full[t])
+    # Any split of the rows across calls (threads) gives the same bits, and writes only its rows.
+    for splits in ([0, 1, rows], [0, 5, 6, rows], [0, 3, 10, rows], list(range(rows + 1))):
+        splits = sorted({s for s in splits if s <= rows})
+        y = np.full((ntok, rows), np.nan, np.float32)
+        for a, b in zip(splits, splits[1:]):
+            part = matmul(dtype, w, ws, rows, cols, xa, ntok, a, b)
+            assert np.isnan(part[:, :a]).all() and np.isnan(part[:, b:]).all()
+            y[:, a:b] = part[:, a:b]
+        np.testing.assert_array_equal(y, full)
+    # A token in a different batch position (other tile neighbours) keeps its bits.
+    perm = rng.permutation(ntok)
+    xp = (xa[0][perm], xa[1][perm]) if dtype == "q8_0" else x[perm]
+    np.testing.assert_array_equal(matmul(dtype, w, ws, rows, cols, xp, ntok), full[perm])
+
+
+def test_quantize_act_q8_same_on_every_path_and_follows_the_rule():
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((3, 4096)) * rng.choice([1e-30, 1e-3, 1.0, 1e6], (3, 4096))).astype(np.float32)
+    x[0, :32] = 0.0
+    x[1, 32:64] = np.r_[127.0, np.arange(31) - 15.5]  # exact ties
+    with kernel_path("scalar"):
+        q0, d0 = quantize_act(x)
+    blocks = x.reshape(-1, 32)
+    d = np.abs(blocks).max(1) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+    v = blocks * inv[:, None]
+    frac = np.abs(v) - np.floor(np.abs(v))  # exact in f32
+    want = np.where(frac >= 0.5, np.sign(v) * np.ceil(np.abs(v)), np.sign(v) * np.floor(np.abs(v)))
+    np.testing.assert_array_equal(d0.ravel(), d)
+    np.testing.assert_array_equal(q0.reshape(-1, 32), want.astype(np.int8))
+    for p in PATHS:
+        with kernel_path(p):
+            q, dd = quantize_act(x)
+            np.testing.assert_array_equal(q, q0, err_msg=p)
+            np.testing.assert_array_equal(dd, d0, err_msg=p)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_quantize_act_q8_non_finite_block_gives_nan_scale(path, bad):
+    x = np.ones((1, 96), np.float32)
+    x[0, 40] = bad
+    q, d = quantize_act(x)
+    assert np.isnan(d[0, 1]) and not np.isnan(d[0, [0, 2]]).any()
+    assert (q[0, 32:64] == 0).all() and (q[0, :32] == 127).all()
+
+
+@pytest.mark.parametrize("n", [1, 7, 16, 33, 100, 1000, 4096 + 5])
+def test_dot_and_axpy(path, n):
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal(n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    got = _core._dot_f32(a, b)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert abs(got - ref) <= (n / 8 + 10) * U * (np.abs(a) @ np.abs(b))
+    y = rng.standard_normal(n).astype(np.float32)
+    y0 = y.copy()
+    _core._axpy_f32(0.75, a, y)
+    np.testing.assert_allclose(y, y0 + np.float32(0.75) * a, rtol=2 * U * 4, atol=1e-6)
+
+
+def test_argument_errors():
+    w = np.zeros(4 * 64, np.float32)
+    x = np.zeros(64, np.float32)
+    y = np.zeros(4, np.float32)
+    ok = ("f32", w, None, 4, 64, x, None, 1, y, 0, 4)
+    _core._matmul(*ok)
+
+    def bad(i, v, match):
+        args = list(ok)
+        args[i] = v
+        with pytest.raises(ValueError, match=match):
+            _core._matmul(*args)
+
+    bad(0, "f64", "unknown dtype")
+    bad(1, np.zeros(4 * 63, np.float32), "w has")
+    bad(5, np.zeros(65, np.float32), "x has")
+    bad(8, np.zeros(5, np.float32), "y has")
+    with pytest.raises(ValueError, match="r0 <= r1"):
+        _core._matmul(*ok[:9], 3, 2)
+    bad(10, 5, "r1 <= rows")
+    bad(9, -1, "0 <= r0")
+    bad(3, 0, "positive")
+    bad(2, np.zeros(8, np.uint16), "scales")
+    q8 = ("q8_0", np.zeros(4 * 48, np.int8), np.zeros(4 * 48 // 32, np.uint16), 4, 48,
+          np.zeros(48, np.int8), np.zeros(1, np.float32), 1, y, 0, 4)
+    with pytest.raises(ValueError, match="cols % 32"):
+        _core._matmul(*q8)
+    with pytest.raises(ValueError, match="w_scales has"):
+        _core._matmul("q8_0", np.zeros(4 * 64, np.int8), np.zeros(7, np.uint16), 4, 64,
+                      np.zeros(64, np.int8), np.zeros(2, np.float32), 1, y, 0, 4)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        _core._quantize_act_q8(np.zeros(40, np.float32), np.zeros(40, np.int8), np.zeros(1, np.float32))
+    with pytest.raises(ValueError, match="b has"):
+        _core._dot_f32(np.zeros(4, np.float32), np.zeros(5, np.float32))
+    with pytest.raises((BufferError, TypeError)):
+        _core._axpy_f32(1.0, np.zeros(4, np.float32), bytes(16))
