@@ -193,6 +193,9 @@ class HFSafetensorsSource:
     def load(self, name: str) -> np.ndarray:
         return self._where[name].load(name)
 
+    def release(self, name: str) -> None:
+        self._where[name].release(name)
+
     def close(self) -> None:
         for f in self.files:
             f.close()

@@ -32,5 +32,8 @@ class LmpSource:
     def load(self, name: str) -> np.ndarray:
         return self._reader.tensor(name)
 
+    def release(self, name: str) -> None:
+        self._reader.release(name)
+
     def close(self) -> None:
         self._reader.close()

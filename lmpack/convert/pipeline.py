@@ -83,6 +83,9 @@ def run(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[str
             writer.write_tensor(name, encode(name, x, spec.dtype, dst, threads),
                                 progress=(lambda n: bar.advance(task, n)) if bar else None)
             del x
+            release = getattr(source, "release", None)
+            if release is not None:
+                release(name)
     return out
 
 

@@ -64,6 +64,10 @@ class Source(Protocol):
         May be a read-only view over a memory map; the caller copies or casts it and drops it
         before asking for the next one."""
 
+    def release(self, name: str) -> None:
+        """Optional: drop a loaded tensor's mapped pages once it is written, so resident memory
+        stays at about one tensor on a pass over a large file (the pipeline calls it if present)."""
+
     def close(self) -> None:
         """Release maps and file handles."""
 

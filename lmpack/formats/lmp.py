@@ -23,6 +23,7 @@ import numpy as np
 from lmpack import _core
 from lmpack.errors import LmpackError
 from lmpack.formats.config import ModelConfig, expected_tensors
+from lmpack.formats.mmaps import drop_pages
 from lmpack.formats.dtypes import ALIGN, DTYPES, Q8_0_BLOCK, align_up, numpy_dtype, q8_0_planes, tensor_nbytes
 
 MAGIC = b"\x89LMP\r\n\x1a\n"
@@ -352,6 +353,11 @@ class LmpReader:
         dt = numpy_dtype(e.dtype)
         count = e.nbytes // dt.itemsize
         return np.frombuffer(self.buffer, dt, count, e.offset).reshape(e.shape)
+
+    def release(self, name: str) -> None:
+        """Drop a tensor's mapped pages from this process (streaming passes over large files)."""
+        e = self.entry(name)
+        drop_pages(self.buffer, e.offset, e.nbytes)
 
     def tensor_bytes(self, name: str) -> memoryview:
         """The raw stored bytes of a tensor (for checksums and copies)."""

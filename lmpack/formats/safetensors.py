@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lmpack.errors import LmpackError
+from lmpack.formats.mmaps import drop_pages
 
 MAX_HEADER = 100 << 20
 
@@ -122,6 +123,11 @@ class SafetensorsFile:
             # Unpadded headers (some writers) leave data unaligned: copy rather than fault.
             return np.frombuffer(self._map[e.begin:e.begin + e.nbytes], np_dtype).reshape(e.shape)
         return np.frombuffer(self._map, np_dtype, e.nbytes // np_dtype.itemsize, e.begin).reshape(e.shape)
+
+    def release(self, name: str) -> None:
+        """Drop a loaded tensor's pages from this process (they stay in the OS page cache)."""
+        e = self.entries[name]
+        drop_pages(self._map, e.begin, e.nbytes)
 
     def close(self) -> None:
         if self._map is not None:
