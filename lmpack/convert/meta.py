@@ -113,9 +113,9 @@ class MetaSource:
 
     def __init__(self, folder: str | Path, rope_scaling_factor: float | None = None):
         self.folder = Path(folder)
-        self._tokenizer = tokenizer_path(self.folder)
         self.params = self._read_params()
         paths = self._shard_paths()
+        self._tokenizer = tokenizer_path(self.folder)
         self.files: list[TorchFile] = []
         try:
             states = []
