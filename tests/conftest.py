@@ -117,3 +117,58 @@ def run_lmpack():
         )
 
     return run
+
+
+# One child interpreter runs many CLI invocations (the import cost of a subprocess is most of its
+# time): each result is printed as it completes, so a crash still names the case that caused it.
+_BATCH_DRIVER = r"""
+import contextlib, io, json, sys, traceback
+from lmpack.cli import app
+cases = json.loads(sys.stdin.read())
+for key, args in cases:
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            app(args=args, prog_name="lmpack")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 99
+    sys.__stdout__.write(json.dumps({"key": key, "returncode": code, "stdout": out.getvalue(),
+                                     "stderr": err.getvalue()}) + "\n")
+    sys.__stdout__.flush()
+"""
+
+
+@pytest.fixture(scope="session")
+def run_lmpack_many():
+    """run({key: [args...]}) -> {key: CompletedProcess-like}: many CLI calls in one child interpreter.
+
+    A case whose call killed the child (a crash in C) gets returncode = the child's negative
+    signal number; cases after it are re-run in a fresh child."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (lmpack_pythonpath(), env.get("PYTHONPATH")) if p)
+    env.update({"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb", "PYTHONIOENCODING": "utf-8"})
+
+    def run(cases: dict, timeout: float = 300) -> dict:
+        import json
+
+        pending = [(key, [str(a) for a in args]) for key, args in cases.items()]
+        results = {}
+        while pending:
+            proc = subprocess.run([sys.executable, "-c", _BATCH_DRIVER], input=json.dumps(pending),
+                                  capture_output=True, text=True, encoding="utf-8", errors="replace",
+                                  env=env, timeout=timeout)
+            done = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"key"')]
+            for r in done:
+                results[r["key"]] = subprocess.CompletedProcess(cases[r["key"]], r["returncode"], r["stdout"], r["stderr"])
+            pending = pending[len(done):]
+            if pending:  # the child died on pending[0]
+                key = pending.pop(0)[0]
+                results[key] = subprocess.CompletedProcess(cases[key], proc.returncode if proc.returncode else -999,
+                                                           "", proc.stderr)
+        return results
+
+    return run
