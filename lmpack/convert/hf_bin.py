@@ -119,6 +119,11 @@ class HFBinSource:
         # torch may save a transposed or strided view; hand out C order like every other source.
         return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
 
+    def release(self, name: str) -> None:
+        got = self._where.get(name)
+        if got is not None:
+            got[1].release()
+
     def close(self) -> None:
         for f in self.files:
             f.close()

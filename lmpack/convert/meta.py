@@ -337,6 +337,12 @@ class MetaSource:
             return a if a.flags.c_contiguous else np.ascontiguousarray(a)
         return np.concatenate(arrays, axis=m.axis)
 
+    def release(self, name: str) -> None:
+        m = self._tensors.get(name)
+        if m is not None:
+            for _, t in m.parts:
+                t.release()
+
     def close(self) -> None:
         for f in self.files:
             f.close()

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lmpack.errors import LmpackError, UnsafePickleError
+from lmpack.formats.mmaps import drop_pages
 
 # torch storage class -> (our dtype name, numpy dtype). bf16 travels as uint16 bits (numpy has
 # no bfloat16). Storage classes outside this map are still admitted so the error can say which
@@ -302,6 +303,16 @@ class TorchTensor(_Sealed):
         return np.ndarray(self.shape, dtype=st.type.np_dtype, buffer=st.archive._buffer(),
                           offset=st.member.offset + self.offset * item,
                           strides=tuple(s * item for s in self.stride))
+
+    def release(self) -> None:
+        """Drop this tensor's pages from the process (they stay in the OS page cache), so a pass
+        over a large checkpoint keeps resident memory at about one tensor."""
+        st = self.storage
+        if st.type.np_dtype is None or not self.numel or st.archive._mm is None:
+            return
+        item = st.type.np_dtype.itemsize
+        span = 1 + sum((d - 1) * s for d, s in zip(self.shape, self.stride))
+        drop_pages(st.archive._mm, st.member.offset + self.offset * item, span * item)
 
     def __repr__(self):
         return f"TorchTensor({self.dtype or self.storage_type}, shape={list(self.shape)}, storage={self.storage.key!r})"
