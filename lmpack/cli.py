@@ -116,6 +116,7 @@ def run(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible sampling."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores)."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="KV cache length in tokens (default: the model's, at most 4096)."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep generating past end-of-sequence tokens."),
 ):
     """Generate text from a prompt; prints the text as it is generated, then tokens/s on stderr."""
     from lmpack.runtime.model import load
@@ -127,7 +128,8 @@ def run(
     m = load(file, threads=threads, max_context=ctx)
     sys.stdout.write(prompt)
     sys.stdout.flush()
-    for piece in m.generate(prompt, max_tokens=n, temperature=temperature, top_p=top_p, seed=seed):
+    for piece in m.generate(prompt, max_tokens=n, temperature=temperature, top_p=top_p, seed=seed,
+                            stop_at_eos=not ignore_eos):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -183,6 +185,7 @@ def chat(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible replies."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores)."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="KV cache length in tokens (default: the model's, at most 4096)."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Replies go on past end-of-sequence tokens (until -n)."),
 ):
     """Talk to a model: one line per turn, replies stream; the KV cache is kept across turns.
 
@@ -214,7 +217,8 @@ def chat(
             continue
         for attempt in (0, 1):
             try:
-                for piece in session.reply(line, max_tokens=n, temperature=temperature, top_p=top_p, seed=turn_seed):
+                for piece in session.reply(line, max_tokens=n, temperature=temperature, top_p=top_p,
+                                           seed=turn_seed, stop_at_eos=not ignore_eos):
                     sys.stdout.write(piece)
                     sys.stdout.flush()
                 break

@@ -27,6 +27,7 @@ class ChatSession:
     def reset(self) -> None:
         """Forget the conversation (the cache is simply overwritten from position 0)."""
         self.pos = 0
+        self.history: list[int] = []  # ids in the cache, positions 0..pos-1
         self._pending: list[int] = []  # ids sampled but not yet fed to the model
         self._turns = 0
 
@@ -51,7 +52,7 @@ class ChatSession:
         return tok.encode(user, bos=False)
 
     def reply(self, user: str, max_tokens: int = 256, temperature: float = 0.8, top_p: float = 0.95,
-              seed: int | None = None) -> Iterator[str]:
+              seed: int | None = None, stop_at_eos: bool = True) -> Iterator[str]:
         """Stream the model's reply to one user message; raises ContextFull before starting if
         the message cannot fit, and stops early (stats.stopped_by == "context") if the reply fills it."""
         ids = [*self._pending, *self._turn_ids(user)]
@@ -61,12 +62,12 @@ class ChatSession:
         sampler = Sampler(temperature, top_p, seed)
         generated: list[int] = []
         start = self.pos
-        room = self.model.n_ctx - start - len(ids)
         try:
-            yield from self.model.continue_from(ids, start, sampler, min(max_tokens, room), generated=generated)
+            yield from self.model.continue_from(ids, start, sampler, max_tokens, stop_at_eos, generated)
         finally:
             # Everything fed so far is in the cache; the last sampled id is not.
             self.pos = start + len(ids) + max(0, len(generated) - 1)
+            self.history += ids + generated[:-1]
             self._pending = generated[-1:]
 
     @property
