@@ -10,6 +10,26 @@
 #include "half.h"
 #include "kernels.h"
 
+/* fp16 -> f32 without branches on the value: a half's bits shifted into f32 position read as a
+ * float 2^112 too small (subnormal halves as f32 denormals), and the power-of-two multiply is
+ * exact. Equal to lmp_f16_to_f32 for all 65536 inputs (checked by the tests through the
+ * quantizer) and several times faster, which matters on CPUs that fall back to this table. */
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)(h & 0x7fffu) << 13, sign = (uint32_t)(h & 0x8000u) << 16;
+    if ((h & 0x7c00u) == 0x7c00u) {
+        u |= 0x7f800000u; /* inf / nan: exponent all ones, payload kept */
+    } else {
+        float f;
+        memcpy(&f, &u, 4);
+        f *= 0x1p112f;
+        memcpy(&u, &f, 4);
+    }
+    u |= sign;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 /* Accumulation lanes of the float dot products: element c goes to lane c % 8, then the lanes
  * are summed pairwise. The order depends only on cols, which is what the table promises. */
 #define NLANE 8
@@ -31,8 +51,8 @@ static float dot_f16_row(const uint16_t *w, const float *x, int64_t n) {
     float acc[NLANE] = {0};
     int64_t c = 0;
     for (; c + NLANE <= n; c += NLANE)
-        for (int j = 0; j < NLANE; j++) acc[j] += lmp_f16_to_f32(w[c + j]) * x[c + j];
-    for (int j = 0; c + j < n; j++) acc[j] += lmp_f16_to_f32(w[c + j]) * x[c + j];
+        for (int j = 0; j < NLANE; j++) acc[j] += f16_to_f32(w[c + j]) * x[c + j];
+    for (int j = 0; c + j < n; j++) acc[j] += f16_to_f32(w[c + j]) * x[c + j];
     return reduce_lanes(acc);
 }
 
@@ -90,7 +110,7 @@ static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void 
                 int32_t isum = 0;
                 for (int j = 0; j < LMP_QK; j++)
                     isum += (int32_t)wr[b * LMP_QK + j] * (int32_t)xq[b * LMP_QK + j];
-                acc += (float)isum * (lmp_f16_to_f32(ws[b]) * xd[b]);
+                acc += (float)isum * (f16_to_f32(ws[b]) * xd[b]);
             }
             y[t * ldy + r] = acc;
         }
@@ -131,7 +151,7 @@ static int load_block(const void *src, int src_dtype, int64_t b, float out[LMP_Q
         int64_t i = b * LMP_QK + j;
         float v;
         if (src_dtype == LMP_F32) v = ((const float *)src)[i];
-        else if (src_dtype == LMP_F16) v = lmp_f16_to_f32(((const uint16_t *)src)[i]);
+        else if (src_dtype == LMP_F16) v = f16_to_f32(((const uint16_t *)src)[i]);
         else v = lmp_bf16_to_f32(((const uint16_t *)src)[i]);
         ok &= fabsf(v) <= FLT_MAX; /* false for inf and nan */
         out[j] = v;

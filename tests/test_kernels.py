@@ -250,3 +250,28 @@ def test_argument_errors():
         _core._dot_f32(np.zeros(4, np.float32), np.zeros(5, np.float32))
     with pytest.raises((BufferError, TypeError)):
         _core._axpy_f32(1.0, np.zeros(4, np.float32), bytes(16))
+
+
+@pytest.mark.parametrize("name", PATHS)
+def test_env_var_forces_a_path(name):
+    import os
+    import subprocess
+    import sys
+
+    code = "from lmpack import _core; print(_core.kernel_path())"
+    env = dict(os.environ, LMPACK_KERNELS=name)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == name
+
+
+def test_env_var_naming_an_unrunnable_path_warns_and_falls_back():
+    import os
+    import subprocess
+    import sys
+
+    code = "from lmpack import _core; print(_core.kernel_path())"
+    env = dict(os.environ, LMPACK_KERNELS="avx9000")
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == PATHS[-1]
+    assert "LMPACK_KERNELS=avx9000 is not a kernel path this CPU can run" in out.stderr
