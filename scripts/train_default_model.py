@@ -280,12 +280,14 @@ def train(model, train_stream, val_windows, args) -> dict:
                 f"(replay this run exactly with --steps {total_steps})")
         if args.steps is None and step > calib_steps and step % args.log_every == 0:
             # The machine is shared: if others' load slows the steps down, shorten the run
-            # rather than overrun the budget by more than a fifth (the schedule re-plans).
+            # rather than overrun the budget (the cosine schedule is re-planned to the new end).
+            # Likewise lengthen it if the load eases, so the budget is used. Re-planning looks at
+            # the pace so far, and only when it is off by more than a fifth, to avoid dithering.
             projected = elapsed / step * total_steps
-            if projected > 1.2 * budget:
-                total_steps = max(step + 1, int(1.05 * budget * step / elapsed))
+            if projected > 1.2 * budget or (projected < 0.8 * budget and step < 0.8 * total_steps):
+                total_steps = max(step + 1, int(budget * step / elapsed / 1.05))
                 replans.append((step, total_steps))
-                log(f"re-planned at step {step}: slower than calibrated, now {total_steps} steps")
+                log(f"re-planned at step {step}: {elapsed / step:.2f} s/step, now {total_steps} steps")
         if step % args.log_every == 0 or step == total_steps:
             tok_s = step * args.batch * args.context / elapsed
             log(f"step {step:5d}/{total_steps or '?'}  loss {running:.4f}  lr {lr:.2e}  "
@@ -418,7 +420,8 @@ Generated with transformers from the shipped bf16 weights ({r['max_new']} new to
     python scripts/train_default_model.py --steps {r['steps']} --out lmpack/default_model
 
 {replay}
-Without `--steps` the script trains for `--minutes` (default 20) of wall time; add `--out /tmp/somewhere` to leave the shipped folder alone.
+Without `--steps` the script trains for `--minutes` (default 20) of wall time; add
+`--out /tmp/somewhere` to leave the shipped folder alone.
 
 ## Data source and licence
 
@@ -449,8 +452,8 @@ def parse_args(argv=None):
     p.add_argument("--ffn", type=int, default=704)
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--min-lr-ratio", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--val-fraction", type=float, default=0.05)
