@@ -75,11 +75,16 @@ class Model:
         self.path = Path(path)
         self._reader = LmpReader(self.path)
         cfg = self.config = self._reader.config
-        self.tokenizer = Tokenizer(self._reader.tokenizer_bytes, cfg.bos_id, cfg.eos_ids, cfg.vocab_size)
-        self.threads = threads or default_threads()
-        if self.threads < 1:
-            raise LmpackError("threads must be at least 1")
-        self.n_ctx = max_context or min(cfg.max_context, DEFAULT_MAX_CONTEXT)
+        try:
+            self.tokenizer = Tokenizer(self._reader.tokenizer_bytes, cfg.bos_id, cfg.eos_ids, cfg.vocab_size)
+        except LmpackError as e:
+            raise LmpackError(f"{self.path}: {e} (lmpack verify checks the file)") from None
+        self.threads = default_threads() if threads is None else threads
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise LmpackError(f"threads must be a positive integer, got {threads!r}")
+        self.n_ctx = min(cfg.max_context, DEFAULT_MAX_CONTEXT) if max_context is None else max_context
+        if not isinstance(self.n_ctx, int) or self.n_ctx < 1:
+            raise LmpackError(f"the context length must be a positive integer, got {max_context!r}")
         weights = {e.name: (e.offset, e.nbytes, e.dtype, e.shape) for e in self._reader.tensors}
         core_cfg = {k: getattr(cfg, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
                                                   "ffn_dim", "vocab_size", "norm_eps", "tie_embeddings")}
@@ -153,6 +158,9 @@ class Model:
                 piece = decoder.push(token)
                 if piece:
                     yield piece
+            rest = decoder.flush()
+            if rest:
+                yield rest
         finally:
             stats.generation_seconds = time.perf_counter() - t1
 

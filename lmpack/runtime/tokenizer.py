@@ -55,3 +55,10 @@ class StreamDecoder:
         piece = text[self._emitted:]
         self._emitted = len(text)
         return piece
+
+    def flush(self) -> str:
+        """What is still held back (an incomplete character at the end), as sentencepiece decodes it."""
+        text = self._tok.decode(self._ids)
+        piece = text[self._emitted:]
+        self._emitted = len(text)
+        return piece
