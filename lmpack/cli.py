@@ -6,6 +6,7 @@ text goes to stdout and timings to stderr so the text can be piped.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -138,6 +139,74 @@ def run(
     err.print(f"prompt: {s.prompt_tokens} tokens, {s.prompt_tps:.1f} tok/s | "
               f"generation: {s.generated_tokens} tokens, {s.generation_tps:.1f} tok/s "
               f"({m.threads} threads, stopped by {s.stopped_by})", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@handles_errors
+def demo(
+    src: Optional[Path] = typer.Option(None, "--src", help="Checkpoint folder to use instead of the model shipped with lmpack."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Keep the .lmp files here (default: a temporary folder, removed at the end)."),
+    prompt: str = typer.Option("The for statement", "-p", "--prompt", help="Text to continue."),
+    n: int = typer.Option(80, "-n", "--max-tokens", help="Tokens to generate."),
+    seed: int = typer.Option(1, "--seed", help="Sampling seed."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores)."),
+):
+    """The whole pipeline on the model shipped with lmpack, no download: convert, quantize to Q8_0,
+    verify against the source, and generate text with tokens/s."""
+    import tempfile
+
+    from lmpack import default_model
+    from lmpack.convert.lmp_source import LmpSource
+    from lmpack.convert.pipeline import convert as run_convert, run as run_pipeline
+    from lmpack.runtime.model import load
+    from lmpack.verify import render, verify as run_verify
+
+    source = src or default_model.path()
+    with contextlib.ExitStack() as stack:
+        folder = out_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lmpack-demo-")))
+        folder.mkdir(parents=True, exist_ok=True)
+        full, q8 = folder / "model.lmp", folder / "model-q8_0.lmp"
+
+        err.rule("[bold]1. convert")
+        err.print(f"{source} -> {full}", highlight=False)
+        run_convert(source, full, progress=True, threads=threads)
+        err.print(f"{full.stat().st_size / 1e6:.2f} MB")
+
+        err.rule("[bold]2. quantize to Q8_0")
+        lmp = LmpSource(full)
+        try:
+            run_pipeline(lmp, q8, dtype="q8_0", progress=True, threads=threads, description="quantizing")
+        finally:
+            lmp.close()
+        err.print(f"{q8.stat().st_size / 1e6:.2f} MB")
+
+        err.rule("[bold]3. verify the Q8_0 file against the source")
+        result = run_verify(q8, against=source, threads=threads, progress=True)
+        render(result, Console(stderr=True))
+        if not result.ok:
+            raise LmpackError("verification failed (see the report above)")
+
+        err.rule("[bold]4. generate")
+        m = load(q8, threads=threads)
+        sys.stdout.write(prompt)
+        for piece in m.generate(prompt, max_tokens=n, temperature=0.8, top_p=0.95, seed=seed):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        s = m.last_stats
+        err.print(f"prompt: {s.prompt_tokens} tokens, {s.prompt_tps:.1f} tok/s | generation: {s.generated_tokens} "
+                  f"tokens, {s.generation_tps:.1f} tok/s ({m.threads} threads, {_core_path()} kernels)",
+                  highlight=False, soft_wrap=True)
+        m.close()
+        if out_dir:
+            err.print(f"kept {full} and {q8}", highlight=False)
+
+
+def _core_path() -> str:
+    from lmpack import _core
+
+    return _core.kernel_path()
 
 
 @app.command()
