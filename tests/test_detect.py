@@ -102,3 +102,27 @@ def test_sharded_bin_without_index_refused(folders, tmp_path):
     (folder / "pytorch_model.bin.index.json").unlink()
     with pytest.raises(LmpackError, match="no pytorch_model.bin.index.json"):
         open_source(folder)
+
+
+def test_torch_sources_never_import_torch(folders):
+    """The readers run where torch is not installed: a child interpreter opens and reads every
+    tensor of the .bin and Meta folders with torch made unimportable."""
+    import subprocess
+    import sys
+
+    from conftest import lmpack_pythonpath
+
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # any 'import torch' now raises ImportError\n"
+        "from lmpack.convert.detect import open_source\n"
+        "for path in sys.argv[1:]:\n"
+        "    src = open_source(path)\n"
+        "    total = sum(float(abs(src.load(s.name).astype('f8')).sum()) for s in src.tensor_specs())\n"
+        "    assert total > 0, path\n"
+        "    src.close()\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(folders["hf-bin"]), str(folders["meta"])],
+                          capture_output=True, text=True, timeout=120, env={"PYTHONPATH": lmpack_pythonpath()})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

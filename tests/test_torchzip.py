@@ -283,6 +283,8 @@ def test_not_a_zip_and_empty(tmp_path):
         TorchFile(tmp_path / "j.bin")
     with pytest.raises(LmpackError, match="cannot open"):
         TorchFile(tmp_path / "missing.bin")
+    with pytest.raises(LmpackError, match="is a folder"):
+        TorchFile(tmp_path)
 
 
 def _simple(numel=6, key="0"):

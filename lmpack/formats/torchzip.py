@@ -460,6 +460,8 @@ class TorchFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._mm: mmap.mmap | None = None
+        if self.path.is_dir():
+            raise LmpackError(f"{self.path}: is a folder, not a torch checkpoint file")
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError as e:
