@@ -139,14 +139,14 @@ class Thresholds:
 
 # Per stored dtype of the weight matrices; a file mixing dtypes is judged by its loosest one.
 DEFAULT_THRESHOLDS = {
-    "f32": Thresholds(max_error_rel_std=1e-3, min_top1=0.98, max_kl_mean=1e-6, max_kl_max=1e-5,
+    "f32": Thresholds(max_error_rel_std=1e-3, min_top1=0.98, max_kl_mean=1e-7, max_kl_max=1e-6,
                       max_ppl_rel_diff=1e-4),
-    "f16": Thresholds(max_error_rel_std=2e-2, min_top1=0.95, max_kl_mean=1e-4, max_kl_max=1e-3,
-                      max_ppl_rel_diff=2e-3),
-    "bf16": Thresholds(max_error_rel_std=6e-2, min_top1=0.9, max_kl_mean=1e-3, max_kl_max=1e-2,
-                       max_ppl_rel_diff=1e-2),
-    "q8_0": Thresholds(max_error_rel_std=1.5e-1, min_top1=0.85, max_kl_mean=5e-3, max_kl_max=5e-2,
-                       max_ppl_rel_diff=3e-2),
+    "f16": Thresholds(max_error_rel_std=0.1, min_top1=0.95, max_kl_mean=5e-4, max_kl_max=5e-3,
+                      max_ppl_rel_diff=5e-3),
+    "bf16": Thresholds(max_error_rel_std=0.4, min_top1=0.9, max_kl_mean=5e-3, max_kl_max=5e-2,
+                       max_ppl_rel_diff=2e-2),
+    "q8_0": Thresholds(max_error_rel_std=1.0, min_top1=0.8, max_kl_mean=3e-2, max_kl_max=0.3,
+                       max_ppl_rel_diff=5e-2),
 }
 DTYPE_LOOSENESS = ("f32", "f16", "bf16", "q8_0")
 
