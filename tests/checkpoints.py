@@ -181,6 +181,7 @@ def make_hf_checkpoint(
 ) -> HFCheckpoint:
     """Save a random-weight LlamaForCausalLM to `tmp_path` as an HF folder and return it with its oracle.
 
+    `dims` overrides TINY (dim, n_layers, n_heads, ffn_dim) and may add head_dim.
     `dtype` is the checkpoint's storage dtype; the returned model is float32 and holds the same
     (rounded) numbers. `shards` > 1 writes model-0000K-of-0000N.safetensors plus the index.
     Norm weights are randomised too (transformers initialises them to 1, which would hide a runtime
@@ -207,6 +208,8 @@ def make_hf_checkpoint(
         eos_token_id=2,
         attn_implementation="eager",
     )
+    if "head_dim" in d:  # an explicit head_dim, not dim / n_heads (q_proj is then not square)
+        kwargs["head_dim"] = d["head_dim"]
     params = {"rope_type": "default", "rope_theta": rope_theta}
     if rope_scaling is not None:
         params = {**rope_scaling, "rope_theta": rope_theta}

@@ -47,6 +47,7 @@ VARIANTS = {
     "f16-mha-tied-2shards": (dict(dtype="float16", tie=True, shards=2), "auto", HALF_TOL),
     "f32-gqa-llama3rope": (dict(n_kv_heads=2, rope_scaling=checkpoints.LLAMA3_ROPE, rope_theta=500000.0),
                            "auto", F32_TOL),
+    "f32-gqa-headdim64": (dict(n_kv_heads=2, dims=dict(head_dim=64)), "auto", F32_TOL),
     "bf16-gqa-llama3rope-legacy-config": (dict(dtype="bfloat16", n_kv_heads=2, rope_scaling=checkpoints.LLAMA3_ROPE,
                                                legacy_config=True), "auto", HALF_TOL),
 }
@@ -211,3 +212,50 @@ def test_sampling_is_reproducible_with_a_seed(tiny_lmp, lmpack):
     # top_p so small that only the most likely token survives: sampling collapses to greedy.
     greedy = "".join(m.generate(prompt, max_tokens=16, temperature=0.0))
     assert sample(99, temperature=1.0, top_p=1e-9) == greedy
+
+
+@pytest.mark.parametrize("variant", ["f32-gqa-tied", "bf16-mqa-untied-3shards"])
+def test_long_sequence(variant, hf_checkpoint, converted, lmpack):
+    """A prompt far longer than the short ones above (past any prompt chunk or attention tile size,
+    and past the llama3 variant's original context), still within tolerance at every position."""
+    kwargs, dtype, tol = VARIANTS[variant]
+    ckpt = hf_checkpoint(**kwargs)
+    ids = token_ids(ckpt.vocab_size, n=300, seed=7)
+    got = lmpack.load(converted(ckpt, dtype)).logits(ids)
+    assert_logits_close(got, ckpt.reference_logits(ids), tol, f"{variant}, 300 tokens")
+
+
+@pytest.fixture
+def kernel_path():
+    """set(name): force a kernel table for this test; the previous one is restored afterwards."""
+    from lmpack import _core
+
+    before = _core.kernel_path()
+    yield _core.set_kernel_path
+    _core.set_kernel_path(before)
+
+
+def _kernel_paths():
+    try:
+        from lmpack import _core
+
+        return list(_core.kernel_paths())
+    except Exception:  # the extension is not built: the tests below report that themselves
+        return ["scalar"]
+
+
+@pytest.mark.parametrize("path", _kernel_paths())
+@pytest.mark.parametrize("variant", ["f32-gqa-tied", "bf16-mqa-untied-3shards", "f16-mha-tied-2shards"])
+def test_every_kernel_path_matches_transformers(path, variant, kernel_path, hf_checkpoint, converted, lmpack):
+    """Each kernel table this CPU can run (scalar reference, AVX2, AVX-512, NEON) gives logits
+    within tolerance, for each stored dtype, through prompt processing and single-token steps."""
+    kernel_path(path)
+    kwargs, dtype, tol = VARIANTS[variant]
+    ckpt = hf_checkpoint(**kwargs)
+    m = lmpack.load(converted(ckpt, dtype), threads=2)
+    ids = token_ids(ckpt.vocab_size, n=40, seed=8)
+    ref = ckpt.reference_logits(ids)
+    assert_logits_close(m.logits(ids), ref, tol, f"{variant} on {path}")
+    # the generation path: one token at a time over the KV cache (Model.forward(ids, pos))
+    stepwise = np.stack([m.forward(ids[i:i + 1], i)[-1] for i in range(len(ids))])
+    assert_logits_close(stepwise, ref, tol, f"{variant} on {path}, token by token")
