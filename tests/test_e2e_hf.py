@@ -259,3 +259,30 @@ def test_every_kernel_path_matches_transformers(path, variant, kernel_path, hf_c
     # the generation path: one token at a time over the KV cache (Model.forward(ids, pos))
     stepwise = np.stack([m.forward(ids[i:i + 1], i)[-1] for i in range(len(ids))])
     assert_logits_close(stepwise, ref, tol, f"{variant} on {path}, token by token")
+
+
+def test_sampler_follows_softmax_and_nucleus(tiny_hf, tiny_lmp, lmpack):
+    """Temperature sampling draws from softmax(logits / T) (frequencies of the likeliest tokens within
+    4.5 sigma of their probabilities, computed here with numpy), and top-p never leaves the smallest
+    set of tokens whose probability reaches p."""
+    from lmpack.runtime.sampler import Sampler
+
+    logits = lmpack.load(tiny_lmp).logits(token_ids(tiny_hf.vocab_size, n=12, seed=9))[-1]
+    t, n = 0.7, 4000
+    z = logits.astype(np.float64) / t
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    sampler = Sampler(temperature=t, top_p=1.0, seed=0)
+    counts = np.bincount([sampler(logits) for _ in range(n)], minlength=p.size)
+    for tok in np.argsort(-p)[:5]:
+        sigma = np.sqrt(p[tok] * (1 - p[tok]) / n)
+        assert abs(counts[tok] / n - p[tok]) < 4.5 * sigma + 1e-3, (tok, counts[tok] / n, p[tok])
+
+    top_p = 0.5
+    order = np.argsort(-p, kind="stable")
+    nucleus = set(order[: int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1].tolist())
+    assert 1 < len(nucleus) < p.size // 2, "logits too peaked or too flat for a nucleus test"
+    sampler = Sampler(temperature=t, top_p=top_p, seed=1)
+    drawn = [sampler(logits) for _ in range(1000)]
+    assert set(drawn) <= nucleus
+    assert len(set(drawn)) == len(nucleus) or len(nucleus) > 20  # every member is reachable
