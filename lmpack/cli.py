@@ -72,11 +72,16 @@ def convert(
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     keep: Optional[List[str]] = typer.Option(None, "--keep", help=KEEP_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Threads for quantization (default: all cores)."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Source kind instead of detecting it: hf-safetensors, "
+                                       "hf-bin or meta (for folders that hold more than one)."),
+    rope_scaling_factor: Optional[float] = typer.Option(None, "--rope-scaling-factor", help="Meta Llama 3.x folders: "
+                                                        "override the rope scaling factor (Llama 3.2 1B/3B need 32)."),
 ):
     """Convert a checkpoint folder into one .lmp file, streaming tensor by tensor (memory ~ one tensor)."""
     from lmpack.convert.pipeline import convert as run_convert
 
-    out = run_convert(src, output, dtype=dtype, keep=tuple(keep or ()), progress=True, threads=threads)
+    out = run_convert(src, output, dtype=dtype, keep=tuple(keep or ()), progress=True, threads=threads,
+                      kind=kind, rope_scaling_factor=rope_scaling_factor)
     err.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -127,7 +127,11 @@ def shard_files(folder: Path, index_name: str, single_name: str, pattern: str) -
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise LmpackError(f"{index}: no weight_map")
-        files = sorted({folder / f for f in weight_map.values()})
+        names = set(weight_map.values())
+        bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
+        if bad:
+            raise LmpackError(f"{index}: shard name {bad[0]!r} is not a plain file name in the folder")
+        files = sorted(folder / f for f in names)
         missing = [f for f in files if not f.is_file()]
         if missing:
             raise LmpackError(f"{index}: shard {missing[0].name} is missing")

@@ -100,11 +100,15 @@ def _progress(description: str):
 
 
 def convert(src: str | Path, out: str | Path, dtype: str = "auto", keep: Sequence[str] = (),
-            progress: bool = False, threads: int | None = None) -> Path:
-    """Convert a checkpoint folder (HF safetensors / HF .bin / Meta) into one `.lmp` file."""
+            progress: bool = False, threads: int | None = None, kind: str | None = None,
+            rope_scaling_factor: float | None = None) -> Path:
+    """Convert a checkpoint folder (HF safetensors / HF .bin / Meta) into one `.lmp` file.
+
+    `kind` forces the source kind instead of detecting it; `rope_scaling_factor` overrides the
+    Llama 3 rope scaling factor of Meta checkpoints (Meta's code says 8, Llama 3.2 needs 32)."""
     from lmpack.convert.detect import open_source
 
-    source = open_source(Path(src))
+    source = open_source(Path(src), kind=kind, rope_scaling_factor=rope_scaling_factor)
     try:
         return run(source, out, dtype, keep, progress, threads, "converting")
     finally:
