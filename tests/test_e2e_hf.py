@@ -286,3 +286,22 @@ def test_sampler_follows_softmax_and_nucleus(tiny_hf, tiny_lmp, lmpack):
     drawn = [sampler(logits) for _ in range(1000)]
     assert set(drawn) <= nucleus
     assert len(set(drawn)) == len(nucleus) or len(nucleus) > 20  # every member is reachable
+
+
+def test_any_eos_id_stops_generation(tiny_hf, tmp_path, converted, lmpack):
+    """config.json's eos_token_id may be a list (Llama 3.1 Instruct): generation stops at any of them.
+    The second eos id is chosen as the greedy first token, so generation must yield nothing."""
+    import json
+
+    m = lmpack.load(converted(tiny_hf))
+    prompt = "The model"
+    first = int(np.argmax(m.logits(m.tokenizer.encode(prompt, bos=True))[-1]))
+    assert first != 2
+    folder = checkpoints.copy_checkpoint(tiny_hf.path, tmp_path / "multi_eos")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["eos_token_id"] = [2, first]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    m2 = lmpack.load(converted(folder))
+    assert sorted(m2.config.eos_ids) == sorted([2, first])
+    assert "".join(m2.generate(prompt, max_tokens=10, temperature=0.0)) == ""
+    assert "".join(m.generate(prompt, max_tokens=10, temperature=0.0)) != ""

@@ -233,3 +233,30 @@ def test_conversion_is_deterministic_apart_from_the_timestamp(tiny_hf, tiny_lmp,
     head_b["provenance"].pop("created", None)
     assert head_a == head_b
     assert tiny_lmp.read_bytes()[pre_a["data_offset"]:] == again.read_bytes()[pre_b["data_offset"]:]
+
+
+def test_extra_hf_tensors_are_handled(tiny_hf, hf_checkpoint, tmp_path, converted, reader_cls):
+    """Older HF saves carry `rotary_emb.inv_freq` buffers, and tied checkpoints may still store
+    `lm_head.weight`: the converter drops both and writes exactly the FORMAT.md tensor set."""
+    from safetensors.torch import load_file, save_file
+
+    from lmpack.formats.config import expected_tensors
+
+    folder = checkpoints.copy_checkpoint(tiny_hf.path, tmp_path / "inv_freq")
+    tensors = load_file(folder / "model.safetensors")
+    for i in range(2):
+        tensors[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = checkpoints.plain_inv_freq(32, 10000.0)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+    tied = hf_checkpoint(n_kv_heads=2, tie=True)
+    tied_folder = checkpoints.copy_checkpoint(tied.path, tmp_path / "tied_with_head")
+    tensors2 = load_file(tied_folder / "model.safetensors")
+    assert "lm_head.weight" not in tensors2
+    tensors2["lm_head.weight"] = tensors2["model.embed_tokens.weight"].clone()
+    save_file(tensors2, tied_folder / "model.safetensors", metadata={"format": "pt"})
+
+    for src, original in ((folder, tiny_hf.path), (tied_folder, tied.path)):
+        with reader_cls(converted(src)) as r, reader_cls(converted(original)) as ref:
+            assert [t.name for t in r.tensors] == list(expected_tensors(r.config))
+            for t in r.tensors:
+                assert r.tensor(t.name).tobytes() == ref.tensor(t.name).tobytes(), t.name
