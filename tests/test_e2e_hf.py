@@ -145,11 +145,41 @@ def test_logits_fresh_context_and_causal(tiny_hf, tiny_lmp, lmpack):
     assert_logits_close(one, tiny_hf.reference_logits([ids[5]]), F32_TOL, "single token")
 
 
-def test_threads_give_identical_logits(tiny_hf, tiny_lmp, lmpack):
-    ids = token_ids(tiny_hf.vocab_size, seed=5)
-    one = lmpack.load(tiny_lmp, threads=1).logits(ids)
-    two = lmpack.load(tiny_lmp, threads=2).logits(ids)
-    np.testing.assert_array_equal(one, two)
+@pytest.mark.parametrize("variant", ["f32-mha-untied", "bf16-mqa-untied-3shards"])
+def test_threads_give_identical_logits(variant, hf_checkpoint, converted, lmpack):
+    kwargs, dtype, _ = VARIANTS[variant]
+    ckpt = hf_checkpoint(**kwargs)
+    path = converted(ckpt, dtype)
+    for n in (5, 130):  # short, and long enough for the prompt path to split into many tiles
+        ids = token_ids(ckpt.vocab_size, n=n, seed=5)
+        one = lmpack.load(path, threads=1).logits(ids)
+        for threads in (2, 3):
+            np.testing.assert_array_equal(one, lmpack.load(path, threads=threads).logits(ids),
+                                          err_msg=f"{variant}: {n} tokens, threads=1 vs {threads}")
+
+
+def test_models_run_concurrently_in_python_threads(tiny_hf, tiny_lmp, hf_checkpoint, converted, lmpack):
+    """The forward pass releases the GIL and keeps no global state: two models (different files)
+    driven from two Python threads at once give exactly their serial results."""
+    import threading
+
+    other = converted(hf_checkpoint(dtype="bfloat16", n_kv_heads=1, shards=3))
+    jobs = [(tiny_lmp, token_ids(tiny_hf.vocab_size, n=64, seed=11)), (other, token_ids(tiny_hf.vocab_size, n=64, seed=12))]
+    serial = [lmpack.load(p, threads=1).logits(ids) for p, ids in jobs]
+    models = [lmpack.load(p, threads=1) for p, _ in jobs]
+    results: dict = {}
+
+    def work(i):
+        results[i] = [models[i].logits(jobs[i][1]) for _ in range(5)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for i in range(2):
+        for got in results[i]:
+            np.testing.assert_array_equal(got, serial[i])
 
 
 def greedy_by_logits(m, ids: list[int], n: int, eos: int = 2) -> list[int]:
