@@ -284,6 +284,9 @@ class LmpReader:
             if o1 + n1 > o2:
                 raise self._fail(f"tensors '{a}' and '{b}' overlap")
 
+        want = 2 + 9 * self.config.n_layers + (not self.config.tie_embeddings)
+        if want > len(self.tensors) + 9:  # refuse before building the name set of a huge n_layers
+            raise self._fail(f"the directory lists {len(self.tensors)} tensors, the config implies {want}")
         expected = expected_tensors(self.config)
         missing = [n for n in expected if n not in self._by_name]
         if missing:
