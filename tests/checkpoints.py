@@ -32,6 +32,8 @@ LLAMA3_ROPE = {
     "original_max_position_embeddings": 64,
 }
 
+LINEAR_ROPE = {"rope_type": "linear", "factor": 4.0}
+
 _WORDS = (
     "the of and to in a is that for it as was with be by on not he I this are or his from at which "
     "but have an they you were her she there one all we their model token file tensor weight fast "

@@ -129,9 +129,32 @@ def missing_tensor(folder):
     return "model.layers.1.mlp.up_proj.weight"
 
 
+def unsupported_rope_type(folder):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                              "original_max_position_embeddings": 128}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return "yarn"
+
+
+def attention_bias(folder):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["attention_bias"] = True
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return "attention_bias"
+
+
+def heads_do_not_divide(folder):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["num_key_value_heads"] = 3
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return "n_kv_heads"
+
+
 FOLDER_DAMAGE = [truncate_safetensors, offsets_past_end, header_length_past_end, header_not_json,
                  shape_disagrees_with_config, missing_hidden_size, model_type_gpt2, config_not_json,
-                 no_config, no_tokenizer, no_weights, missing_tensor]
+                 no_config, no_tokenizer, no_weights, missing_tensor, unsupported_rope_type, attention_bias,
+                 heads_do_not_divide]
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,7 @@ VARIANTS = {
     "f16-mha-tied-2shards": (dict(dtype="float16", tie=True, shards=2), "auto", HALF_TOL),
     "f32-gqa-llama3rope": (dict(n_kv_heads=2, rope_scaling=checkpoints.LLAMA3_ROPE, rope_theta=500000.0),
                            "auto", F32_TOL),
+    "f32-mha-linear-rope": (dict(rope_scaling=checkpoints.LINEAR_ROPE, legacy_config=True), "auto", F32_TOL),
     "f32-gqa-headdim64": (dict(n_kv_heads=2, dims=dict(head_dim=64)), "auto", F32_TOL),
     "bf16-gqa-llama3rope-legacy-config": (dict(dtype="bfloat16", n_kv_heads=2, rope_scaling=checkpoints.LLAMA3_ROPE,
                                                legacy_config=True), "auto", HALF_TOL),
@@ -335,3 +336,29 @@ def test_any_eos_id_stops_generation(tiny_hf, tmp_path, converted, lmpack):
     assert sorted(m2.config.eos_ids) == sorted([2, first])
     assert "".join(m2.generate(prompt, max_tokens=10, temperature=0.0)) == ""
     assert "".join(m.generate(prompt, max_tokens=10, temperature=0.0)) != ""
+
+
+def test_context_limit(tiny_hf, tiny_lmp, lmpack):
+    """A KV cache of 24 positions: generation stops when it is full (with transformers' greedy ids
+    up to there), and logits for more ids than fit is an LmpackError, not a crash."""
+    import sentencepiece as spm
+
+    m = lmpack.load(tiny_lmp, max_context=24)
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_hf.path / "tokenizer.model"))
+    prompt = "The small llama runs"
+    prompt_ids = m.tokenizer.encode(prompt, bos=True)
+    assert len(prompt_ids) < 20
+    text = "".join(m.generate(prompt, max_tokens=100, temperature=0.0))
+    ref = tiny_hf.reference_greedy(prompt_ids, 100)
+    k = 24 - len(prompt_ids) + 1  # the last position's logits still yield one more token
+    assert text == continuation_text(sp, prompt_ids[1:], [i for i in ref[:k] if i != 2]) or \
+        text == continuation_text(sp, prompt_ids[1:], [i for i in ref[:k - 1] if i != 2])
+    with pytest.raises(lmpack.LmpackError):
+        m.logits(list(range(3, 28)))
+    np.testing.assert_array_equal(m.logits(prompt_ids), lmpack.load(tiny_lmp).logits(prompt_ids))
+
+
+@pytest.mark.parametrize("ids", [[], [-1], [400], [1, 5, 10**9]], ids=["empty", "negative", "vocab", "huge"])
+def test_bad_ids_are_errors(ids, tiny_lmp, lmpack):
+    with pytest.raises(lmpack.LmpackError):
+        lmpack.load(tiny_lmp).logits(ids)
