@@ -441,3 +441,45 @@ def test_python_load_rejects_damage_without_crashing(tiny_lmp, tmp_path):
     assert proc.returncode == 0, f"child exited {proc.returncode}: {proc.stderr}"
     results = proc.stdout.splitlines()
     assert len(results) == len(paths) and all(r.startswith("ok ") for r in results), proc.stdout
+
+
+def test_convert_survives_random_safetensors_corruption(tiny_hf, tmp_path_factory):
+    """Hypothesis flips bytes anywhere in a safetensors file (header or data): converting then
+    either succeeds or raises LmpackError, and a failure leaves no output or temporary file."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from lmpack.convert import convert
+    from lmpack.errors import LmpackError
+
+    base = tmp_path_factory.mktemp("fuzz-st")
+    original = (tiny_hf.path / "model.safetensors").read_bytes()
+    (n,) = struct.unpack_from("<Q", original, 0)
+    folder = checkpoints.copy_checkpoint(tiny_hf.path, base / "src")
+    out_dir = base / "out"
+    out_dir.mkdir()
+
+    # positions: mostly the 8-byte length and the JSON header (where parsing happens), some data
+    pos = st.one_of(st.integers(0, 8 + n - 1), st.integers(0, len(original) - 1))
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(flips=st.lists(st.tuples(pos, st.integers(1, 255)), min_size=1, max_size=4),
+           cut=st.one_of(st.none(), st.integers(0, len(original) - 1)))
+    def check(flips, cut):
+        data = bytearray(original)
+        for at, x in flips:
+            data[at] ^= x
+        if cut is not None:
+            data = data[:cut]
+        (folder / "model.safetensors").write_bytes(bytes(data))
+        out = out_dir / "model.lmp"
+        try:
+            convert(folder, out)
+        except LmpackError as e:
+            assert "\n" not in str(e)
+            assert list(out_dir.iterdir()) == []
+        else:
+            assert out.is_file()
+            out.unlink()
+
+    check()

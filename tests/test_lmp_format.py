@@ -180,7 +180,7 @@ class Boom(RuntimeError):
     pass
 
 
-def _fail_on_third_load(monkeypatch):
+def _fail_on_third_load(monkeypatch, exc=Boom):
     from lmpack.convert import hf
 
     calls = {"n": 0}
@@ -189,21 +189,22 @@ def _fail_on_third_load(monkeypatch):
     def load(self, name):
         calls["n"] += 1
         if calls["n"] == 3:
-            raise Boom(f"injected failure while loading {name}")
+            raise exc(f"injected failure while loading {name}")
         return original(self, name)
 
     monkeypatch.setattr(hf.HFSafetensorsSource, "load", load)
     return calls
 
 
-def test_writer_is_atomic_on_failure(tiny_hf, tmp_path, monkeypatch):
+@pytest.mark.parametrize("exc", [Boom, KeyboardInterrupt, MemoryError], ids=lambda e: e.__name__)
+def test_writer_is_atomic_on_failure(exc, tiny_hf, tmp_path, monkeypatch):
     from lmpack.convert import convert
 
-    calls = _fail_on_third_load(monkeypatch)
+    calls = _fail_on_third_load(monkeypatch, exc)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "model.lmp"
-    with pytest.raises(Boom):
+    with pytest.raises(exc):
         convert(tiny_hf.path, out, dtype="bf16")
     assert calls["n"] == 3, "the failure was not reached (the test would prove nothing)"
     assert not out.exists()
