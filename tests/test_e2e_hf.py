@@ -362,3 +362,18 @@ def test_context_limit(tiny_hf, tiny_lmp, lmpack):
 def test_bad_ids_are_errors(ids, tiny_lmp, lmpack):
     with pytest.raises(lmpack.LmpackError):
         lmpack.load(tiny_lmp).logits(ids)
+
+
+@pytest.mark.parametrize("prompt", ["", "日本語", "Emoji 🦙", " two  spaces", "line\n", "ends with space "],
+                         ids=repr)
+def test_generated_text_for_awkward_prompts(prompt, tiny_hf, tiny_lmp, lmpack):
+    """Streamed text equals sentencepiece's decoding of transformers' greedy ids after the prompt,
+    also when the prompt is empty (BOS only), ends in byte-fallback pieces, spaces or a newline."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_hf.path / "tokenizer.model"))
+    m = lmpack.load(tiny_lmp)
+    prompt_ids = [1] + sp.encode(prompt)
+    ref = tiny_hf.reference_greedy(prompt_ids, 12)
+    text = "".join(m.generate(prompt, max_tokens=12, temperature=0.0))
+    assert text == continuation_text(sp, prompt_ids[1:], [i for i in ref if i != 2])

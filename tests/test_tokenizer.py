@@ -127,3 +127,21 @@ def test_encode_random_text(trained, text):
     assert m.tokenizer.encode(text, bos=False) == sp.encode(text)
     ids = sp.encode(text)
     assert m.tokenizer.decode(ids) == sp.decode(ids)
+
+
+@pytest.mark.parametrize("prompt", ["Hello world", "", "日本語 🙂", "  spaced\n"], ids=repr)
+def test_generated_text_with_llama2_vocab(prompt, llama2_tokenizer_path, hf_checkpoint, converted):
+    """Streaming detokenization with the real 32000-piece vocabulary: generate()'s text equals
+    sentencepiece's decoding of transformers' greedy ids after the prompt."""
+    import lmpack
+
+    ckpt = hf_checkpoint(tokenizer=llama2_tokenizer_path, dtype="bfloat16", tie=True,
+                         dims=dict(dim=64, n_heads=2, ffn_dim=160))
+    sp = spm.SentencePieceProcessor(model_file=str(llama2_tokenizer_path))
+    m = lmpack.load(converted(ckpt))
+    prompt_ids = [1] + sp.encode(prompt)
+    ref = [i for i in ckpt.reference_greedy(prompt_ids, 16) if i != 2]
+    before = sp.decode(prompt_ids[1:])
+    after = sp.decode(prompt_ids[1:] + ref)
+    assert after.startswith(before)
+    assert "".join(m.generate(prompt, max_tokens=16, temperature=0.0)) == after[len(before):]
