@@ -6,7 +6,6 @@ reference forward pass is itself checked against transformers.
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
