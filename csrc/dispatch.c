@@ -53,12 +53,14 @@ typedef struct {
 
 enum {
     F_AVX, F_AVX2, F_FMA, F_F16C, F_AVX512F, F_AVX512BW, F_AVX512VL, F_AVX512DQ, F_AVX512VNNI,
-    F_AVX512BF16, F_AVXVNNI, F_AMX, F_OS_AVX, F_OS_AVX512, F_NEON, F_DOTPROD, F_FP16, F_NFEAT
+    F_AVX512BF16, F_AVXVNNI, F_AMX, F_OS_AVX, F_OS_AVX512, F_NEON, F_DOTPROD, F_FP16, F_AMX_INT8,
+    F_AMX_BF16, F_OS_AMX, F_NFEAT
 };
 
 static const char *const feature_names[F_NFEAT] = {
     "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni",
-    "avx512bf16", "avxvnni", "amx", "os_avx", "os_avx512", "neon", "dotprod", "fp16",
+    "avx512bf16", "avxvnni", "amx", "os_avx", "os_avx512", "neon", "dotprod", "fp16", "amx_int8",
+    "amx_bf16", "os_amx",
 };
 
 #if defined(LMP_X86)
@@ -101,6 +103,7 @@ static void detect(int f[F_NFEAT]) {
         unsigned long long xcr0 = xgetbv0();
         f[F_OS_AVX] = (xcr0 & 0x6) == 0x6;             /* XMM and YMM state */
         f[F_OS_AVX512] = f[F_OS_AVX] && (xcr0 & 0xe0) == 0xe0; /* opmask, ZMM_Hi256, Hi16_ZMM */
+        f[F_OS_AMX] = (xcr0 & 0x60000) == 0x60000;            /* XTILECFG, XTILEDATA */
     }
     if (max_leaf >= 7) {
         cpuid(7, 0, r);
@@ -111,6 +114,8 @@ static void detect(int f[F_NFEAT]) {
         f[F_AVX512VL] = (r[1] >> 31) & 1;
         f[F_AVX512VNNI] = (r[2] >> 11) & 1;
         f[F_AMX] = (r[3] >> 24) & 1; /* AMX-TILE */
+        f[F_AMX_INT8] = (r[3] >> 25) & 1;
+        f[F_AMX_BF16] = (r[3] >> 22) & 1;
         unsigned sub_max = r[0];
         if (sub_max >= 1) {
             cpuid(7, 1, r);
@@ -155,6 +160,13 @@ static int run_avx512(const int f[F_NFEAT]) {
            f[F_AVX512DQ] && f[F_AVX512VNNI];
 }
 #endif
+#if defined(LMP_HAVE_AMX)
+/* AMX-TILE, -INT8 and -BF16, their state enabled in XCR0 (bits 17-18), and Linux's permission
+ * to use it (asked once; a refusal, e.g. under an old kernel, leaves the AVX-512 table). */
+static int run_amx(const int f[F_NFEAT]) {
+    return run_avx512(f) && f[F_AMX] && f[F_AMX_INT8] && f[F_AMX_BF16] && f[F_OS_AMX] && lmp_amx_enable() == 0;
+}
+#endif
 #if defined(__aarch64__)
 static int run_neon(const int f[F_NFEAT]) { return f[F_NEON] && f[F_DOTPROD]; }
 #endif
@@ -165,6 +177,9 @@ static const path paths[] = {
 #if defined(LMP_X86)
     {&lmp_kernels_avx2, run_avx2},
     {&lmp_kernels_avx512, run_avx512},
+#endif
+#if defined(LMP_HAVE_AMX)
+    {&lmp_kernels_amx, run_amx},
 #endif
 #if defined(__aarch64__)
     {&lmp_kernels_neon, run_neon},

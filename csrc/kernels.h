@@ -53,6 +53,11 @@ extern const lmp_kernels lmp_kernels_scalar;
 extern const lmp_kernels lmp_kernels_avx2;
 extern const lmp_kernels lmp_kernels_avx512;
 #endif
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define LMP_HAVE_AMX 1
+extern const lmp_kernels lmp_kernels_amx; /* kernels_amx.c */
+int lmp_amx_enable(void);                 /* asks Linux for the AMX tile state: 0 if granted */
+#endif
 #if defined(__aarch64__)
 extern const lmp_kernels lmp_kernels_neon;
 #endif
