@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec, tokenizer_path
+from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
 from lmpack.errors import LmpackError
-from lmpack.formats.config import ModelConfig, expected_tensors
+from lmpack.formats.config import ModelConfig
 from lmpack.formats.safetensors import SafetensorsFile
 
 SUPPORTED_MODEL_TYPES = ("llama",)
@@ -170,20 +170,8 @@ class HFSafetensorsSource:
         self._specs = self._check_tensors()
 
     def _check_tensors(self) -> list[TensorSpec]:
-        expected = expected_tensors(self._config)
-        specs = []
-        for name, shape in expected.items():
-            f = self._where.get(name)
-            if f is None:
-                raise LmpackError(f"{self.folder}: tensor '{name}' is missing from the checkpoint")
-            got = f.entries[name].shape
-            if got != shape:
-                raise LmpackError(f"{f.path}: tensor '{name}' has shape {list(got)}, config.json implies {list(shape)}")
-            specs.append(TensorSpec(name, shape, f.source_dtype(name)))
-        extra = sorted(set(self._where) - set(expected))
-        if extra:
-            raise LmpackError(f"{self.folder}: unexpected tensor '{extra[0]}' (not a plain Llama checkpoint?)")
-        return specs
+        found = {name: (f.entries[name].shape, f.dtype_of(name), str(f.path)) for name, f in self._where.items()}
+        return check_tensor_set(self._config, found, self.folder, "config.json")
 
     def config(self) -> ModelConfig:
         return self._config

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from lmpack.convert.hf import IGNORED_SUFFIXES, read_hf_config, shard_files
-from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec, tokenizer_path
+from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
 from lmpack.errors import LmpackError
-from lmpack.formats.config import ModelConfig, expected_tensors
+from lmpack.formats.config import ModelConfig
 from lmpack.formats.torchzip import FLOAT_DTYPES, TorchFile, TorchTensor
 
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -84,23 +84,9 @@ class HFBinSource:
                 raise LmpackError(f"{self.folder / BIN_INDEX}: tensor '{name}' is listed in {file} but stored in {got[0].path.name}")
 
     def _check_tensors(self) -> list[TensorSpec]:
-        expected = expected_tensors(self._config)
-        specs = []
-        for name, shape in expected.items():
-            got = self._where.get(name)
-            if got is None:
-                raise LmpackError(f"{self.folder}: tensor '{name}' is missing from the checkpoint")
-            f, t = got
-            if t.shape != shape:
-                raise LmpackError(f"{f.path}: tensor '{name}' has shape {list(t.shape)}, config.json implies {list(shape)}")
-            if t.dtype not in FLOAT_DTYPES:
-                raise LmpackError(f"{f.path}: tensor '{name}' has dtype {t.dtype or 'torch.' + t.storage_type}; "
-                                  f"lmpack reads f32, f16 and bf16")
-            specs.append(TensorSpec(name, shape, t.dtype))
-        extra = sorted(set(self._where) - set(expected))
-        if extra:
-            raise LmpackError(f"{self.folder}: unexpected tensor '{extra[0]}' (not a plain Llama checkpoint?)")
-        return specs
+        found = {name: (t.shape, t.dtype if t.dtype in FLOAT_DTYPES else None, str(f.path))
+                 for name, (f, t) in self._where.items()}
+        return check_tensor_set(self._config, found, self.folder, "config.json")
 
     def config(self) -> ModelConfig:
         return self._config

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec, tokenizer_path
+from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
 from lmpack.errors import LmpackError
-from lmpack.formats.config import ModelConfig, expected_tensors
+from lmpack.formats.config import ModelConfig
 from lmpack.formats.torchzip import FLOAT_DTYPES, TorchFile, TorchTensor
 
 SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth")
@@ -276,20 +276,8 @@ class MetaSource:
         return ModelConfig.from_dict(cfg, where=where)
 
     def _check_tensors(self) -> list[TensorSpec]:
-        expected = expected_tensors(self._config)
-        specs = []
-        for name, shape in expected.items():
-            m = self._tensors.get(name)
-            if m is None:
-                raise LmpackError(f"{self.folder}: tensor '{name}' is missing from the checkpoint")
-            if m.shape != shape:
-                raise LmpackError(f"{self.folder}: tensor '{name}' merges to shape {list(m.shape)}, "
-                                  f"params.json implies {list(shape)}")
-            specs.append(TensorSpec(name, shape, m.dtype))
-        extra = sorted(set(self._tensors) - set(expected))
-        if extra:
-            raise LmpackError(f"{self.folder}: tensor '{extra[0]}' is beyond what params.json describes")
-        return specs
+        found = {name: (m.shape, m.dtype, f"{self.folder} (merged)") for name, m in self._tensors.items()}
+        return check_tensor_set(self._config, found, self.folder, "params.json")
 
     # -- Source ----------------------------------------------------------------------------
 

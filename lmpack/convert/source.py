@@ -72,6 +72,33 @@ class Source(Protocol):
         """Release maps and file handles."""
 
 
+def check_tensor_set(config: ModelConfig, found: dict[str, tuple[tuple[int, ...], str | None, str]],
+                     folder: Path, config_file: str) -> list[TensorSpec]:
+    """The specs of exactly the tensors `config` implies, in file order, or an LmpackError naming
+    the first tensor that is missing, misshapen, of an unreadable dtype, or unexpected.
+
+    `found` maps each tensor the checkpoint holds to (shape, source dtype or None if unsupported,
+    where it is: a file name or description for the message)."""
+    from lmpack.errors import LmpackError
+    from lmpack.formats.config import expected_tensors
+
+    expected = expected_tensors(config)
+    specs = []
+    for name, shape in expected.items():
+        if name not in found:
+            raise LmpackError(f"{folder}: tensor '{name}' is missing from the checkpoint")
+        got_shape, dtype, where = found[name]
+        if tuple(got_shape) != shape:
+            raise LmpackError(f"{where}: tensor '{name}' has shape {list(got_shape)}, {config_file} implies {list(shape)}")
+        if dtype not in SOURCE_DTYPES:
+            raise LmpackError(f"{where}: tensor '{name}' has an unsupported dtype; lmpack reads f32, f16 and bf16")
+        specs.append(TensorSpec(name, shape, dtype))
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise LmpackError(f"{folder}: unexpected tensor '{extra[0]}' (beyond what {config_file} describes)")
+    return specs
+
+
 def tokenizer_path(folder: Path) -> Path:
     """The sentencepiece model beside a checkpoint, or an LmpackError saying it is missing."""
     from lmpack.errors import LmpackError

@@ -106,11 +106,15 @@ class SafetensorsFile:
                 raise self._fail(f"tensors '{a}' and '{b}' overlap")
         return entries
 
+    def dtype_of(self, name: str) -> str | None:
+        """The lmpack source dtype of a tensor (f32/f16/bf16), or None for any other type."""
+        return _DTYPES.get(self.entries[name].dtype, (None,))[0]
+
     def source_dtype(self, name: str) -> str:
-        e = self.entries[name]
-        if e.dtype not in _DTYPES:
-            raise self._fail(f"tensor '{name}' has dtype {e.dtype}; only F32, F16 and BF16 are supported")
-        return _DTYPES[e.dtype][0]
+        dtype = self.dtype_of(name)
+        if dtype is None:
+            raise self._fail(f"tensor '{name}' has dtype {self.entries[name].dtype}; only F32, F16 and BF16 are supported")
+        return dtype
 
     def load(self, name: str) -> np.ndarray:
         """A read-only view of one tensor (bf16 as uint16 bits)."""

@@ -141,13 +141,6 @@ class Model:
         stats.stopped_by = "max_tokens"
         try:
             for i in range(max_tokens):
-                if i:
-                    if pos >= self.n_ctx:
-                        stats.stopped_by = "context"
-                        break
-                    logits = self.forward([token], pos)[-1]
-                    pos += 1
-                    stats.decode_steps += 1
                 token = sampler(logits)
                 if generated is not None:
                     generated.append(token)
@@ -158,6 +151,14 @@ class Model:
                 piece = decoder.push(token)
                 if piece:
                     yield piece
+                if i + 1 == max_tokens:
+                    break
+                if pos >= self.n_ctx:
+                    stats.stopped_by = "context"
+                    break
+                logits = self.forward([token], pos)[-1]
+                pos += 1
+                stats.decode_steps += 1
             rest = decoder.flush()
             if rest:
                 yield rest
