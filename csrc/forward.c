@@ -74,8 +74,10 @@ int lmp_state_alloc(lmp_model *m, int threads) {
     const int64_t C = LMP_CHUNK;
     /* The KV cache can be large: calloc leaves untouched pages unmapped, and positions never
      * written read as zeros rather than garbage. */
-    m->kcache = (uint64_t)kv_n <= SIZE_MAX / sizeof(float) ? calloc((size_t)kv_n ? (size_t)kv_n : 1, sizeof(float)) : NULL;
-    m->vcache = (uint64_t)kv_n <= SIZE_MAX / sizeof(float) ? calloc((size_t)kv_n ? (size_t)kv_n : 1, sizeof(float)) : NULL;
+    if ((uint64_t)kv_n <= SIZE_MAX / sizeof(float)) {
+        m->kcache = calloc((size_t)kv_n, sizeof(float));
+        m->vcache = calloc((size_t)kv_n, sizeof(float));
+    }
     m->h = zalloc(C * c->dim, sizeof(float));
     m->xn = zalloc(C * c->dim, sizeof(float));
     m->q = zalloc(C * q_dim, sizeof(float));

@@ -31,19 +31,37 @@ typedef struct {
 
 /* ---- config ------------------------------------------------------------------------------- */
 
+/* An integer (int, or anything with __index__ such as numpy ints; not bool) as a long long.
+ * Returns 0 and sets *overflow when it does not fit, -1 with no exception when not an integer. */
+static int as_index(PyObject *v, long long *x, int *overflow) {
+    *overflow = 0;
+    if (PyBool_Check(v) || !PyIndex_Check(v)) return -1;
+    PyObject *i = PyNumber_Index(v);
+    if (!i) {
+        PyErr_Clear();
+        return -1;
+    }
+    *x = PyLong_AsLongLongAndOverflow(i, overflow);
+    Py_DECREF(i);
+    if (*x == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        *overflow = 1;
+    }
+    return 0;
+}
+
 static int cfg_int(PyObject *cfg, const char *key, int64_t *out) {
     PyObject *v = PyDict_GetItemString(cfg, key); /* borrowed */
     if (!v) {
         PyErr_Format(PyExc_ValueError, "config: missing '%s'", key);
         return -1;
     }
-    if (PyBool_Check(v) || !PyLong_Check(v)) {
+    int overflow;
+    long long x = 0;
+    if (as_index(v, &x, &overflow)) {
         PyErr_Format(PyExc_ValueError, "config: '%s' must be an int", key);
         return -1;
     }
-    int overflow = 0;
-    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-    if (x == -1 && PyErr_Occurred()) return -1;
     if (overflow || x < 1 || x > MAX_DIM) {
         PyErr_Format(PyExc_ValueError, "config: '%s' must be in [1, %lld]", key, MAX_DIM);
         return -1;
@@ -123,14 +141,10 @@ typedef struct {
 } tensor_src;
 
 static int64_t get_i64(PyObject *v, const char *name, const char *what, int *ok) {
-    if (PyBool_Check(v) || !PyLong_Check(v)) {
+    int overflow;
+    long long x = 0;
+    if (as_index(v, &x, &overflow)) {
         PyErr_Format(PyExc_ValueError, "tensor '%s': %s must be an int", name, what);
-        *ok = 0;
-        return 0;
-    }
-    int overflow = 0;
-    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-    if (x == -1 && PyErr_Occurred()) {
         *ok = 0;
         return 0;
     }

@@ -415,6 +415,8 @@ NORM = "model.layers.0.input_layernorm.weight"
     (Q, dict(shape=(64, 64, 1)), "shape"),
     (Q, dict(dtype="q4_0"), "unknown dtype"),
     (Q, dict(dtype=3), "dtype"),
+    (Q, "offset_float", "must be an int"),
+    (Q, dict(shape=(True, 64)), "must be an int"),
     (Q, "offset_unaligned", "multiple of 64"),
     (NORM, dict(dtype="f16", nbytes=128), "must be f32"),
 ])
@@ -429,11 +431,25 @@ def test_bad_tensor_entries(name, change, match):
         change = dict(nbytes=nb - 1)
     elif change == "nbytes_plus_64":
         change = dict(nbytes=nb + 64)
+    elif change == "offset_float":
+        change = dict(offset=float(off))
     elif change == "offset_unaligned":
         change = dict(offset=off + 32)
     with pytest.raises(ValueError, match=match) as e:
         build(p, weights=with_entry(p, name, **change))
     assert name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_numpy_integers_are_accepted():
+    """Offsets, sizes, shapes and config values may be numpy integers (anything with __index__)."""
+    p = small()
+    w = {k: (np.int64(o), np.uint32(n), d, tuple(np.int32(x) for x in s)) for k, (o, n, d, s) in p.weights.items()}
+    cfg = {k: (np.int64(v) if type(v) is int else v) for k, v in p.cfg.items()}
+    out = np.empty(p.cfg["vocab_size"], np.float32)
+    build(p, weights=w, cfg=cfg).forward(np.array([1, 2], np.int32), 0, out, False)
+    ref = np.empty_like(out)
+    build(p).forward(np.array([1, 2], np.int32), 0, ref, False)
+    np.testing.assert_array_equal(out, ref)
 
 
 def test_bad_tensor_sets():
