@@ -246,7 +246,11 @@ static void matmuls(lmp_model *m, const lmp_kernels *k, const float *x, int64_t 
         o->ntasks = (rows + o->rows_per_task - 1) / o->rows_per_task;
         ntasks += o->ntasks;
     }
-    lmp_pool_run(m->pool, ntasks, mm_task, &j);
+    if (nth == 1) {
+        for (int64_t i = 0; i < ntasks; i++) mm_task(&j, i, 0);
+    } else {
+        lmp_pool_run(m->pool, ntasks, mm_task, &j);
+    }
 }
 
 /* ---- attention ----------------------------------------------------------------------------- */
@@ -320,7 +324,7 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
         rope_rows(m, kc + p0 * kv_dim, n, c->n_kv_heads, kv_dim);
 
         att_job aj = {m, k, kc, vc, p0, (float)(1.0 / sqrt((double)hd))};
-        if (n * c->n_heads * (p0 + n) * hd < SERIAL_WORK) {
+        if ((double)(n * c->n_heads * hd) * (double)(p0 + n) < (double)SERIAL_WORK) {
             for (int64_t i = 0; i < n * c->n_heads; i++) att_task(&aj, i, 0);
         } else {
             lmp_pool_run(m->pool, n * c->n_heads, att_task, &aj);
