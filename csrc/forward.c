@@ -109,13 +109,16 @@ int lmp_state_alloc(lmp_model *m, int threads) {
 
 /* ---- element-wise pieces (cheap next to the matmuls: run on the calling thread) ----------- */
 
-static void rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps) {
-    /* double for the sum of squares: the mean is then as good as torch's cascaded f32 sum */
-    double ss = 0.0;
-    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * (double)x[i];
-    float var = (float)(ss / (double)n);
-    float r = 1.0f / sqrtf(var + eps);
-    for (int64_t i = 0; i < n; i++) y[i] = w[i] * (x[i] * r);
+/* y = x / sqrt(mean(x^2) + eps) * w on `rows` rows of n values. */
+static void rmsnorm(float *y, const float *x, const float *w, int64_t rows, int64_t n, float eps) {
+    for (int64_t t = 0; t < rows; t++, x += n, y += n) {
+        /* double for the sum of squares: the mean is then as good as torch's cascaded f32 sum */
+        double ss = 0.0;
+        for (int64_t i = 0; i < n; i++) ss += (double)x[i] * (double)x[i];
+        float var = (float)(ss / (double)n);
+        float r = 1.0f / sqrtf(var + eps);
+        for (int64_t i = 0; i < n; i++) y[i] = w[i] * (x[i] * r);
+    }
 }
 
 static void embed_row(const lmp_weight *e, int64_t row, float *y) {
@@ -312,7 +315,7 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
         const lmp_layer *L = &m->layers[l];
         float *kc = m->kcache + l * layer_stride, *vc = m->vcache + l * layer_stride;
 
-        for (int64_t t = 0; t < n; t++) rmsnorm(m->xn + t * dim, m->h + t * dim, L->attn_norm, dim, c->norm_eps);
+        rmsnorm(m->xn, m->h, L->attn_norm, n, dim, c->norm_eps);
         {
             /* K and V go straight into their cache rows */
             const lmp_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
@@ -337,7 +340,7 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
         }
         add_rows(m->h, m->proj, n * dim);
 
-        for (int64_t t = 0; t < n; t++) rmsnorm(m->xn + t * dim, m->h + t * dim, L->ffn_norm, dim, c->norm_eps);
+        rmsnorm(m->xn, m->h, L->ffn_norm, n, dim, c->norm_eps);
         {
             const lmp_weight *ws[2] = {&L->w_gate, &L->w_up};
             float *ys[2] = {m->gate, m->up};
@@ -371,11 +374,11 @@ void lmp_forward(lmp_model *m, const int32_t *tokens, int64_t ntok, int64_t pos,
         int64_t n = ntok - c0 < LMP_CHUNK ? ntok - c0 : LMP_CHUNK;
         run_chunk(m, k, tokens + c0, n, pos + c0);
         if (all_logits) {
-            for (int64_t t = 0; t < n; t++) rmsnorm(m->xn + t * dim, m->h + t * dim, m->final_norm, dim, c->norm_eps);
+            rmsnorm(m->xn, m->h, m->final_norm, n, dim, c->norm_eps);
             head_out[0] = out + c0 * vocab;
             matmuls(m, k, m->xn, dim, n, 1, &head, head_out, ld);
         } else if (c0 + n == ntok) {
-            rmsnorm(m->xn, m->h + (n - 1) * dim, m->final_norm, dim, c->norm_eps);
+            rmsnorm(m->xn, m->h + (n - 1) * dim, m->final_norm, 1, dim, c->norm_eps);
             head_out[0] = out;
             matmuls(m, k, m->xn, dim, 1, 1, &head, head_out, ld);
         }

@@ -91,6 +91,14 @@ def encode(a: np.ndarray, dtype: str) -> tuple[bytes, np.ndarray]:
     return q.tobytes() + b"\0" * pad + d.tobytes(), vals
 
 
+def append_aligned(buf: bytearray, raw: bytes) -> int:
+    """Append raw at the next multiple of 64 (zero padding) and return its offset."""
+    buf += b"\0" * (-len(buf) % 64)
+    offset = len(buf)
+    buf += raw
+    return offset
+
+
 @dataclass
 class Packed:
     hf: object                      # the transformers model, holding exactly `values`
@@ -108,9 +116,7 @@ class Packed:
     def replace(self, name: str, dtype: str) -> None:
         """Re-store one tensor in another dtype (appended to the buffer) and sync `hf` with it."""
         raw, vals = encode(self.values[name], dtype)
-        self.buffer += b"\0" * (-len(self.buffer) % 64)
-        self.weights[name] = (len(self.buffer), len(raw), dtype, vals.shape)
-        self.buffer += raw
+        self.weights[name] = (append_aligned(self.buffer, raw), len(raw), dtype, vals.shape)
         self.values[name] = vals
         (self.q8.add if dtype == "q8_0" else self.q8.discard)(name)
         with torch.no_grad():
@@ -138,12 +144,10 @@ def pack(hf, dtype: str, lead: int = 64) -> Packed:
         a = sd[name]
         dt = "f32" if a.ndim == 1 else dtype
         raw, vals = encode(a, dt)
-        buf += b"\0" * (-len(buf) % 64)
-        weights[name] = (len(buf), len(raw), dt, tuple(a.shape))
+        weights[name] = (append_aligned(buf, raw), len(raw), dt, tuple(a.shape))
         values[name] = vals
         if dt == "q8_0":
             q8.add(name)
-        buf += raw
     with torch.no_grad():
         for name, p in hf.named_parameters():  # a tied lm_head is the embedding parameter itself
             p.copy_(torch.from_numpy(values[name]))
@@ -472,9 +476,8 @@ def test_bad_tensor_sets():
     # a q8_0 tensor needs whole blocks of 32 columns
     hf = make_hf(dim=48, n_heads=2, n_kv_heads=1, ffn_dim=64, vocab=64)
     f = pack(hf, "f32")
-    raw = b"\0" * (64 * 48 + 64 * 48 // 16 + 64)
-    off = len(f.buffer) + (-len(f.buffer) % 64)
-    buf = f.buffer + b"\0" * (off - len(f.buffer)) + raw
+    buf = bytearray(f.buffer)
+    off = append_aligned(buf, b"\0" * (64 * 48 + 64 * 48 // 16))
     with pytest.raises(ValueError, match="divisible by 32"):
         build(f, buffer=buf, weights={**f.weights, "model.embed_tokens.weight": (off, 64 * 48 + 64 * 3, "q8_0", (64, 48))})
 
