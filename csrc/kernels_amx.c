@@ -90,25 +90,41 @@ static void load_cfg_q8(int n) {
     _tile_loadconfig(&c);
 }
 
-/* bf16 prompts: C 0-3 (2 row groups x 2 token groups), A 4-5, B 6-7. */
+/* q8_0 generation: C 0-2 (16 rows x 2 blocks), A 3-5 (16 rows x 2 blocks), B 6. */
+static void load_cfg_q8_gemv(void) {
+    tilecfg c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int i = 0; i < 3; i++) {
+        cfg_set(&c, i, 16, 8);
+        cfg_set(&c, 3 + i, 16, 64);
+    }
+    cfg_set(&c, 6, 16, 8);
+    _tile_loadconfig(&c);
+}
+
+/* bf16 prompts: C 0-3 (2 token groups x 2 row groups, 15 rows = 5 tokens x 3 parts), A 4-5
+ * (activation parts), B 6-7 (weight panels). */
 static void load_cfg_bf16_gemm(void) {
     tilecfg c;
     memset(&c, 0, sizeof c);
     c.palette = 1;
-    for (int i = 0; i < 8; i++) cfg_set(&c, i, 16, 64);
+    for (int i = 0; i < 6; i++) cfg_set(&c, i, 15, 64);
+    cfg_set(&c, 6, 16, 64);
+    cfg_set(&c, 7, 16, 64);
     _tile_loadconfig(&c);
 }
 
-/* bf16 generation: C 0-1 (2 row groups), A 2-3, B 4-6 (h, m, l of one token). */
+/* bf16 generation: C 0-2 (3 row groups x 3 parts), A 3-5 (weights), B 6 (the three parts). */
 static void load_cfg_bf16_gemv(void) {
     tilecfg c;
     memset(&c, 0, sizeof c);
     c.palette = 1;
-    cfg_set(&c, 0, 16, 4);
-    cfg_set(&c, 1, 16, 4);
-    cfg_set(&c, 2, 16, 64);
-    cfg_set(&c, 3, 16, 64);
-    for (int i = 4; i < 7; i++) cfg_set(&c, i, 16, 4);
+    for (int i = 0; i < 3; i++) {
+        cfg_set(&c, i, 16, 12);
+        cfg_set(&c, 3 + i, 16, 64);
+    }
+    cfg_set(&c, 6, 16, 12);
     _tile_loadconfig(&c);
 }
 
@@ -185,101 +201,212 @@ static void scales_f32(const uint16_t *ws, int64_t rs, int64_t rows, int64_t nb,
     }
 }
 
-/* Generation: rows in the lanes. A from the matrix, B the activation block itself (8 rows of
- * 4 bytes), C stored as 16 contiguous int32, one per row. */
-static void q8_gemv(const int8_t *wq, int64_t lda, const float *dwf, int64_t nb, const int8_t *xq,
-                    const float *xd, float out[16]) {
-    __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                     _mm512_set1_epi32((int)nb));
-    __m512 acc = _mm512_setzero_ps();
-    int32_t c0[16] __attribute__((aligned(64))), c1[16] __attribute__((aligned(64)));
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_loadd(2, wq + b * 32, lda);
-        _tile_loadd(4, xq + b * 32, 4);
-        _tile_loadd(3, wq + b * 32 + 32, lda);
-        _tile_loadd(5, xq + b * 32 + 32, 4);
-        _tile_dpbssd(0, 2, 4);
-        _tile_dpbssd(1, 3, 5);
-        _tile_stored(0, c0, 4);
-        _tile_stored(1, c1, 4);
-        __m512 t0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c0)), _mm512_set1_ps(xd[b]));
-        acc = _mm512_fmadd_ps(t0, _mm512_i32gather_ps(idx, dwf + b, 4), acc);
-        __m512 t1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c1)), _mm512_set1_ps(xd[b + 1]));
-        acc = _mm512_fmadd_ps(t1, _mm512_i32gather_ps(idx, dwf + b + 1, 4), acc);
+/* Generation: rows in the lanes. One TDPBSSD covers two blocks: A is 16 rows x 64 bytes, B the
+ * pair's activations laid out block-diagonally (16 k-groups x 2 columns: block b in column 0 for
+ * k < 8, block b+1 in column 1 for k >= 8), so C holds both blocks' exact sums side by side.
+ * Three row groups are in flight to hide the tile latency. xbd: [nb/2 rounded up][16][2] dwords. */
+static void q8_bd_pack(const int8_t *xq, int64_t nb, uint32_t *xbd) {
+    for (int64_t j = 0; j < (nb + 1) / 2; j++) {
+        uint32_t *o = xbd + j * 32;
+        memset(o, 0, 128);
+        for (int k = 0; k < 8; k++) {
+            memcpy(o + k * 2, xq + (2 * j) * 32 + k * 4, 4);
+            if (2 * j + 1 < nb) memcpy(o + (8 + k) * 2 + 1, xq + (2 * j + 1) * 32 + k * 4, 4);
+        }
     }
-    if (b < nb) {
-        _tile_zero(0);
-        _tile_loadd(2, wq + b * 32, lda);
-        _tile_loadd(4, xq + b * 32, 4);
-        _tile_dpbssd(0, 2, 4);
-        _tile_stored(0, c0, 4);
-        __m512 t0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c0)), _mm512_set1_ps(xd[b]));
-        acc = _mm512_fmadd_ps(t0, _mm512_i32gather_ps(idx, dwf + b, 4), acc);
-    }
-    _mm512_storeu_ps(out, acc);
 }
 
-/* Prompts: tokens in the lanes. xp: this token group's activations packed per block as
- * [8 k-groups][16 tokens][4 bytes]; dxt: their scales as [nb][16]. */
-static void q8_gemm_tile(const int8_t *wq, int64_t lda, const float *dwf, int64_t nb, const int8_t *xp,
-                         const float *dxt, float out[16][16]) {
-    __m512 acc[16];
-    UNROLL for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+/* acc[16 rows] += both blocks of a stored C ([16][2] int32). */
+static inline __m512 q8_epi2(const int32_t *c, const float *dwf, int64_t nb, int64_t b, const float *xd, __m512i gidx,
+                             __m512 acc, int two) {
+    const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i od = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    __m512i lo = _mm512_load_si512(c), hi = _mm512_load_si512(c + 16);
+    __m512 t0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_permutex2var_epi32(lo, ev, hi)), _mm512_set1_ps(xd[b]));
+    acc = _mm512_fmadd_ps(t0, _mm512_i32gather_ps(gidx, dwf + b, 4), acc);
+    if (two) {
+        __m512 t1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_permutex2var_epi32(lo, od, hi)), _mm512_set1_ps(xd[b + 1]));
+        acc = _mm512_fmadd_ps(t1, _mm512_i32gather_ps(gidx, dwf + b + 1, 4), acc);
+    }
+    return acc;
+}
+
+/* Rows [rs_g, rs_g + 16) for g < ng (1..3) against one token; dwf: [3][16][nb] f32 scales. */
+static void q8_gemv3(const int8_t *const wrow[3], int64_t cols, int ng, const float *dwf, const uint32_t *xbd,
+                     const float *xd, int8_t pad[3][16 * 64], float out[3][16]) {
+    const int64_t nb = cols / 32;
+    const __m512i gidx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32((int)nb));
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0;
+    int32_t c[3][32] __attribute__((aligned(64)));
+    const int64_t full = nb / 2 * 2;
+    for (int64_t b = 0; b < nb; b += 2) {
+        const int two = b < full;
+        const int8_t *a[3];
+        int64_t lda = cols;
+        for (int g = 0; g < 3; g++) a[g] = wrow[g < ng ? g : 0] + b * 32;
+        if (!two) { /* odd last block: A would read 32 bytes past the row, pad it */
+            for (int g = 0; g < 3; g++) {
+                for (int i = 0; i < 16; i++) {
+                    memcpy(pad[g] + i * 64, a[g] + i * cols, 32);
+                    memset(pad[g] + i * 64 + 32, 0, 32);
+                }
+                a[g] = pad[g];
+            }
+            lda = 64;
+        }
+        const uint32_t *bb = xbd + (b / 2) * 32;
+        _tile_loadd(6, bb, 8);
+        _tile_zero(0);
+        _tile_loadd(3, a[0], lda);
+        _tile_dpbssd(0, 3, 6);
+        _tile_zero(1);
+        _tile_loadd(4, a[1], lda);
+        _tile_dpbssd(1, 4, 6);
+        _tile_zero(2);
+        _tile_loadd(5, a[2], lda);
+        _tile_dpbssd(2, 5, 6);
+        _tile_stored(0, c[0], 8);
+        _tile_stored(1, c[1], 8);
+        _tile_stored(2, c[2], 8);
+        acc0 = q8_epi2(c[0], dwf, nb, b, xd, gidx, acc0, two);
+        acc1 = q8_epi2(c[1], dwf + 16 * nb, nb, b, xd, gidx, acc1, two);
+        acc2 = q8_epi2(c[2], dwf + 32 * nb, nb, b, xd, gidx, acc2, two);
+    }
+    _mm512_storeu_ps(out[0], acc0);
+    _mm512_storeu_ps(out[1], acc1);
+    _mm512_storeu_ps(out[2], acc2);
+}
+
+/* ---- weight panels for prompts ------------------------------------------------------------ */
+
+/* out[j] = dword j of each of the 16 rows in r (r[i] holds 16 dwords of row i). */
+static inline void transpose16(__m512i r[16]) {
+    __m512i t[16], s[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    /* s[4q + c]: per 128-bit lane L, rows 4q..4q+3 of column 4L + c */
+    for (int q = 0; q < 4; q++) {
+        s[4 * q + 0] = _mm512_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
+        s[4 * q + 1] = _mm512_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
+        s[4 * q + 2] = _mm512_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
+        s[4 * q + 3] = _mm512_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512i u0 = _mm512_shuffle_i32x4(s[c], s[4 + c], 0x44), u1 = _mm512_shuffle_i32x4(s[c], s[4 + c], 0xEE);
+        __m512i u2 = _mm512_shuffle_i32x4(s[8 + c], s[12 + c], 0x44), u3 = _mm512_shuffle_i32x4(s[8 + c], s[12 + c], 0xEE);
+        r[0 + c] = _mm512_shuffle_i32x4(u0, u2, 0x88);
+        r[4 + c] = _mm512_shuffle_i32x4(u0, u2, 0xDD);
+        r[8 + c] = _mm512_shuffle_i32x4(u1, u3, 0x88);
+        r[12 + c] = _mm512_shuffle_i32x4(u1, u3, 0xDD);
+    }
+}
+
+/* Rows [rs, rs+16) of a row-major matrix (row stride ld bytes, `valid` rows present, `nbytes`
+ * bytes per row) as a B-operand panel: per 64-byte chunk ch, [16 dwords][16 rows] at
+ * out + ch * 1024 bytes. Missing rows and bytes past the row end read as zero. */
+static void build_panel(const uint8_t *w, int64_t ld, int valid, int64_t nbytes, uint8_t *out) {
+    const int64_t nch = (nbytes + 63) / 64;
+    for (int64_t ch = 0; ch < nch; ch++) {
+        int64_t n = nbytes - ch * 64 < 64 ? nbytes - ch * 64 : 64;
+        __mmask64 m = n == 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1);
+        __m512i r[16];
+        for (int i = 0; i < 16; i++)
+            r[i] = i < valid ? _mm512_maskz_loadu_epi8(m, w + i * ld + ch * 64) : _mm512_setzero_si512();
+        transpose16(r);
+        for (int j = 0; j < 16; j++) _mm512_store_si512(out + ch * 1024 + j * 64, r[j]);
+    }
+}
+
+/* ---- q8_0 prompts -------------------------------------------------------------------------- */
+
+/* Tokens in A (16 tokens x one block, straight from the quantized activations), a 16-row weight
+ * panel in B, C[token][row]: rows in the lanes, as in generation. dwt: scales [nb][16 rows]. */
+static void q8_gemm_tile(const int8_t *xq, int64_t cols, const float *xd, const uint8_t *panel, const float *dwt,
+                         __m512 acc[16]) {
+    const int64_t nb = cols / 32;
     int32_t c[2][256] __attribute__((aligned(64)));
+    UNROLL for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b += 2) {
         const int two = b + 1 < nb;
+        /* a panel chunk covers two blocks: dwords 0-7 are block b, 8-15 block b+1 */
+        const uint8_t *pb = panel + (b / 2) * 1024;
         _tile_zero(0);
-        _tile_loadd(2, wq + b * 32, lda);
-        _tile_loadd(4, xp + b * 512, 64);
+        _tile_loadd(2, xq + b * 32, cols);
+        _tile_loadd(4, pb, 64);
         _tile_dpbssd(0, 2, 4);
         if (two) {
             _tile_zero(1);
-            _tile_loadd(3, wq + b * 32 + 32, lda);
-            _tile_loadd(5, xp + b * 512 + 512, 64);
+            _tile_loadd(3, xq + b * 32 + 32, cols);
+            _tile_loadd(5, pb + 512, 64);
             _tile_dpbssd(1, 3, 5);
         }
         _tile_stored(0, c[0], 64);
         if (two) _tile_stored(1, c[1], 64);
         for (int k = 0; k <= two; k++) {
-            __m512 dx = _mm512_load_ps(dxt + (b + k) * 16);
-            const float *dw = dwf + b + k;
-            UNROLL for (int i = 0; i < 16; i++) {
-                __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[k] + i * 16)), dx);
-                acc[i] = _mm512_fmadd_ps(t, _mm512_set1_ps(dw[i * nb]), acc[i]);
+            __m512 dw = _mm512_load_ps(dwt + (b + k) * 16);
+            UNROLL for (int t = 0; t < 16; t++) {
+                __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[k] + t * 16)),
+                                         _mm512_set1_ps(xd[t * nb + b + k]));
+                acc[t] = _mm512_fmadd_ps(v, dw, acc[t]);
             }
         }
     }
-    UNROLL for (int i = 0; i < 16; i++) _mm512_storeu_ps(out[i], acc[i]);
 }
 
-/* Packs tokens [t0, t0+16) (zeros past ntok) for B: per block [8][16][4] bytes, scales [nb][16]. */
-static void q8_pack(const lmp_q8_act *x, int64_t t0, int64_t ntok, int64_t cols, int8_t *xp, float *dxt) {
-    const int64_t nb = cols / 32;
-    for (int t = 0; t < 16; t++) {
-        int64_t tt = t0 + t;
-        if (tt < ntok) {
-            const uint32_t *src = (const uint32_t *)(x->q + tt * cols);
-            const float *d = x->d + tt * nb;
-            for (int64_t b = 0; b < nb; b++) {
-                uint32_t *dst = (uint32_t *)(xp + b * 512) + t;
-                for (int k = 0; k < 8; k++) {
-                    uint32_t v;
-                    memcpy(&v, src + b * 8 + k, 4);
-                    dst[k * 16] = v;
-                }
-                dxt[b * 16 + t] = d[b];
-            }
-        } else {
-            for (int64_t b = 0; b < nb; b++) {
-                uint32_t *dst = (uint32_t *)(xp + b * 512) + t;
-                for (int k = 0; k < 8; k++) dst[k * 16] = 0;
-                dxt[b * 16 + t] = 0.0f;
-            }
+/* Scales of 16 rows from row-major f32 [16][nb] to [nb][16]. */
+static void transpose_scales(const float *rowmajor, int64_t nb, float *out) {
+    for (int64_t b0 = 0; b0 < nb; b0 += 16) {
+        int64_t n = nb - b0 < 16 ? nb - b0 : 16;
+        __mmask16 m = (__mmask16)((1u << n) - 1);
+        __m512i r[16];
+        for (int i = 0; i < 16; i++) r[i] = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, rowmajor + i * nb + b0));
+        transpose16(r);
+        for (int64_t j = 0; j < n; j++) _mm512_store_si512(out + (b0 + j) * 16, r[j]);
+    }
+}
+
+static void q8_gemm(const lmp_weight *w, const int8_t *wq, const uint16_t *ws, int64_t prow, int64_t r0, int64_t r1,
+                    const lmp_q8_act *x, int64_t ntok, float *y, int64_t ldy) {
+    const int64_t cols = w->cols, nb = cols / 32, rows = w->rows;
+    const int64_t ngroups = (ntok + 15) / 16;
+    /* the last token group reads 16 rows of activations: pad it when ntok % 16 != 0 */
+    const int64_t tail = ntok % 16;
+    uint8_t *panel = scratch(1, (size_t)((nb + 1) / 2 * 1024 + 16 * nb * 4 * 2 + (tail ? 16 * cols + 16 * nb * 4 : 0)));
+    if (!panel) {
+        fallback(LMP_Q8_0, w, r0, r1, x, ntok, y, ldy);
+        return;
+    }
+    float *dwr = (float *)(panel + (nb + 1) / 2 * 1024), *dwt = dwr + 16 * nb;
+    int8_t *xpad = (int8_t *)(dwt + 16 * nb);
+    float *dpad = (float *)(xpad + 16 * cols);
+    if (tail) {
+        memset(xpad, 0, (size_t)(16 * cols));
+        memset(dpad, 0, (size_t)(16 * nb * 4));
+        memcpy(xpad, x->q + (ntok - tail) * cols, (size_t)(tail * cols));
+        memcpy(dpad, x->d + (ntok - tail) * nb, (size_t)(tail * nb * 4));
+    }
+    load_cfg_q8(16);
+    __m512 acc[16];
+    for (int64_t r = r0; r < r1; r += 16) {
+        const int64_t rs = tile_row(r, prow);
+        build_panel((const uint8_t *)wq + rs * cols, cols, 16, cols, panel);
+        scales_f32(ws, rs, rows, nb, dwr);
+        transpose_scales(dwr, nb, dwt);
+        const int64_t i0 = r - rs, i1 = r1 - rs < 16 ? r1 - rs : 16;
+        const __mmask16 keep = (__mmask16)(((1u << i1) - 1) & ~((1u << i0) - 1));
+        for (int64_t g = 0; g < ngroups; g++) {
+            const int partial = tail && g == ngroups - 1;
+            const int8_t *xq = partial ? xpad : x->q + g * 16 * cols;
+            const float *xd = partial ? dpad : x->d + g * 16 * nb;
+            q8_gemm_tile(xq, cols, xd, panel, dwt, acc);
+            const int nt = partial ? (int)tail : 16;
+            for (int t = 0; t < nt; t++) _mm512_mask_storeu_ps(y + (g * 16 + t) * ldy + rs, keep, acc[t]);
         }
     }
+    _tile_release();
 }
 
 static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv, int64_t ntok, float *y,
@@ -303,48 +430,39 @@ static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void 
         ws = (const uint16_t *)(pad + 16 * cols);
     }
     const int64_t prow = rows < 16 ? 16 : rows;
-    float *dwf = scratch(0, (size_t)(16 * nb) * sizeof(float));
-    const int64_t ngroups = ntok == 1 ? 0 : (ntok + 15) / 16;
-    int8_t *xp = ngroups ? scratch(1, (size_t)(ngroups * (cols * 16 + nb * 16 * 4))) : NULL;
-    if (!dwf || (ngroups && !xp)) {
+    if (ntok > 1) {
+        q8_gemm(w, wq, ws, prow, r0, r1, x, ntok, y, ldy);
+        return;
+    }
+    uint32_t *xbd = scratch(1, (size_t)((nb + 1) / 2 * 128));
+    float *dw3 = scratch(0, (size_t)(48 * nb) * sizeof(float));
+    if (!xbd || !dw3) {
         fallback(LMP_Q8_0, w, r0, r1, xv, ntok, y, ldy);
         return;
     }
-    if (ntok == 1) {
-        load_cfg_q8(1);
-        float out[16];
-        for (int64_t r = r0; r < r1; r += 16) {
-            int64_t rs = tile_row(r, prow);
-            scales_f32(ws, rs, rows, nb, dwf);
-            q8_gemv(wq + rs * cols, cols, dwf, nb, x->q, x->d, out);
-            for (int64_t i = r - rs; i < 16 && rs + i < r1; i++) y[rs + i] = out[i];
+    q8_bd_pack(x->q, nb, xbd);
+    load_cfg_q8_gemv();
+    int8_t pad[3][16 * 64] __attribute__((aligned(64)));
+    float out[3][16] __attribute__((aligned(64)));
+    for (int64_t r = r0; r < r1; r += 48) {
+        int64_t rs[3];
+        const int8_t *wrow[3];
+        int ng = 0;
+        for (int g = 0; g < 3 && r + 16 * g < r1; g++, ng++) {
+            rs[g] = tile_row(r + 16 * g, prow);
+            wrow[g] = wq + rs[g] * cols;
+            scales_f32(ws, rs[g], rows, nb, dw3 + g * 16 * nb);
         }
-        _tile_release();
-        return;
-    }
-    for (int64_t g = 0; g < ngroups; g++) {
-        int8_t *p = xp + g * (cols * 16 + nb * 64);
-        q8_pack(x, g * 16, ntok, cols, p, (float *)(p + cols * 16));
-    }
-    load_cfg_q8(16);
-    float out[16][16] __attribute__((aligned(64)));
-    for (int64_t r = r0; r < r1; r += 16) {
-        int64_t rs = tile_row(r, prow);
-        scales_f32(ws, rs, rows, nb, dwf);
-        for (int64_t g = 0; g < ngroups; g++) {
-            const int8_t *p = xp + g * (cols * 16 + nb * 64);
-            q8_gemm_tile(wq + rs * cols, cols, dwf, nb, p, (const float *)(p + cols * 16), out);
-            for (int64_t i = r - rs; i < 16 && rs + i < r1; i++)
-                for (int64_t t = 0; t < 16 && g * 16 + t < ntok; t++) y[(g * 16 + t) * ldy + rs + i] = out[i][t];
-        }
+        q8_gemv3(wrow, cols, ng, dw3, xbd, x->d, pad, out);
+        for (int g = 0; g < ng; g++)
+            for (int64_t i = r + 16 * g - rs[g]; i < 16 && rs[g] + i < r1; i++) y[rs[g] + i] = out[g][i];
     }
     _tile_release();
 }
 
-/* ---- bf16 -------------------------------------------------------------------------------- */
+/* ---- bf16 ---------------------------------------------------------------------------------- */
 
-/* Exact split of 16 f32 values into bf16 h + m + l, returned as 16-bit halves of the inputs'
- * upper words (ready to be narrowed). */
+/* Exact split of 16 f32 values into bf16-representable h + m + l. */
 static inline void split3(__m512 x, __m512 *h, __m512 *m, __m512 *l) {
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
     *h = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), hi));
@@ -360,160 +478,157 @@ static inline __m512i narrow2(__m512 a, __m512 b) {
     return _mm512_permutex2var_epi16(_mm512_castps_si512(a), idx, _mm512_castps_si512(b));
 }
 
-/* The 3 parts of 32 columns of one f32 row from c (zeros past cols) as bf16 vectors. */
-static inline void split_chunk(const float *x, int64_t c, int64_t cols, __m512i parts[3]) {
-    int64_t n = cols - c;
-    __mmask16 m0 = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
-    __mmask16 m1 = n >= 32 ? (__mmask16)0xffff : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
-    __m512 a = _mm512_maskz_loadu_ps(m0, x + c), b = _mm512_maskz_loadu_ps(m1, x + c + 16);
-    __m512 ah, am, al, bh, bm, bl;
-    split3(a, &ah, &am, &al);
-    split3(b, &bh, &bm, &bl);
-    parts[0] = narrow2(ah, bh);
-    parts[1] = narrow2(am, bm);
-    parts[2] = narrow2(al, bl);
-}
-
-/* Weights of rows [rs, rs+16) and columns [c, c+32) for a tile, or a zero-padded copy when the
- * chunk runs past cols (or the matrix has fewer than 16 rows). */
-static const uint16_t *a_tile(const uint16_t *w, int64_t rows, int64_t cols, int64_t rs, int64_t c,
-                              uint16_t pad[16 * 32], int64_t *lda) {
-    if (c + 32 <= cols && rows >= 16) {
-        *lda = cols * 2;
-        return w + rs * cols + c;
+/* The three parts of one f32 row as bf16 rows of cp (cols rounded up to 32) zero-padded values:
+ * out + p * stride for part p. */
+static void split_row(const float *x, int64_t cols, int64_t cp, uint16_t *out, int64_t stride) {
+    for (int64_t c = 0; c < cp; c += 32) {
+        int64_t n = cols - c;
+        __mmask16 m0 = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+        __mmask16 m1 = n >= 32 ? (__mmask16)0xffff : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
+        __m512 a = _mm512_maskz_loadu_ps(m0, x + c), b = _mm512_maskz_loadu_ps(m1, x + c + 16);
+        __m512 ah, am, al, bh, bm, bl;
+        split3(a, &ah, &am, &al);
+        split3(b, &bh, &bm, &bl);
+        _mm512_storeu_si512(out + c, narrow2(ah, bh));
+        _mm512_storeu_si512(out + stride + c, narrow2(am, bm));
+        _mm512_storeu_si512(out + 2 * stride + c, narrow2(al, bl));
     }
-    memset(pad, 0, 16 * 32 * 2);
-    int64_t n = cols - c < 32 ? cols - c : 32;
-    for (int64_t i = 0; i < 16 && rs + i < rows; i++) memcpy(pad + i * 32, w + (rs + i) * cols + c, (size_t)n * 2);
-    *lda = 64;
-    return pad;
 }
 
-static void bf16_gemv(const lmp_weight *w, int64_t r0, int64_t r1, const float *x, float *y) {
-    const int64_t cols = w->cols, rows = w->rows, nch = (cols + 31) / 32;
+/* Generation: A the weights (16 rows x 32 columns, from the matrix), B the three parts of the
+ * activation chunk as three columns ([16 k-pairs][3][2 bf16]), C[row][part] accumulated over
+ * the chunks; y = (C[.][h] + C[.][m]) + C[.][l]. Three row groups are in flight. */
+static void bf16_gemv(const lmp_weight *w, int64_t prow, int64_t r0, int64_t r1, const float *x, float *y) {
+    const int64_t cols = w->cols, rows = w->rows, cp = (cols + 31) / 32 * 32, nch = cp / 32;
     const uint16_t *wd = w->data;
-    uint16_t *xs = scratch(1, (size_t)(3 * nch * 32 * 2));
+    uint16_t *xs = scratch(1, (size_t)(3 * cp * 2 + nch * 192));
     if (!xs) {
         fallback(LMP_BF16, w, r0, r1, x, 1, y, 1);
         return;
     }
-    for (int64_t ch = 0; ch < nch; ch++) {
-        __m512i parts[3];
-        split_chunk(x, ch * 32, cols, parts);
-        for (int p = 0; p < 3; p++) _mm512_storeu_si512(xs + (p * nch + ch) * 32, parts[p]);
-    }
-    const int64_t prow = rows < 16 ? 16 : rows;
-    uint16_t pad0[16 * 32] __attribute__((aligned(64))), pad1[16 * 32] __attribute__((aligned(64)));
-    float out[2][16] __attribute__((aligned(64)));
+    split_row(x, cols, cp, xs, cp);
+    uint32_t *xb = (uint32_t *)(xs + 3 * cp); /* per chunk [16][3] dwords */
+    for (int64_t ch = 0; ch < nch; ch++)
+        for (int k = 0; k < 16; k++)
+            for (int p = 0; p < 3; p++) memcpy(xb + ch * 48 + k * 3 + p, xs + p * cp + ch * 32 + 2 * k, 4);
+    /* the last chunk of a row that is not a multiple of 32 long reads from a padded copy */
+    const int ragged = cols % 32 != 0 || rows < 16;
+    uint16_t pad[3][16 * 32] __attribute__((aligned(64)));
+    float c[3][48] __attribute__((aligned(64)));
     load_cfg_bf16_gemv();
-    for (int64_t r = r0; r < r1; r += 32) {
-        int64_t ra = tile_row(r, prow);
-        int64_t rb = r + 16 < r1 ? tile_row(r + 16, prow) : ra;
+    for (int64_t r = r0; r < r1; r += 48) {
+        int64_t rs[3];
+        int ng = 0;
+        for (int g = 0; g < 3; g++) {
+            if (r + 16 * g < r1) ng = g + 1;
+            rs[g] = tile_row(r + 16 * g < r1 ? r + 16 * g : r, prow);
+        }
         _tile_zero(0);
         _tile_zero(1);
+        _tile_zero(2);
         for (int64_t ch = 0; ch < nch; ch++) {
-            int64_t la, lb;
-            const uint16_t *pa = a_tile(wd, rows, cols, ra, ch * 32, pad0, &la);
-            const uint16_t *pb = a_tile(wd, rows, cols, rb, ch * 32, pad1, &lb);
-            _tile_loadd(2, pa, la);
-            _tile_loadd(3, pb, lb);
-            _tile_loadd(4, xs + (0 * nch + ch) * 32, 4);
-            _tile_loadd(5, xs + (1 * nch + ch) * 32, 4);
-            _tile_loadd(6, xs + (2 * nch + ch) * 32, 4);
-            _tile_dpbf16ps(0, 2, 4);
-            _tile_dpbf16ps(1, 3, 4);
-            _tile_dpbf16ps(0, 2, 5);
-            _tile_dpbf16ps(1, 3, 5);
-            _tile_dpbf16ps(0, 2, 6);
-            _tile_dpbf16ps(1, 3, 6);
+            const uint16_t *a[3];
+            int64_t lda = cols * 2;
+            if (ragged && (ch == nch - 1 || rows < 16)) {
+                int64_t n = cols - ch * 32 < 32 ? cols - ch * 32 : 32;
+                for (int g = 0; g < 3; g++) {
+                    memset(pad[g], 0, sizeof pad[g]);
+                    for (int i = 0; i < 16 && rs[g] + i < rows; i++)
+                        memcpy(pad[g] + i * 32, wd + (rs[g] + i) * cols + ch * 32, (size_t)n * 2);
+                    a[g] = pad[g];
+                }
+                lda = 64;
+            } else {
+                for (int g = 0; g < 3; g++) a[g] = wd + rs[g] * cols + ch * 32;
+            }
+            _tile_loadd(6, xb + ch * 48, 12);
+            _tile_loadd(3, a[0], lda);
+            _tile_dpbf16ps(0, 3, 6);
+            _tile_loadd(4, a[1], lda);
+            _tile_dpbf16ps(1, 4, 6);
+            _tile_loadd(5, a[2], lda);
+            _tile_dpbf16ps(2, 5, 6);
         }
-        _tile_stored(0, out[0], 4);
-        _tile_stored(1, out[1], 4);
-        for (int64_t i = r - ra; i < 16 && ra + i < r1; i++) y[ra + i] = out[0][i];
-        if (r + 16 < r1)
-            for (int64_t i = r + 16 - rb; i < 16 && rb + i < r1; i++) y[rb + i] = out[1][i];
+        _tile_stored(0, c[0], 12);
+        _tile_stored(1, c[1], 12);
+        _tile_stored(2, c[2], 12);
+        for (int g = 0; g < ng; g++) {
+            int64_t from = r + 16 * g;
+            for (int64_t i = from - rs[g]; i < 16 && rs[g] + i < r1; i++)
+                y[rs[g] + i] = (c[g][i * 3] + c[g][i * 3 + 1]) + c[g][i * 3 + 2];
+        }
     }
     _tile_release();
 }
 
-/* Packs tokens [t0, t0+32) (zeros past ntok) as B tiles: per chunk, per part (h, m, l), per
- * 16-token half: [16 k-pairs][16 tokens][2 bf16] = 1 KiB. */
-static void bf16_pack(const float *x, int64_t t0, int64_t ntok, int64_t cols, uint32_t *xp) {
-    const int64_t nch = (cols + 31) / 32;
-    for (int t = 0; t < 32; t++) {
-        const int64_t tt = t0 + t;
-        const int half = t >> 4, lane = t & 15;
-        for (int64_t ch = 0; ch < nch; ch++) {
-            uint32_t v[3][16] __attribute__((aligned(64)));
-            if (tt < ntok) {
-                __m512i parts[3];
-                split_chunk(x + tt * cols, ch * 32, cols, parts);
-                for (int p = 0; p < 3; p++) _mm512_store_si512(v[p], parts[p]);
-            } else {
-                memset(v, 0, sizeof v);
-            }
-            for (int p = 0; p < 3; p++) {
-                uint32_t *dst = xp + ((ch * 3 + p) * 2 + half) * 256 + lane;
-                for (int k = 0; k < 16; k++) dst[k * 16] = v[p][k];
-            }
-        }
-    }
-}
-
+/* Prompts: A the activation parts, 15 rows = 5 tokens x (h, m, l) from a row-major split
+ * [token][part][cp]; B a 16-row weight panel; C[token*3 + part][row]. Two token groups x two
+ * row groups per step. */
 static void matmul_bf16(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv, int64_t ntok, float *y,
                         int64_t ldy) {
     const float *x = xv;
     if (r0 >= r1) return;
+    const int64_t cols = w->cols, rows = w->rows, cp = (cols + 31) / 32 * 32, nch = cp / 32;
+    const int64_t prow = rows < 16 ? 16 : rows;
     if (ntok == 1) {
-        bf16_gemv(w, r0, r1, x, y);
+        bf16_gemv(w, prow, r0, r1, x, y);
         return;
     }
-    const int64_t cols = w->cols, rows = w->rows, nch = (cols + 31) / 32;
-    const uint16_t *wd = w->data;
-    const int64_t prow = rows < 16 ? 16 : rows;
-    uint32_t *xp = scratch(1, (size_t)(nch * 6 * 256 * 4));
-    if (!xp) {
+    const int64_t ngroups = (ntok + 9) / 10; /* pairs of 5-token groups */
+    const size_t xbytes = (size_t)(ngroups * 30 * cp * 2), pbytes = (size_t)(nch * 1024);
+    uint8_t *buf = scratch(1, xbytes + 2 * pbytes);
+    if (!buf) {
         fallback(LMP_BF16, w, r0, r1, xv, ntok, y, ldy);
         return;
     }
-    uint16_t pad0[16 * 32] __attribute__((aligned(64))), pad1[16 * 32] __attribute__((aligned(64)));
-    float out[4][16][16] __attribute__((aligned(64)));
+    uint16_t *xs = (uint16_t *)buf;
+    uint8_t *pa = buf + xbytes, *pb = pa + pbytes;
+    for (int64_t t = 0; t < ngroups * 10; t++) {
+        if (t < ntok) split_row(x + t * cols, cols, cp, xs + t * 3 * cp, cp);
+        else memset(xs + t * 3 * cp, 0, (size_t)(3 * cp * 2));
+    }
+    float c[4][16 * 16] __attribute__((aligned(64)));
     load_cfg_bf16_gemm();
-    for (int64_t t0 = 0; t0 < ntok; t0 += 32) {
-        bf16_pack(x, t0, ntok, cols, xp);
-        for (int64_t r = r0; r < r1; r += 32) {
-            int64_t ra = tile_row(r, prow);
-            int64_t rb = r + 16 < r1 ? tile_row(r + 16, prow) : ra;
+    for (int64_t r = r0; r < r1; r += 32) {
+        const int64_t ra = tile_row(r, prow), rb = tile_row(r + 16 < r1 ? r + 16 : r, prow);
+        build_panel((const uint8_t *)w->data + ra * cols * 2, cols * 2, (int)(rows - ra < 16 ? rows - ra : 16),
+                    cols * 2, pa);
+        if (r + 16 < r1)
+            build_panel((const uint8_t *)w->data + rb * cols * 2, cols * 2, (int)(rows - rb < 16 ? rows - rb : 16),
+                        cols * 2, pb);
+        for (int64_t g = 0; g < ngroups; g++) {
+            const uint16_t *x0 = xs + g * 30 * cp, *x1 = x0 + 15 * cp;
             _tile_zero(0);
             _tile_zero(1);
             _tile_zero(2);
             _tile_zero(3);
             for (int64_t ch = 0; ch < nch; ch++) {
-                int64_t la, lb;
-                const uint16_t *pa = a_tile(wd, rows, cols, ra, ch * 32, pad0, &la);
-                const uint16_t *pb = a_tile(wd, rows, cols, rb, ch * 32, pad1, &lb);
-                _tile_loadd(4, pa, la);
-                _tile_loadd(5, pb, lb);
-                for (int p = 0; p < 3; p++) {
-                    const uint32_t *b = xp + (ch * 3 + p) * 2 * 256;
-                    _tile_loadd(6, b, 64);
-                    _tile_loadd(7, b + 256, 64);
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_dpbf16ps(3, 5, 7);
-                }
+                _tile_loadd(4, x0 + ch * 32, cp * 2);
+                _tile_loadd(5, x1 + ch * 32, cp * 2);
+                _tile_loadd(6, pa + ch * 1024, 64);
+                _tile_loadd(7, pb + ch * 1024, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
             }
-            _tile_stored(0, out[0], 64);
-            _tile_stored(1, out[1], 64);
-            _tile_stored(2, out[2], 64);
-            _tile_stored(3, out[3], 64);
+            _tile_stored(0, c[0], 64);
+            _tile_stored(1, c[1], 64);
+            _tile_stored(2, c[2], 64);
+            _tile_stored(3, c[3], 64);
             for (int k = 0; k < 4; k++) {
-                const int64_t rs = k < 2 ? ra : rb, from = k < 2 ? r : r + 16;
+                const int64_t rs = k & 1 ? rb : ra, from = k & 1 ? r + 16 : r;
                 if (from >= r1) continue;
-                const int64_t tb = t0 + (k & 1) * 16;
-                for (int64_t i = from - rs; i < 16 && rs + i < r1; i++)
-                    for (int64_t t = 0; t < 16 && tb + t < ntok; t++) y[(tb + t) * ldy + rs + i] = out[k][i][t];
+                const int64_t i0 = from - rs, i1 = r1 - rs < 16 ? r1 - rs : 16;
+                const __mmask16 keep = (__mmask16)(((1u << i1) - 1) & ~((1u << i0) - 1));
+                for (int j = 0; j < 5; j++) {
+                    const int64_t t = g * 10 + (k >> 1) * 5 + j;
+                    if (t >= ntok) break;
+                    const float *cc = c[k] + j * 48;
+                    __m512 v = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(cc), _mm512_load_ps(cc + 16)),
+                                             _mm512_load_ps(cc + 32));
+                    _mm512_mask_storeu_ps(y + t * ldy + rs, keep, v);
+                }
             }
         }
     }
