@@ -264,6 +264,7 @@ typedef struct {
     const float *kc, *vc; /* this layer's caches, position 0 */
     int64_t p0;           /* position of the chunk's first token */
     float scale;
+    int64_t n;            /* tokens in the chunk */
 } att_job;
 
 /* One (token, query head): scores over cache positions [0, p0 + t], softmax, weighted V sum. */
@@ -272,11 +273,17 @@ static void att_task(void *ctx, int64_t task, int thread) {
     const lmp_model *m = j->m;
     const lmp_config *c = &m->cfg;
     const int64_t hd = c->head_dim, kv_dim = c->n_kv_heads * hd, q_dim = c->n_heads * hd;
-    const int64_t t = task / c->n_heads, h = task % c->n_heads;
+    /* a head's tasks are consecutive: its key and value rows stay in cache from token to token */
+    const int64_t h = task / j->n, t = task % j->n;
     const int64_t kvh = h / (c->n_heads / c->n_kv_heads);
     const int64_t npos = j->p0 + t + 1;
     const float *qh = m->q + t * q_dim + h * hd;
     float *s = m->scores + (int64_t)thread * m->n_ctx;
+    if (j->k->attend_f32) { /* the fused kernel: no call per position */
+        j->k->attend_f32(qh, j->kc + kvh * hd, j->vc + kvh * hd, kv_dim, npos, hd, j->scale, s,
+                         m->att + t * q_dim + h * hd);
+        return;
+    }
 
     float mx = -INFINITY;
     for (int64_t p = 0; p < npos; p++) {
@@ -326,7 +333,7 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
         rope_rows(m, m->q, n, c->n_heads, q_dim);
         rope_rows(m, kc + p0 * kv_dim, n, c->n_kv_heads, kv_dim);
 
-        att_job aj = {m, k, kc, vc, p0, (float)(1.0 / sqrt((double)hd))};
+        att_job aj = {m, k, kc, vc, p0, (float)(1.0 / sqrt((double)hd)), n};
         if ((double)(n * c->n_heads * hd) * (double)(p0 + n) < (double)SERIAL_WORK) {
             for (int64_t i = 0; i < n * c->n_heads; i++) att_task(&aj, i, 0);
         } else {

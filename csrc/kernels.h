@@ -46,6 +46,11 @@ typedef struct {
     void (*quantize_act_q8)(const float *x, int64_t n, int8_t *q, float *d);
     float (*dot_f32)(const float *a, const float *b, int64_t n);
     void (*axpy_f32)(float a, const float *x, float *y, int64_t n); /* y += a*x */
+    /* Optional (NULL: the caller composes dot_f32 and axpy_f32): one query row q[hd] against
+     * npos cached positions whose key and value rows sit at k + p*ld and v + p*ld:
+     * out = sum_p softmax_p(scale * q.k_p) v_p, with s[npos] as scratch. */
+    void (*attend_f32)(const float *q, const float *k, const float *v, int64_t ld, int64_t npos, int64_t hd,
+                       float scale, float *s, float *out);
 } lmp_kernels;
 
 extern const lmp_kernels lmp_kernels_scalar;

@@ -27,6 +27,7 @@
 #include <float.h>
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #include "half.h"
 
@@ -325,6 +326,99 @@ static void axpy_f32(float a, const float *x, float *y, int64_t n) {
     }
 }
 
+/* e^x to about one ulp: x = n ln2 + r with |r| <= ln2/2, a degree-7 Taylor polynomial for e^r
+ * (truncation below 5e-9 relative), then scalef by 2^n, which underflows gracefully to 0. NaN
+ * stays NaN. */
+INLINE __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x); /* below: 0 after scalef; NaN passes */
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* s[p] = e^(s[p] - mx) for p < n; returns their sum (16 lanes by p mod 16, fixed reduction). */
+static float softmax_exp(float *s, int64_t n, float mx) {
+    const __m512 m = _mm512_set1_ps(mx);
+    __m512 acc = _mm512_setzero_ps();
+    int64_t p = 0;
+    for (; p + 16 <= n; p += 16) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + p), m));
+        _mm512_storeu_ps(s + p, e);
+        acc = _mm512_add_ps(acc, e);
+    }
+    if (p < n) {
+        __mmask16 k = (__mmask16)((1u << (n - p)) - 1);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + p), m));
+        _mm512_mask_storeu_ps(s + p, k, e);
+        acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(k, e));
+    }
+    return hsum16(acc);
+}
+
+/* Attention for one query: scores a dot product per position (hd/16 vectors, one chain, fixed
+ * reduction), softmax with a vector exp, then the value rows summed into
+ * registers. NV (vectors per head row) is a constant in each instance so q and the output stay
+ * in registers. */
+INLINE void attend_nv(const float *q, const float *k, const float *v, int64_t ld, int64_t npos, int64_t hd,
+                      float scale, float *s, float *out, const int NV) {
+    const __mmask16 tail = hd % 16 ? (__mmask16)((1u << (hd % 16)) - 1) : (__mmask16)0xffff;
+    __m512 qv[8], o[8];
+    UNROLL for (int i = 0; i < NV; i++) qv[i] = _mm512_maskz_loadu_ps(i == NV - 1 ? tail : 0xffff, q + i * 16);
+    float mx = -INFINITY;
+    for (int64_t p = 0; p < npos; p++) {
+        const float *kp = k + p * ld;
+        __m512 a = _mm512_setzero_ps();
+        UNROLL for (int i = 0; i < NV; i++)
+            a = _mm512_fmadd_ps(qv[i], _mm512_maskz_loadu_ps(i == NV - 1 ? tail : 0xffff, kp + i * 16), a);
+        float x = hsum16(a) * scale;
+        s[p] = x;
+        mx = x > mx ? x : mx;
+    }
+    const float inv = 1.0f / softmax_exp(s, npos, mx);
+    UNROLL for (int i = 0; i < NV; i++) o[i] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < npos; p++) {
+        const float *vp = v + p * ld;
+        __m512 w = _mm512_set1_ps(s[p] * inv);
+        UNROLL for (int i = 0; i < NV; i++)
+            o[i] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(i == NV - 1 ? tail : 0xffff, vp + i * 16), o[i]);
+    }
+    UNROLL for (int i = 0; i < NV; i++) _mm512_mask_storeu_ps(out + i * 16, i == NV - 1 ? tail : 0xffff, o[i]);
+}
+
+static void attend_f32(const float *q, const float *k, const float *v, int64_t ld, int64_t npos, int64_t hd,
+                       float scale, float *s, float *out) {
+    switch ((hd + 15) / 16) {
+    case 1: attend_nv(q, k, v, ld, npos, hd, scale, s, out, 1); return;
+    case 2: attend_nv(q, k, v, ld, npos, hd, scale, s, out, 2); return;
+    case 3: attend_nv(q, k, v, ld, npos, hd, scale, s, out, 3); return;
+    case 4: attend_nv(q, k, v, ld, npos, hd, scale, s, out, 4); return;
+    case 5: attend_nv(q, k, v, ld, npos, hd, scale, s, out, 5); return;
+    case 6: attend_nv(q, k, v, ld, npos, hd, scale, s, out, 6); return;
+    case 7: attend_nv(q, k, v, ld, npos, hd, scale, s, out, 7); return;
+    case 8: attend_nv(q, k, v, ld, npos, hd, scale, s, out, 8); return;
+    default: break;
+    }
+    /* heads wider than 128: the composed path */
+    float mx = -INFINITY;
+    for (int64_t p = 0; p < npos; p++) {
+        s[p] = dot_f32(q, k + p * ld, hd) * scale;
+        if (s[p] > mx) mx = s[p];
+    }
+    float inv = 1.0f / softmax_exp(s, npos, mx);
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int64_t p = 0; p < npos; p++) axpy_f32(s[p] * inv, v + p * ld, out, hd);
+}
+
 const lmp_kernels lmp_kernels_avx512 = {
     .name = "avx512",
     .matmul = {[LMP_F32] = matmul_f32, [LMP_F16] = matmul_f16, [LMP_BF16] = matmul_bf16,
@@ -333,6 +427,7 @@ const lmp_kernels lmp_kernels_avx512 = {
     .quantize_act_q8 = quantize_act_q8,
     .dot_f32 = dot_f32,
     .axpy_f32 = axpy_f32,
+    .attend_f32 = attend_f32,
 };
 
 #if defined(__clang__)
