@@ -306,14 +306,14 @@ def train(model, train_stream, val_windows, args) -> dict:
 def samples(model, sp, prompts, max_new: int, seed: int) -> list[dict]:
     model.eval()
     out = []
-    for prompt in prompts:
+    for i, prompt in enumerate(prompts):
         ids = torch.tensor([[BOS_ID] + sp.encode(prompt)])
         greedy = model.generate(ids, max_new_tokens=max_new, do_sample=False, eos_token_id=EOS_ID,
                                 pad_token_id=EOS_ID)
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + i)  # one seed per prompt, so similar prompts do not share draws
         sampled = model.generate(ids, max_new_tokens=max_new, do_sample=True, temperature=0.8, top_k=0,
                                  top_p=1.0, eos_token_id=EOS_ID, pad_token_id=EOS_ID)
-        out.append({"prompt": prompt,
+        out.append({"prompt": prompt, "seed": seed + i,
                     "greedy": sp.decode(greedy[0, 1:].tolist()),
                     "t0.8": sp.decode(sampled[0, 1:].tolist())})
     return out
@@ -344,12 +344,14 @@ def write_readme(out: Path, r: dict) -> None:
     sample_md = []
     for s in r["samples"]:
         sample_md.append(f"Prompt `{s['prompt']}`, greedy:\n\n{block(s['greedy'])}\n\n"
-                         f"Prompt `{s['prompt']}`, temperature 0.8 (seed {r['seed']}):\n\n{block(s['t0.8'])}\n")
+                         f"Prompt `{s['prompt']}`, temperature 0.8 (seed {s['seed']}):\n\n{block(s['t0.8'])}\n")
     a = r["args"]
+    budget = ("run with `--steps`" if a["steps"] is not None
+              else f"time budget `--minutes {a['minutes']:g}`, step count set from the measured pace")
     if r["replans"]:
-        replay = (f"This run re-planned its schedule while training (machine load; (step, new total): "
-                  f"{r['replans']}), so `--steps` gives a run of the same length with an unbroken\n"
-                  f"schedule rather than this exact one.")
+        replay = (f"This run re-planned its schedule while training, to fit the time budget on a\n"
+                  f"shared machine ((step, new total): {r['replans']}), so `--steps` gives a run\n"
+                  f"of the same length with an unbroken schedule rather than this exact one.")
     else:
         replay = ("`--steps` replays this run's schedule, data order and initialisation; with the same\n"
                   "library versions and CPU type the result matches up to floating-point differences.")
@@ -410,7 +412,8 @@ Generated with transformers from the shipped bf16 weights ({r['max_new']} new to
    peak learning rate {a['lr']}, {a['warmup']} warm-up steps then cosine decay to {a['min_lr_ratio']:.0%} of the peak,
    gradient clipping 1.0, batches of {a['batch']} random windows of {a['context']}+1 tokens, fp32 on one CPU
    thread (`torch.set_num_threads(1)`), {r['steps']} steps in {r['seconds'] / 60:.1f} minutes
-   ({r['train_tokens_seen']:,} tokens seen; the training split has {r['train_tokens']:,}).
+   ({r['train_tokens_seen']:,} tokens seen; the training split has {r['train_tokens']:,});
+   {budget}.
 5. Saved with `model.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)`;
    `generation_config.json` is removed (it held only defaults).
 
