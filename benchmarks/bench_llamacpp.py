@@ -27,7 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS threads would spin beside ours
+import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # the sibling scripts, and lmpack when not installed
@@ -214,6 +215,8 @@ def main() -> None:
     bw = {"before": {}, "after": {}}
     for huge in (False, True):
         bw["before"]["huge" if huge else "4k"] = readbw.read_bandwidth(a.threads, a.bw_mib, 5, huge)
+    peaks = readbw.compute_peaks()
+    print("one core's peaks (GOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
     print("read bandwidth (GB/s, {} threads, {} MiB): 4 KiB pages {:.1f}, huge pages {:.1f}".format(
         a.threads, a.bw_mib, bw["before"]["4k"], bw["before"]["huge"]), flush=True)
 
@@ -241,7 +244,7 @@ def main() -> None:
         meta = {"threads": a.threads, "reps": a.reps, "kernels": _core.kernel_path(),
                 "llama_cpp": llama_cpp_info() if have_llama else None, "cpu": cpu_name(),
                 "command": " ".join([Path(sys.executable).name] + sys.argv)}
-        a.json.write_text(json.dumps({"meta": meta, "read_bw": bw, "checks": checks, "results": results}, indent=1))
+        a.json.write_text(json.dumps({"meta": meta, "read_bw": bw, "peaks": peaks, "checks": checks, "results": results}, indent=1))
         print(f"wrote {a.json}")
 
 

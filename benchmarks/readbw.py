@@ -1,4 +1,5 @@
-"""Memory read bandwidth at T threads (the roofline's bandwidth bound), via benchmarks/readbw.c.
+"""Memory read bandwidth at T threads (the roofline's bandwidth bound), via benchmarks/readbw.c,
+and one core's compute ceilings (benchmarks/peaks.c).
 
 The C file is compiled on first use with the system compiler and `-O3 -march=native` into a cache
 folder and loaded with ctypes. The buffer (default 1 GiB, about ten times this machine's L3) is
@@ -19,20 +20,25 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-SRC = Path(__file__).with_name("readbw.c")
+HERE = Path(__file__).resolve().parent
 
 
-def _lib() -> ctypes.CDLL:
-    src = SRC.read_bytes()
-    tag = hashlib.sha256(src).hexdigest()[:12]
-    out = Path(tempfile.gettempdir()) / f"lmpack-readbw-{tag}.so"
+def build(name: str) -> ctypes.CDLL:
+    """benchmarks/<name>.c compiled with -O3 -march=native into the temp folder (cached by content)."""
+    src_path = HERE / f"{name}.c"
+    tag = hashlib.sha256(src_path.read_bytes()).hexdigest()[:12]
+    out = Path(tempfile.gettempdir()) / f"lmpack-{name}-{tag}.so"
     if not out.exists():
         cc = os.environ.get("CC") or (sysconfig.get_config_var("CC") or "cc").split()[0]
         tmp = out.with_suffix(f".{os.getpid()}.so")
-        subprocess.run([cc, "-O3", "-march=native", "-shared", "-fPIC", "-pthread", str(SRC), "-o", str(tmp)],
+        subprocess.run([cc, "-O3", "-march=native", "-shared", "-fPIC", "-pthread", str(src_path), "-o", str(tmp)],
                        check=True)
         os.replace(tmp, out)
-    lib = ctypes.CDLL(str(out))
+    return ctypes.CDLL(str(out))
+
+
+def _lib() -> ctypes.CDLL:
+    lib = build("readbw")
     lib.lmpb_alloc.restype = ctypes.c_void_p
     lib.lmpb_alloc.argtypes = [ctypes.c_size_t, ctypes.c_int]
     lib.lmpb_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
@@ -58,6 +64,23 @@ def read_bandwidth(threads: int = 2, mib: int = 1024, reps: int = 5, huge: bool 
     return n / statistics.median(secs) / 1e9
 
 
+def compute_peaks(n: int = 20_000_000) -> dict[str, float]:
+    """One core's ceilings in GOP/s (benchmarks/peaks.c): f32 FMA, int8 VNNI, AMX int8 and bf16
+    (absent when the CPU or the OS does not offer AMX)."""
+    lib = build("peaks")
+    for f in ("lmpb_peak_fma", "lmpb_peak_vnni"):
+        getattr(lib, f).restype = ctypes.c_double
+        getattr(lib, f).argtypes = [ctypes.c_long]
+    lib.lmpb_peak_amx.restype = ctypes.c_double
+    lib.lmpb_peak_amx.argtypes = [ctypes.c_long, ctypes.c_int]
+    out = {"avx512_fma_f32": lib.lmpb_peak_fma(n) / 1e9, "avx512_vnni_int8": lib.lmpb_peak_vnni(n // 2) / 1e9}
+    for name, bf in (("amx_int8", 0), ("amx_bf16", 1)):
+        v = lib.lmpb_peak_amx(n // 20, bf)
+        if v > 0:
+            out[name] = v / 1e9
+    return out
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -67,3 +90,5 @@ if __name__ == "__main__":
     for huge in (False, True):
         gbs = read_bandwidth(a.threads, a.mib, a.reps, huge)
         print(f"read {a.mib} MiB x{a.threads} threads, {'huge pages' if huge else '4 KiB pages'}: {gbs:.1f} GB/s")
+    for k, v in compute_peaks().items():
+        print(f"one core, {k}: {v:.0f} GOP/s")
