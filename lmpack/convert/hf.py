@@ -170,7 +170,8 @@ class HFSafetensorsSource:
         self._specs = self._check_tensors()
 
     def _check_tensors(self) -> list[TensorSpec]:
-        found = {name: (f.entries[name].shape, f.dtype_of(name), str(f.path)) for name, f in self._where.items()}
+        found = {name: (f.entries[name].shape, f.dtype_of(name) or f.entries[name].dtype, str(f.path))
+                 for name, f in self._where.items()}
         return check_tensor_set(self._config, found, self.folder, "config.json")
 
     def config(self) -> ModelConfig:

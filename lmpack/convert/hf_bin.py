@@ -15,7 +15,7 @@ from lmpack.convert.hf import IGNORED_SUFFIXES, read_hf_config, shard_files
 from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
 from lmpack.errors import LmpackError
 from lmpack.formats.config import ModelConfig
-from lmpack.formats.torchzip import FLOAT_DTYPES, TorchFile, TorchTensor
+from lmpack.formats.torchzip import TorchFile, TorchTensor
 
 BIN_INDEX = "pytorch_model.bin.index.json"
 BIN_SINGLE = "pytorch_model.bin"
@@ -84,7 +84,7 @@ class HFBinSource:
                 raise LmpackError(f"{self.folder / BIN_INDEX}: tensor '{name}' is listed in {file} but stored in {got[0].path.name}")
 
     def _check_tensors(self) -> list[TensorSpec]:
-        found = {name: (t.shape, t.dtype if t.dtype in FLOAT_DTYPES else None, str(f.path))
+        found = {name: (t.shape, t.dtype or f"torch.{t.storage_type}", str(f.path))
                  for name, (f, t) in self._where.items()}
         return check_tensor_set(self._config, found, self.folder, "config.json")
 

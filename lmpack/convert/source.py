@@ -72,13 +72,13 @@ class Source(Protocol):
         """Release maps and file handles."""
 
 
-def check_tensor_set(config: ModelConfig, found: dict[str, tuple[tuple[int, ...], str | None, str]],
+def check_tensor_set(config: ModelConfig, found: dict[str, tuple[tuple[int, ...], str, str]],
                      folder: Path, config_file: str) -> list[TensorSpec]:
     """The specs of exactly the tensors `config` implies, in file order, or an LmpackError naming
     the first tensor that is missing, misshapen, of an unreadable dtype, or unexpected.
 
-    `found` maps each tensor the checkpoint holds to (shape, source dtype or None if unsupported,
-    where it is: a file name or description for the message)."""
+    `found` maps each tensor the checkpoint holds to (shape, dtype as the source names it — one of
+    SOURCE_DTYPES when readable —, where it is: a file name or description for the message)."""
     from lmpack.errors import LmpackError
     from lmpack.formats.config import expected_tensors
 
@@ -91,7 +91,7 @@ def check_tensor_set(config: ModelConfig, found: dict[str, tuple[tuple[int, ...]
         if tuple(got_shape) != shape:
             raise LmpackError(f"{where}: tensor '{name}' has shape {list(got_shape)}, {config_file} implies {list(shape)}")
         if dtype not in SOURCE_DTYPES:
-            raise LmpackError(f"{where}: tensor '{name}' has an unsupported dtype; lmpack reads f32, f16 and bf16")
+            raise LmpackError(f"{where}: tensor '{name}' has dtype {dtype}; lmpack reads f32, f16 and bf16")
         specs.append(TensorSpec(name, shape, dtype))
     extra = sorted(set(found) - set(expected))
     if extra:
