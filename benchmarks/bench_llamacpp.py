@@ -101,17 +101,34 @@ class Lmpack:
 
 class LlamaCpp:
     name = "llama.cpp"
+    # llama.cpp's "extra buffer types" repack weights for its AMX kernels; in the llama-cpp-python
+    # 0.3.36 build here that path segfaults in ggml_backend_amx_mul_mat on Q8_0, so by default the
+    # weights stay in llama.cpp's plain CPU buffers (tinyBLAS: AVX-512 VNNI for Q8_0,
+    # AVX512-BF16 dot products for BF16). --llama-extra-bufts turns them back on.
+    extra_bufts = False
 
     def __init__(self, path: Path, threads: int, n_ctx: int):
+        import llama_cpp.llama_cpp as lc
         from llama_cpp import Llama
 
-        self.m = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=min(n_ctx, 512),
-                       n_threads=threads, n_threads_batch=threads, verbose=False)
+        default = lc.llama_model_default_params
+
+        def params():
+            p = default()
+            p.use_extra_bufts = self.extra_bufts
+            return p
+
+        lc.llama_model_default_params = params
+        try:
+            self.m = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=min(n_ctx, 512),
+                           n_threads=threads, n_threads_batch=threads, verbose=False)
+        finally:
+            lc.llama_model_default_params = default
 
     def logits(self, ids: list[int]) -> np.ndarray:
         self.m.reset()
         self.m.eval(list(ids))
-        return np.array(self.m.scores[len(ids) - 1], np.float32)
+        return np.ctypeslib.as_array(self.m._ctx.get_logits(), shape=(self.m.n_vocab(),)).copy()
 
     def prompt(self, ids: np.ndarray) -> None:
         self.m.reset()
@@ -199,9 +216,12 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/lmpack-bench"))
     ap.add_argument("--bw-mib", type=int, default=1024, help="read-bandwidth buffer (>> last-level cache)")
     ap.add_argument("--no-llama", action="store_true", help="lmpack only")
+    ap.add_argument("--llama-extra-bufts", action="store_true",
+                    help="let llama.cpp repack weights into its extra (AMX) buffers")
     ap.add_argument("--json", type=Path, help="also write every number here (for roofline.py)")
     a = ap.parse_args()
 
+    LlamaCpp.extra_bufts = a.llama_extra_bufts
     have_llama = False
     if not a.no_llama:
         try:
@@ -242,6 +262,7 @@ def main() -> None:
         bw["after"]["4k"], bw["after"]["huge"]))
     if a.json:
         meta = {"threads": a.threads, "reps": a.reps, "kernels": _core.kernel_path(),
+                "llama_extra_bufts": a.llama_extra_bufts,
                 "llama_cpp": llama_cpp_info() if have_llama else None, "cpu": cpu_name(),
                 "command": " ".join([Path(sys.executable).name] + sys.argv)}
         a.json.write_text(json.dumps({"meta": meta, "read_bw": bw, "peaks": peaks, "checks": checks, "results": results}, indent=1))
