@@ -40,14 +40,22 @@ def main() -> None:
         with open(p, "rb") as f:
             while f.read(64 << 20):
                 pass
-    copy_t, _ = run_measured(["cp", *map(str, a.src.glob("*.safetensors")), str(out_dir / "copy.bin")])
-    (out_dir / "copy.bin").unlink()
-    print(f"source: {a.src} ({src_bytes / 1e6:.0f} MB); plain copy {copy_t:.2f} s ({src_bytes / copy_t / 1e6:.0f} MB/s)")
-    print(f"{'dtype':<6} {'seconds':>8} {'MB/s':>7} {'x copy':>7} {'peak RSS MB':>12}")
+    shards = [str(p) for p in a.src.glob("*.safetensors")]
+    copy_t, _ = run_measured(["cp", *shards, str(out_dir)])
+    for p in a.src.glob("*.safetensors"):
+        (out_dir / p.name).unlink()
+    # lmpack fsyncs its output before renaming it into place, so also compare with a durable copy
+    sync_t, _ = run_measured(["sh", "-c", 'cp "$@" "$0" && sync "$0"/*', str(out_dir), *shards])
+    for p in a.src.glob("*.safetensors"):
+        (out_dir / p.name).unlink()
+    print(f"source: {a.src} ({src_bytes / 1e6:.0f} MB); plain copy {copy_t:.2f} s ({src_bytes / copy_t / 1e6:.0f} MB/s), "
+          f"copy + sync {sync_t:.2f} s")
+    print(f"{'dtype':<6} {'seconds':>8} {'MB/s':>7} {'x copy':>7} {'x copy+sync':>12} {'peak RSS MB':>12}")
     for dtype in a.dtype:
         out = out_dir / f"out-{dtype}.lmp"
         wall, rss = run_measured([sys.executable, "-m", "lmpack", "convert", str(a.src), "-o", str(out), "--dtype", dtype])
-        print(f"{dtype:<6} {wall:8.2f} {src_bytes / wall / 1e6:7.0f} {wall / copy_t:7.2f} {rss:12.0f}", flush=True)
+        print(f"{dtype:<6} {wall:8.2f} {src_bytes / wall / 1e6:7.0f} {wall / copy_t:7.2f} {wall / sync_t:12.2f} "
+              f"{rss:12.0f}", flush=True)
         out.unlink()
     if not a.out_dir:
         shutil.rmtree(out_dir)

@@ -80,12 +80,11 @@ def run(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[str
                 raise LmpackError(f"tensor '{name}': source gave shape {list(x.shape)}, expected {list(spec.shape)}")
             if bar:
                 bar.update(task, description=f"{description} {name}")
-            writer.write_tensor(name, encode(name, x, spec.dtype, dst, threads),
-                                progress=(lambda n: bar.advance(task, n)) if bar else None)
-            del x
             release = getattr(source, "release", None)
-            if release is not None:
-                release(name)
+            writer.write_tensor(name, encode(name, x, spec.dtype, dst, threads),
+                                progress=(lambda n: bar.advance(task, n)) if bar else None,
+                                on_written=(lambda name=name: release(name)) if release else None)
+            del x
     return out
 
 

@@ -13,7 +13,9 @@ import json
 import mmap
 import os
 import struct
+import queue
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
@@ -73,6 +75,62 @@ def _crc_hex(crc: int) -> str:
 # Writing
 
 
+class _BackgroundWriter:
+    """Writes buffers to a file, in order, on a thread of its own.
+
+    Encoding a chunk (casting, quantizing, checksumming: C code that releases the GIL) then
+    overlaps the write of the previous one, and the thread pushes finished data to the disk every
+    SYNC_EVERY bytes so the final fsync has little left to wait for. The queue is short, so at most
+    a few chunks are in flight.
+    """
+
+    SYNC_EVERY = 256 << 20
+
+    def __init__(self, f, depth: int = 3):
+        self._f = f
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self.pos = f.tell()
+        self._thread = threading.Thread(target=self._run, name="lmpack-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        unsynced = 0
+        while (buf := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain after a failure; the producer sees the error on its next call
+            try:
+                if callable(buf):  # a "these bytes are written" callback, run in order
+                    buf()
+                    continue
+                self._f.write(buf)
+                unsynced += len(buf)
+                if unsynced >= self.SYNC_EVERY:
+                    self._f.flush()
+                    os.fdatasync(self._f.fileno())
+                    unsynced = 0
+            except BaseException as e:  # noqa: BLE001 - re-raised in the producer's thread
+                self._error = e
+
+    def write(self, buf) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(buf)
+        self.pos += len(buf)
+
+    def then(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the writer thread once everything queued before it is written."""
+        self._queue.put(callback)
+
+    def close(self) -> None:
+        """Wait for every queued write; re-raise the first write error."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 class LmpWriter:
     """Writes one `.lmp` file; use as a context manager, then `write_tensor` each planned tensor.
 
@@ -102,6 +160,7 @@ class LmpWriter:
         self._next = 0
         self._tmp: Path | None = None
         self._f = None
+        self._out: _BackgroundWriter | None = None
 
     def _header_bytes(self, tok_crc: str) -> bytes:
         header = {
@@ -136,23 +195,31 @@ class LmpWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         self._tmp = Path(tmp)
         self._f = os.fdopen(fd, "wb")
-        self._f.write(b"\0" * self.tok_offset)
-        self._f.write(self.tokenizer)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; the output gets the usual permissions
+        self._out = _BackgroundWriter(self._f)
+        self._out.write(bytes(self.tok_offset))
+        self._out.write(self.tokenizer)
         self._tok_crc = _core.crc32c(self.tokenizer)
         self._pad()
         return self
 
     def _pad(self) -> None:
-        pos = self._f.tell()
-        self._f.write(b"\0" * (align_up(pos, ALIGN) - pos))
+        pos = self._out.pos
+        self._out.write(bytes(align_up(pos, ALIGN) - pos))
 
-    def write_tensor(self, name: str, chunks: Iterable[Any], progress: Callable[[int], None] | None = None) -> None:
-        """Write the next planned tensor from byte chunks (any buffer objects), in plan order."""
+    def write_tensor(self, name: str, chunks: Iterable[Any], progress: Callable[[int], None] | None = None,
+                     on_written: Callable[[], None] | None = None) -> None:
+        """Write the next planned tensor from byte chunks (any buffer objects), in plan order.
+
+        Writes complete in the background; `on_written` is called (on the writer thread) once this
+        tensor's bytes are all in the file, e.g. to drop the source pages the chunks came from."""
         if self._next >= len(self.entries) or self.entries[self._next].name != name:
             want = self.entries[self._next].name if self._next < len(self.entries) else "nothing"
             raise LmpackError(f"internal: tensor '{name}' written out of order (expected {want})")
         entry = self.entries[self._next]
-        assert self._f.tell() == entry.offset
+        assert self._out.pos == entry.offset
         crc, written = 0, 0
         for chunk in chunks:
             view = memoryview(chunk).cast("B")
@@ -160,11 +227,13 @@ class LmpWriter:
             if written > entry.nbytes:
                 raise LmpackError(f"internal: tensor '{name}' got more than its {entry.nbytes} bytes")
             crc = _core.crc32c(view, crc)
-            self._f.write(view)
+            self._out.write(view)
             if progress:
                 progress(len(view))
         if written != entry.nbytes:
             raise LmpackError(f"internal: tensor '{name}' got {written} bytes, expected {entry.nbytes}")
+        if on_written is not None:
+            self._out.then(on_written)
         self.entries[self._next] = TensorEntry(entry.name, entry.dtype, entry.shape, entry.offset,
                                                entry.nbytes, _crc_hex(crc))
         self._next += 1
@@ -174,6 +243,7 @@ class LmpWriter:
     def _finish(self) -> None:
         if self._next != len(self.entries):
             raise LmpackError(f"internal: only {self._next} of {len(self.entries)} tensors written")
+        self._out.close()
         if self._f.tell() != self.file_size:
             raise LmpackError("internal: file size does not match the plan")
         header = self._header_bytes(_crc_hex(self._tok_crc))
@@ -195,6 +265,11 @@ class LmpWriter:
             if exc_type is None:
                 self._finish()
         finally:
+            if self._out is not None:
+                try:
+                    self._out.close()
+                except BaseException:  # noqa: BLE001 - the original error (or _finish's) wins
+                    pass
             if self._f is not None and not self._f.closed:
                 self._f.close()
             if self._tmp is not None and self._tmp.exists():

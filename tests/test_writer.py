@@ -1,0 +1,56 @@
+"""LmpWriter details the format tests do not reach: output permissions and write errors raised on
+the background writer thread."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from lmpack.errors import LmpackError
+from lmpack.formats import lmp
+from lmpack.formats.config import ModelConfig
+
+
+def test_output_gets_umask_permissions_not_mkstemps(tiny_hf, tmp_path):
+    from lmpack.convert import convert
+
+    old = os.umask(0o022)
+    try:
+        out = convert(tiny_hf.path, tmp_path / "m.lmp")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+def _config() -> ModelConfig:
+    return ModelConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=16, ffn_dim=64, vocab_size=8,
+                       norm_eps=1e-5, rope_theta=1e4, max_context=16, bos_id=1, eos_ids=[2])
+
+
+def test_write_error_on_the_writer_thread_reaches_the_caller(tmp_path, monkeypatch):
+    writer = lmp.LmpWriter(tmp_path / "x.lmp", _config(), b"tok", [("a", "f32", (4, 8))], {})
+
+    class Full(OSError):
+        pass
+
+    with pytest.raises(OSError):
+        with writer:
+            real_write = writer._f.write
+
+            def failing_write(buf):
+                if len(buf) == 128:
+                    raise Full(28, "No space left on device")
+                return real_write(buf)
+
+            monkeypatch.setattr(writer._f, "write", failing_write)
+            writer.write_tensor("a", [bytes(128)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_byte_count_is_refused(tmp_path):
+    writer = lmp.LmpWriter(tmp_path / "x.lmp", _config(), b"tok", [("a", "f32", (4, 8))], {})
+    with pytest.raises(LmpackError, match="expected 128"):
+        with writer:
+            writer.write_tensor("a", [bytes(100)])
+    assert list(tmp_path.iterdir()) == []
