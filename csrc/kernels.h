@@ -32,7 +32,8 @@ typedef struct {
 /* Y[t*ldy + r] = dot(W row r, X row t) for r in [r0, r1) and t in [0, ntok).
  * For f32/f16/bf16 weights X is f32 [ntok, cols]; for q8_0 it is an lmp_q8_act.
  * Each output is one dot product accumulated in f32 in an order that depends only on cols,
- * so results are identical whatever the row split across threads. */
+ * so results are identical whatever the row split across threads, and (every table but amx,
+ * whose single-token calls take the AVX-512 GEMV) whatever the batch size ntok. */
 typedef void (*lmp_matmul_fn)(const lmp_weight *w, int64_t r0, int64_t r1,
                               const void *x, int64_t ntok, float *y, int64_t ldy);
 

@@ -9,19 +9,26 @@
  * q8_0: one TDPBSSD per 32-column block gives the exact int32 dot of each (row, token, block);
  * the block scales are then applied in AVX-512 registers as
  *     acc = fma(float(isum) * d_x, d_w, acc)         blocks in order,
- * with tokens in the lanes for prompts and rows in the lanes for generation: the same rounded
- * operations per output, so an output's bits do not depend on the tile it was computed in.
+ * with tokens in the lanes: the same rounded operations per output, so an output's bits do not
+ * depend on the tile it was computed in.
  *
  * bf16: f32 activations are split exactly into three bf16 parts, x = h + m + l (h the top 8
  * significant bits by truncation, m the next 8, l the rest), so the products with bf16 weights
  * are exact and the result keeps f32 activations, as the other tables do (rounding x to bf16 would
  * not). Per 32-column chunk the tile accumulator takes h, then m, then l, chunks in order.
  *
+ * Only prompts (ntok > 1) use the tiles. A single token (generation) is a matrix-vector product
+ * bound by memory bandwidth, where AMX buys nothing and its tile loads and epilogue cost more than
+ * the AVX-512 GEMV's streaming loads (TinyLlama, 2 threads: bf16 7.5 -> 11.0 tok/s, q8_0 10.1 ->
+ * 13.0 tok/s with the AVX-512 GEMV), so ntok == 1 goes to the AVX-512 table.
+ *
  * Determinism: every output is one element of an accumulator tile, and an element's arithmetic
  * depends only on its own row, token and the columns; rows near the end of the matrix are
  * computed in a tile shifted back to end at the last row (never reading past it), so results
- * are the same for any row split, batch size or token position. f32, f16 and everything else
- * are the AVX-512 table's.
+ * are the same for any row split (hence any thread count), batch size > 1 or token position.
+ * A single token takes the AVX-512 GEMV and may differ from the same token inside a batch in
+ * the last bits: this table is the one exception to the batch-size clause of kernels.h's
+ * contract. f32, f16 and everything else are the AVX-512 table's.
  *
  * Linux hands out the AMX register state only on request (arch_prctl ARCH_REQ_XCOMP_PERM);
  * lmp_amx_enable asks once, and dispatch.c offers this table only when it was granted. Each
@@ -77,7 +84,7 @@ static void cfg_set(tilecfg *c, int tile, int rows, int colsb) {
     c->colsb[tile] = (uint16_t)colsb;
 }
 
-/* q8_0, n tokens per tile (16 for prompts, 1 for generation): C 0-1, A 2-3, B 4-5. */
+/* q8_0 prompts, n tokens per tile: C 0-1, A 2-3, B 4-5. */
 static void load_cfg_q8(int n) {
     tilecfg c;
     memset(&c, 0, sizeof c);
@@ -90,19 +97,6 @@ static void load_cfg_q8(int n) {
     _tile_loadconfig(&c);
 }
 
-/* q8_0 generation: C 0-2 (16 rows x 2 blocks), A 3-5 (16 rows x 2 blocks), B 6. */
-static void load_cfg_q8_gemv(void) {
-    tilecfg c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int i = 0; i < 3; i++) {
-        cfg_set(&c, i, 16, 8);
-        cfg_set(&c, 3 + i, 16, 64);
-    }
-    cfg_set(&c, 6, 16, 8);
-    _tile_loadconfig(&c);
-}
-
 /* bf16 prompts: C 0-3 (2 token groups x 2 row groups, 15 rows = 5 tokens x 3 parts), A 4-5
  * (activation parts), B 6-7 (weight panels). */
 static void load_cfg_bf16_gemm(void) {
@@ -112,19 +106,6 @@ static void load_cfg_bf16_gemm(void) {
     for (int i = 0; i < 6; i++) cfg_set(&c, i, 15, 64);
     cfg_set(&c, 6, 16, 64);
     cfg_set(&c, 7, 16, 64);
-    _tile_loadconfig(&c);
-}
-
-/* bf16 generation: C 0-2 (3 row groups x 3 parts), A 3-5 (weights), B 6 (the three parts). */
-static void load_cfg_bf16_gemv(void) {
-    tilecfg c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int i = 0; i < 3; i++) {
-        cfg_set(&c, i, 16, 12);
-        cfg_set(&c, 3 + i, 16, 64);
-    }
-    cfg_set(&c, 6, 16, 12);
     _tile_loadconfig(&c);
 }
 
@@ -199,83 +180,6 @@ static void scales_f32(const uint16_t *ws, int64_t rs, int64_t rows, int64_t nb,
             _mm512_mask_storeu_ps(o + b, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s + b)));
         }
     }
-}
-
-/* Generation: rows in the lanes. One TDPBSSD covers two blocks: A is 16 rows x 64 bytes, B the
- * pair's activations laid out block-diagonally (16 k-groups x 2 columns: block b in column 0 for
- * k < 8, block b+1 in column 1 for k >= 8), so C holds both blocks' exact sums side by side.
- * Three row groups are in flight to hide the tile latency. xbd: [nb/2 rounded up][16][2] dwords. */
-static void q8_bd_pack(const int8_t *xq, int64_t nb, uint32_t *xbd) {
-    for (int64_t j = 0; j < (nb + 1) / 2; j++) {
-        uint32_t *o = xbd + j * 32;
-        memset(o, 0, 128);
-        for (int k = 0; k < 8; k++) {
-            memcpy(o + k * 2, xq + (2 * j) * 32 + k * 4, 4);
-            if (2 * j + 1 < nb) memcpy(o + (8 + k) * 2 + 1, xq + (2 * j + 1) * 32 + k * 4, 4);
-        }
-    }
-}
-
-/* acc[16 rows] += both blocks of a stored C ([16][2] int32). */
-static inline __m512 q8_epi2(const int32_t *c, const float *dwf, int64_t nb, int64_t b, const float *xd, __m512i gidx,
-                             __m512 acc, int two) {
-    const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i od = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-    __m512i lo = _mm512_load_si512(c), hi = _mm512_load_si512(c + 16);
-    __m512 t0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_permutex2var_epi32(lo, ev, hi)), _mm512_set1_ps(xd[b]));
-    acc = _mm512_fmadd_ps(t0, _mm512_i32gather_ps(gidx, dwf + b, 4), acc);
-    if (two) {
-        __m512 t1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_permutex2var_epi32(lo, od, hi)), _mm512_set1_ps(xd[b + 1]));
-        acc = _mm512_fmadd_ps(t1, _mm512_i32gather_ps(gidx, dwf + b + 1, 4), acc);
-    }
-    return acc;
-}
-
-/* Rows [rs_g, rs_g + 16) for g < ng (1..3) against one token; dwf: [3][16][nb] f32 scales. */
-static void q8_gemv3(const int8_t *const wrow[3], int64_t cols, int ng, const float *dwf, const uint32_t *xbd,
-                     const float *xd, int8_t pad[3][16 * 64], float out[3][16]) {
-    const int64_t nb = cols / 32;
-    const __m512i gidx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32((int)nb));
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0;
-    int32_t c[3][32] __attribute__((aligned(64)));
-    const int64_t full = nb / 2 * 2;
-    for (int64_t b = 0; b < nb; b += 2) {
-        const int two = b < full;
-        const int8_t *a[3];
-        int64_t lda = cols;
-        for (int g = 0; g < 3; g++) a[g] = wrow[g < ng ? g : 0] + b * 32;
-        if (!two) { /* odd last block: A would read 32 bytes past the row, pad it */
-            for (int g = 0; g < 3; g++) {
-                for (int i = 0; i < 16; i++) {
-                    memcpy(pad[g] + i * 64, a[g] + i * cols, 32);
-                    memset(pad[g] + i * 64 + 32, 0, 32);
-                }
-                a[g] = pad[g];
-            }
-            lda = 64;
-        }
-        const uint32_t *bb = xbd + (b / 2) * 32;
-        _tile_loadd(6, bb, 8);
-        _tile_zero(0);
-        _tile_loadd(3, a[0], lda);
-        _tile_dpbssd(0, 3, 6);
-        _tile_zero(1);
-        _tile_loadd(4, a[1], lda);
-        _tile_dpbssd(1, 4, 6);
-        _tile_zero(2);
-        _tile_loadd(5, a[2], lda);
-        _tile_dpbssd(2, 5, 6);
-        _tile_stored(0, c[0], 8);
-        _tile_stored(1, c[1], 8);
-        _tile_stored(2, c[2], 8);
-        acc0 = q8_epi2(c[0], dwf, nb, b, xd, gidx, acc0, two);
-        acc1 = q8_epi2(c[1], dwf + 16 * nb, nb, b, xd, gidx, acc1, two);
-        acc2 = q8_epi2(c[2], dwf + 32 * nb, nb, b, xd, gidx, acc2, two);
-    }
-    _mm512_storeu_ps(out[0], acc0);
-    _mm512_storeu_ps(out[1], acc1);
-    _mm512_storeu_ps(out[2], acc2);
 }
 
 /* ---- weight panels for prompts ------------------------------------------------------------ */
@@ -414,6 +318,10 @@ static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void 
     const lmp_q8_act *x = xv;
     const int64_t cols = w->cols, nb = cols / 32, rows = w->rows;
     if (r0 >= r1) return;
+    if (ntok == 1) { /* generation is bandwidth-bound: the AVX-512 GEMV streams rows faster */
+        lmp_kernels_avx512.matmul[LMP_Q8_0](w, r0, r1, xv, ntok, y, ldy);
+        return;
+    }
     /* A matrix of fewer than 16 rows is copied into a zero-padded 16-row one. */
     const int8_t *wq = w->data;
     const uint16_t *ws = w->scales;
@@ -430,34 +338,7 @@ static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void 
         ws = (const uint16_t *)(pad + 16 * cols);
     }
     const int64_t prow = rows < 16 ? 16 : rows;
-    if (ntok > 1) {
-        q8_gemm(w, wq, ws, prow, r0, r1, x, ntok, y, ldy);
-        return;
-    }
-    uint32_t *xbd = scratch(1, (size_t)((nb + 1) / 2 * 128));
-    float *dw3 = scratch(0, (size_t)(48 * nb) * sizeof(float));
-    if (!xbd || !dw3) {
-        fallback(LMP_Q8_0, w, r0, r1, xv, ntok, y, ldy);
-        return;
-    }
-    q8_bd_pack(x->q, nb, xbd);
-    load_cfg_q8_gemv();
-    int8_t pad[3][16 * 64] __attribute__((aligned(64)));
-    float out[3][16] __attribute__((aligned(64)));
-    for (int64_t r = r0; r < r1; r += 48) {
-        int64_t rs[3];
-        const int8_t *wrow[3];
-        int ng = 0;
-        for (int g = 0; g < 3 && r + 16 * g < r1; g++, ng++) {
-            rs[g] = tile_row(r + 16 * g, prow);
-            wrow[g] = wq + rs[g] * cols;
-            scales_f32(ws, rs[g], rows, nb, dw3 + g * 16 * nb);
-        }
-        q8_gemv3(wrow, cols, ng, dw3, xbd, x->d, pad, out);
-        for (int g = 0; g < ng; g++)
-            for (int64_t i = r + 16 * g - rs[g]; i < 16 && rs[g] + i < r1; i++) y[rs[g] + i] = out[g][i];
-    }
-    _tile_release();
+    q8_gemm(w, wq, ws, prow, r0, r1, x, ntok, y, ldy);
 }
 
 /* ---- bf16 ---------------------------------------------------------------------------------- */
@@ -495,72 +376,6 @@ static void split_row(const float *x, int64_t cols, int64_t cp, uint16_t *out, i
     }
 }
 
-/* Generation: A the weights (16 rows x 32 columns, from the matrix), B the three parts of the
- * activation chunk as three columns ([16 k-pairs][3][2 bf16]), C[row][part] accumulated over
- * the chunks; y = (C[.][h] + C[.][m]) + C[.][l]. Three row groups are in flight. */
-static void bf16_gemv(const lmp_weight *w, int64_t prow, int64_t r0, int64_t r1, const float *x, float *y) {
-    const int64_t cols = w->cols, rows = w->rows, cp = (cols + 31) / 32 * 32, nch = cp / 32;
-    const uint16_t *wd = w->data;
-    uint16_t *xs = scratch(1, (size_t)(3 * cp * 2 + nch * 192));
-    if (!xs) {
-        fallback(LMP_BF16, w, r0, r1, x, 1, y, 1);
-        return;
-    }
-    split_row(x, cols, cp, xs, cp);
-    uint32_t *xb = (uint32_t *)(xs + 3 * cp); /* per chunk [16][3] dwords */
-    for (int64_t ch = 0; ch < nch; ch++)
-        for (int k = 0; k < 16; k++)
-            for (int p = 0; p < 3; p++) memcpy(xb + ch * 48 + k * 3 + p, xs + p * cp + ch * 32 + 2 * k, 4);
-    /* the last chunk of a row that is not a multiple of 32 long reads from a padded copy */
-    const int ragged = cols % 32 != 0 || rows < 16;
-    uint16_t pad[3][16 * 32] __attribute__((aligned(64)));
-    float c[3][48] __attribute__((aligned(64)));
-    load_cfg_bf16_gemv();
-    for (int64_t r = r0; r < r1; r += 48) {
-        int64_t rs[3];
-        int ng = 0;
-        for (int g = 0; g < 3; g++) {
-            if (r + 16 * g < r1) ng = g + 1;
-            rs[g] = tile_row(r + 16 * g < r1 ? r + 16 * g : r, prow);
-        }
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        for (int64_t ch = 0; ch < nch; ch++) {
-            const uint16_t *a[3];
-            int64_t lda = cols * 2;
-            if (ragged && (ch == nch - 1 || rows < 16)) {
-                int64_t n = cols - ch * 32 < 32 ? cols - ch * 32 : 32;
-                for (int g = 0; g < 3; g++) {
-                    memset(pad[g], 0, sizeof pad[g]);
-                    for (int i = 0; i < 16 && rs[g] + i < rows; i++)
-                        memcpy(pad[g] + i * 32, wd + (rs[g] + i) * cols + ch * 32, (size_t)n * 2);
-                    a[g] = pad[g];
-                }
-                lda = 64;
-            } else {
-                for (int g = 0; g < 3; g++) a[g] = wd + rs[g] * cols + ch * 32;
-            }
-            _tile_loadd(6, xb + ch * 48, 12);
-            _tile_loadd(3, a[0], lda);
-            _tile_dpbf16ps(0, 3, 6);
-            _tile_loadd(4, a[1], lda);
-            _tile_dpbf16ps(1, 4, 6);
-            _tile_loadd(5, a[2], lda);
-            _tile_dpbf16ps(2, 5, 6);
-        }
-        _tile_stored(0, c[0], 12);
-        _tile_stored(1, c[1], 12);
-        _tile_stored(2, c[2], 12);
-        for (int g = 0; g < ng; g++) {
-            int64_t from = r + 16 * g;
-            for (int64_t i = from - rs[g]; i < 16 && rs[g] + i < r1; i++)
-                y[rs[g] + i] = (c[g][i * 3] + c[g][i * 3 + 1]) + c[g][i * 3 + 2];
-        }
-    }
-    _tile_release();
-}
-
 /* Prompts: A the activation parts, 15 rows = 5 tokens x (h, m, l) from a row-major split
  * [token][part][cp]; B a 16-row weight panel; C[token*3 + part][row]. Two token groups x two
  * row groups per step. */
@@ -570,8 +385,8 @@ static void matmul_bf16(const lmp_weight *w, int64_t r0, int64_t r1, const void 
     if (r0 >= r1) return;
     const int64_t cols = w->cols, rows = w->rows, cp = (cols + 31) / 32 * 32, nch = cp / 32;
     const int64_t prow = rows < 16 ? 16 : rows;
-    if (ntok == 1) {
-        bf16_gemv(w, prow, r0, r1, x, y);
+    if (ntok == 1) { /* generation is bandwidth-bound: the AVX-512 GEMV streams rows faster */
+        lmp_kernels_avx512.matmul[LMP_BF16](w, r0, r1, xv, ntok, y, ldy);
         return;
     }
     const int64_t ngroups = (ntok + 9) / 10; /* pairs of 5-token groups */

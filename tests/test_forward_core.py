@@ -8,6 +8,7 @@ one pass), thread-count independence, greedy decoding, and that every bad input 
 """
 from __future__ import annotations
 
+import contextlib
 import mmap
 from dataclasses import dataclass, field
 
@@ -286,8 +287,24 @@ def test_long_prompt_crosses_chunks_and_mmap_buffer():
 # ---- cache semantics, threads, generation ---------------------------------------------------
 
 
+@contextlib.contextmanager
+def active_kernels(path):
+    before = _core.kernel_path()
+    _core.set_kernel_path(path)
+    try:
+        yield
+    finally:
+        _core.set_kernel_path(before)
+
+
+@pytest.mark.parametrize("path", _core.kernel_paths())
 @pytest.mark.parametrize("dtype", ["f32", "q8_0"])
-def test_incremental_equals_one_pass(dtype):
+def test_incremental_equals_one_pass(dtype, path):
+    with active_kernels(path):
+        _incremental_equals_one_pass(dtype, batch_invariant=not (path == "amx" and dtype == "q8_0"))
+
+
+def _incremental_equals_one_pass(dtype, batch_invariant):
     p = packed(dtype)
     ids = prompt(80, p.cfg["vocab_size"], seed=5)
     core = p.core(n_ctx=96)
@@ -303,7 +320,12 @@ def test_incremental_equals_one_pass(dtype):
         rows.append(last)
         pos += 1
     # Bitwise: the kernel contract makes a row's dot product independent of how many tokens
-    # share the call, and attention sees the same cache either way.
+    # share the call, and attention sees the same cache either way. The amx table sends single
+    # tokens to the AVX-512 GEMV (kernels.h): there q8_0 generation differs from the prompt pass
+    # in the last bits, which int8 activation rounding can magnify, so it is held to the reference.
+    if not batch_invariant:
+        assert_q8_close(np.concatenate(rows), p, ids)
+        return
     np.testing.assert_array_equal(np.concatenate(rows), full)
     # last-token-only output equals the last row of all_logits from the same state
     core2 = p.core(n_ctx=96)

@@ -149,10 +149,18 @@ def test_determinism_contract(path, dtype, rows, cols):
     xa = quantize_act(x) if dtype == "q8_0" else x
     full = matmul(dtype, w, ws, rows, cols, xa, ntok)
     assert not np.isnan(full).any()
-    # One token at a time (the generation path) gives the same bits as the batch.
+    # One token at a time (the generation path) gives the same bits as the batch; on amx a single
+    # token is the AVX-512 GEMV by design (kernels.h), so there it equals that table's bits
+    # instead, and the batch up to f32 rounding.
     for t in range(ntok):
         one = (xa[0][t:t + 1], xa[1][t:t + 1]) if dtype == "q8_0" else x[t:t + 1]
-        np.testing.assert_array_equal(matmul(dtype, w, ws, rows, cols, one, 1)[0], full[t])
+        got = matmul(dtype, w, ws, rows, cols, one, 1)[0]
+        if path == "amx":
+            with kernel_path("avx512"):
+                np.testing.assert_array_equal(got, matmul(dtype, w, ws, rows, cols, one, 1)[0])
+            np.testing.assert_allclose(got, full[t], rtol=1e-5, atol=1e-5 * np.abs(full).max())
+        else:
+            np.testing.assert_array_equal(got, full[t])
     # Any split of the rows across calls (threads) gives the same bits, and writes only its rows.
     for splits in ([0, 1, rows], [0, 5, 6, rows], [0, 3, 10, rows], list(range(rows + 1))):
         splits = sorted({s for s in splits if s <= rows})
