@@ -192,7 +192,9 @@ INLINE void qtile(const int8_t *wq, const uint16_t *ws, const lmp_q8_act *x, int
             const int8_t *xq = x->q + (t0 + j) * cols + b * LMP_QK;
             const float *xd = x->d + (t0 + j) * nb + b;
             __m512i xu = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, xq), k128);
-            __m512 dx = expand2(two ? _mm_castpd_ps(_mm_load_sd((const double *)xd))
+            /* two f32 scales through an integer load: xd is only 4-byte aligned, and a double
+             * pointer to it would be undefined behaviour */
+            __m512 dx = expand2(two ? _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)xd))
                                     : _mm_load_ss(xd));
             UNROLL for (int i = 0; i < rm; i++) {
                 __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc[i], xu, wv[i]));
