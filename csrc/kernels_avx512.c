@@ -14,6 +14,7 @@
  * the same row computed alone, whatever the thread split or the batch size.
  */
 #include "kernels.h"
+#include "tiling.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 
@@ -111,42 +112,8 @@ DEFINE_FTILE(ftile_f16, 2, ld_f16, ldm_f16)
 DEFINE_FTILE(ftile_bf16, 2, ld_bf16, ldm_bf16)
 
 /* Instantiates the tile for constant shapes so the accumulators live in registers. */
-#define FCASE(T, RM, RN) case (RM) * 16 + (RN): T(w, x, cols, RM, RN, y, ldy); break;
 #define FCASES_RM(T, RM) FCASE(T, RM, 1) FCASE(T, RM, 2) FCASE(T, RM, 3) FCASE(T, RM, 4) \
     FCASE(T, RM, 5) FCASE(T, RM, 6)
-
-#define DEFINE_FMATMUL(NAME, TILE, ESIZE)                                                        \
-    static void TILE##_any(const char *w, const float *x, int64_t cols, int rm, int rn, float *y, \
-                           int64_t ldy) {                                                       \
-        switch (rm * 16 + rn) {                                                                 \
-            FCASES_RM(TILE, 1) FCASES_RM(TILE, 2) FCASES_RM(TILE, 3) FCASES_RM(TILE, 4)         \
-            FCASE(TILE, 8, 1)                                                                   \
-        default: break;                                                                         \
-        }                                                                                       \
-    }                                                                                           \
-    static void NAME(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv, int64_t ntok,  \
-                     float *y, int64_t ldy) {                                                   \
-        const char *wd = w->data;                                                               \
-        const float *x = xv;                                                                    \
-        const int64_t cols = w->cols;                                                           \
-        if (ntok == 1) {                                                                        \
-            int64_t r = r0;                                                                     \
-            for (; r + 8 <= r1; r += 8) TILE##_any(wd + r * cols * ESIZE, x, cols, 8, 1, y + r, ldy); \
-            for (; r < r1; r += FRM) {                                                          \
-                int rm = r1 - r < FRM ? (int)(r1 - r) : FRM;                                    \
-                TILE##_any(wd + r * cols * ESIZE, x, cols, rm, 1, y + r, ldy);                  \
-            }                                                                                   \
-            return;                                                                             \
-        }                                                                                       \
-        for (int64_t r = r0; r < r1; r += FRM) {                                                \
-            int rm = r1 - r < FRM ? (int)(r1 - r) : FRM;                                        \
-            for (int64_t t = 0; t < ntok; t += FRN) {                                           \
-                int rn = ntok - t < FRN ? (int)(ntok - t) : FRN;                                \
-                TILE##_any(wd + r * cols * ESIZE, x + t * cols, cols, rm, rn, y + t * ldy + r,  \
-                           ldy);                                                                \
-            }                                                                                   \
-        }                                                                                       \
-    }
 
 DEFINE_FMATMUL(matmul_f32, ftile_f32, 4)
 DEFINE_FMATMUL(matmul_f16, ftile_f16, 2)
