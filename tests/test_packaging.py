@@ -1,8 +1,11 @@
 """The wheel holds every package and data file the code imports (an editable install hides gaps)."""
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parents[1]
 
