@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
+from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
 from lmpack.errors import LmpackError
 from lmpack.formats.config import ModelConfig
 from lmpack.formats.safetensors import SafetensorsFile
@@ -147,7 +147,7 @@ def shard_files(folder: Path, index_name: str, single_name: str, pattern: str) -
     raise LmpackError(f"{folder}: no {single_name}")
 
 
-class HFSafetensorsSource:
+class HFSafetensorsSource(FolderSource):
     """An HF Llama folder with `model.safetensors` or sharded safetensors plus their index."""
 
     def __init__(self, folder: str | Path):
@@ -173,15 +173,6 @@ class HFSafetensorsSource:
         found = {name: (f.entries[name].shape, f.dtype_of(name) or f.entries[name].dtype, str(f.path))
                  for name, f in self._where.items()}
         return check_tensor_set(self._config, found, self.folder, "config.json")
-
-    def config(self) -> ModelConfig:
-        return self._config
-
-    def tokenizer_bytes(self) -> bytes:
-        return self._tokenizer.read_bytes()
-
-    def tensor_specs(self) -> list[TensorSpec]:
-        return list(self._specs)
 
     def load(self, name: str) -> np.ndarray:
         return self._where[name].load(name)

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from lmpack.convert.hf import IGNORED_SUFFIXES, read_hf_config, shard_files
-from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
+from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
 from lmpack.errors import LmpackError
-from lmpack.formats.config import ModelConfig
 from lmpack.formats.torchzip import TorchFile, TorchTensor
 
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -41,7 +40,7 @@ def read_bin_index(folder: Path) -> dict[str, str] | None:
     return weight_map
 
 
-class HFBinSource:
+class HFBinSource(FolderSource):
     """An HF Llama folder with `pytorch_model.bin`, or sharded `.bin` files plus their index."""
 
     def __init__(self, folder: str | Path):
@@ -87,15 +86,6 @@ class HFBinSource:
         found = {name: (t.shape, t.dtype or f"torch.{t.storage_type}", str(f.path))
                  for name, (f, t) in self._where.items()}
         return check_tensor_set(self._config, found, self.folder, "config.json")
-
-    def config(self) -> ModelConfig:
-        return self._config
-
-    def tokenizer_bytes(self) -> bytes:
-        return self._tokenizer.read_bytes()
-
-    def tensor_specs(self) -> list[TensorSpec]:
-        return list(self._specs)
 
     def load(self, name: str) -> np.ndarray:
         got = self._where.get(name)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
+from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
 from lmpack.errors import LmpackError
 from lmpack.formats.config import ModelConfig
 from lmpack.formats.torchzip import FLOAT_DTYPES, TorchFile, TorchTensor
@@ -105,7 +105,7 @@ def _merge_shape(name: str, shapes: list[tuple[int, ...]], rule: str, dim: int, 
     return axis
 
 
-class MetaSource:
+class MetaSource(FolderSource):
     """A Meta Llama checkpoint folder, merged and renamed into the canonical HF tensor stream.
 
     `rope_scaling_factor` overrides the Llama 3 rope scaling factor, which params.json does not
@@ -280,15 +280,6 @@ class MetaSource:
         return check_tensor_set(self._config, found, self.folder, "params.json")
 
     # -- Source ----------------------------------------------------------------------------
-
-    def config(self) -> ModelConfig:
-        return self._config
-
-    def tokenizer_bytes(self) -> bytes:
-        return self._tokenizer.read_bytes()
-
-    def tensor_specs(self) -> list[TensorSpec]:
-        return list(self._specs)
 
     def _rope_heads(self, name: str) -> int | None:
         if name.endswith("self_attn.q_proj.weight"):

@@ -72,6 +72,24 @@ class Source(Protocol):
         """Release maps and file handles."""
 
 
+class FolderSource:
+    """What every checkpoint-folder source shares once it has parsed its config, found its
+    tokenizer file and checked its tensor set: the three Source accessors over that state."""
+
+    _config: ModelConfig
+    _tokenizer: Path
+    _specs: list[TensorSpec]
+
+    def config(self) -> ModelConfig:
+        return self._config
+
+    def tokenizer_bytes(self) -> bytes:
+        return self._tokenizer.read_bytes()
+
+    def tensor_specs(self) -> list[TensorSpec]:
+        return list(self._specs)
+
+
 def check_tensor_set(config: ModelConfig, found: dict[str, tuple[tuple[int, ...], str, str]],
                      folder: Path, config_file: str) -> list[TensorSpec]:
     """The specs of exactly the tensors `config` implies, in file order, or an LmpackError naming

@@ -25,7 +25,7 @@ import numpy as np
 from lmpack import _core
 from lmpack.errors import LmpackError
 from lmpack.formats.config import ModelConfig, expected_tensors
-from lmpack.formats.mmaps import drop_pages
+from lmpack.formats.mmaps import drop_pages, open_readonly
 from lmpack.formats.dtypes import ALIGN, DTYPES, Q8_0_BLOCK, align_up, numpy_dtype, q8_0_planes, tensor_nbytes
 
 MAGIC = b"\x89LMP\r\n\x1a\n"
@@ -290,12 +290,8 @@ class LmpReader:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._file, size = open_readonly(self.path)
         try:
-            self._file = open(self.path, "rb")
-        except OSError as e:
-            raise LmpackError(f"{self.path}: cannot open ({e.strerror})") from None
-        try:
-            size = os.fstat(self._file.fileno()).st_size
             if size < PREAMBLE_SIZE:
                 raise LmpackError(f"{self.path}: not an lmpack file (only {size} bytes)")
             self.buffer = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)

@@ -2,6 +2,21 @@
 from __future__ import annotations
 
 import mmap
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+from lmpack.errors import LmpackError
+
+
+def open_readonly(path: Path) -> tuple[BinaryIO, int]:
+    """Open a file for reading and return it with its size; a missing or unreadable file is an
+    LmpackError naming it."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise LmpackError(f"{path}: cannot open ({e.strerror})") from None
+    return f, os.fstat(f.fileno()).st_size
 
 
 def drop_pages(m: mmap.mmap | None, begin: int, nbytes: int) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lmpack.errors import LmpackError
-from lmpack.formats.mmaps import drop_pages
+from lmpack.formats.mmaps import drop_pages, open_readonly
 
 MAX_HEADER = 100 << 20
 
@@ -45,13 +45,9 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        try:
-            self._file = open(self.path, "rb")
-        except OSError as e:
-            raise LmpackError(f"{self.path}: cannot open ({e.strerror})") from None
+        self._file, size = open_readonly(self.path)
         self._map = None
         try:
-            size = os.fstat(self._file.fileno()).st_size
             self.entries = self._parse(size)
             if size:
                 self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
