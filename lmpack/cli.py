@@ -129,13 +129,12 @@ def run(
 
     if n < 0:
         raise LmpackError("--max-tokens must be >= 0")
-    if not 0 < top_p <= 1 or temperature < 0:
-        raise LmpackError("--top-p must be in (0, 1] and --temperature >= 0")
     m = load(file, threads=threads, max_context=ctx)
+    pieces = m.generate(prompt, max_tokens=n, temperature=temperature, top_p=top_p, seed=seed,
+                        stop_at_eos=not ignore_eos)  # checks the sampling options before any output
     sys.stdout.write(prompt)
     sys.stdout.flush()
-    for piece in m.generate(prompt, max_tokens=n, temperature=temperature, top_p=top_p, seed=seed,
-                            stop_at_eos=not ignore_eos):
+    for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

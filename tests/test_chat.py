@@ -117,3 +117,15 @@ def test_pseudo_terminal_ctrl_c(tiny_lmp):
         except ProcessLookupError:
             pass
         os.close(fd)
+
+
+@pytest.mark.parametrize("args", [["--top-p", "2"], ["--temperature", "-1"]])
+def test_bad_sampling_options_are_one_line_errors(tiny_lmp, args):
+    for command, stdin in (("chat", "the cat\n"), ("run", None)):
+        p = subprocess.run([sys.executable, "-m", "lmpack", command, str(tiny_lmp), "-n", "2", *args],
+                           input=stdin, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": lmpack_pythonpath()})
+        assert p.returncode == 1, (command, p.stderr)
+        assert p.stderr.strip().splitlines()[-1].startswith("error:"), p.stderr
+        assert "internal error" not in p.stderr and "Traceback" not in p.stderr
+        assert p.stdout == ""

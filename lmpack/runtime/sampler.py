@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from lmpack.errors import LmpackError
+
 
 class Sampler:
     def __init__(self, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
         if temperature < 0:
-            raise ValueError("temperature must be >= 0")
+            raise LmpackError(f"temperature must be >= 0, got {temperature}")
         if not 0 < top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
+            raise LmpackError(f"top_p must be in (0, 1], got {top_p}")
         self.temperature = temperature
         self.top_p = top_p
         self._rng = np.random.default_rng(seed)
