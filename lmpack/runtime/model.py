@@ -98,16 +98,18 @@ class Model:
     # -- the forward pass
     def forward(self, ids: Sequence[int], pos: int, all_logits: bool = False) -> np.ndarray:
         """Run `ids` at positions pos.. over the cached context; logits of every or the last token."""
-        tokens = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
-        if tokens.size == 0:
-            raise LmpackError("no tokens to run")
+        try:
+            tokens = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
+        except (OverflowError, ValueError, TypeError) as e:
+            raise LmpackError(f"token ids must be integers in the vocabulary ({e})") from None
+        # Checked here too, before the logits buffer is allocated for that many tokens.
         if pos < 0 or pos + tokens.size > self.n_ctx:
             raise LmpackError(f"context full: {pos + tokens.size} tokens do not fit in {self.n_ctx}")
-        bad = (tokens < 0) | (tokens >= self.config.vocab_size)
-        if bad.any():
-            raise LmpackError(f"token id {int(tokens[bad][0])} is outside the vocabulary ({self.config.vocab_size})")
         out = np.empty((tokens.size if all_logits else 1, self.config.vocab_size), np.float32)
-        self._core.forward(tokens, pos, out, all_logits)
+        try:  # the C core checks the ids (and everything else) before it runs
+            self._core.forward(tokens, pos, out, all_logits)
+        except ValueError as e:
+            raise LmpackError(str(e)) from None
         return out
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
