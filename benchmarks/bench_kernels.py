@@ -6,8 +6,16 @@ prompt step and should be bound by arithmetic (GFLOP/s). Times are the calling t
 (best of --repeat), so a busy machine inflates them less than wall time would.
 
     python benchmarks/bench_kernels.py [--paths scalar,avx2,avx512] [--ntok 64] [--repeat 5]
+
+--gemv-rows instead streams one large matrix (--mib, far beyond the L3) through the generation
+GEMV on --threads threads, for each row length given, and prints the wall-clock GB/s: the number
+the GEMV's prefetch distances and its short-row rule (csrc/kernels_avx512.c) were tuned on.
+
+    python benchmarks/bench_kernels.py --gemv-rows 768,2048,5632 --dtypes bf16,q8_0 --threads 2
 """
 import argparse
+import statistics
+import threading
 import time
 
 import numpy as np
@@ -50,6 +58,36 @@ def time_matmul(dtype, w, ws, rows, cols, ntok, repeat, rng):
     return best
 
 
+def gemv_bandwidth(dtype, cols, mib, threads, repeat, rng):
+    """Wall-clock GB/s of one-token matmuls over a mib-MiB matrix, rows split across threads."""
+    rows = int(mib * 2**20 / (ESIZE[dtype] * cols))
+    w, ws = make(dtype, rows, cols, rng)
+    x = rng.standard_normal(cols).astype(np.float32)
+    y = np.empty(rows, np.float32)
+    if dtype == "q8_0":
+        xq, xd = np.empty(cols, np.int8), np.empty(cols // 32, np.float32)
+        _core._quantize_act_q8(x, xq, xd)
+        x, xs = xq, xd
+    else:
+        xs = None
+    bounds = [rows * i // threads for i in range(threads + 1)]
+
+    def part(i):
+        _core._matmul(dtype, w, ws, rows, cols, x, xs, 1, y, bounds[i], bounds[i + 1])
+
+    times = []
+    for _ in range(repeat + 1):  # the first run pages the matrix in
+        workers = [threading.Thread(target=part, args=(i,)) for i in range(threads)]
+        t0 = time.perf_counter()
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        times.append(time.perf_counter() - t0)
+    nbytes = w.nbytes + (ws.nbytes if ws is not None else 0)
+    return nbytes / statistics.median(times[1:]) / 1e9
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--paths", default=",".join(_core.kernel_paths()), help="kernel paths to time")
@@ -57,9 +95,24 @@ def main():
     ap.add_argument("--ntok", type=int, default=64, help="tokens of the GEMM case")
     ap.add_argument("--repeat", type=int, default=5, help="timed runs per case (best is kept)")
     ap.add_argument("--shapes", default="2048x2048,5632x2048", help="rows x cols of the weights")
+    ap.add_argument("--gemv-rows", help="comma-separated row lengths: time the GEMV's streaming instead")
+    ap.add_argument("--threads", type=int, default=2, help="threads of the --gemv-rows runs")
+    ap.add_argument("--mib", type=float, default=200, help="matrix size of the --gemv-rows runs")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     before = _core.kernel_path()
+    if args.gemv_rows:
+        print(f"{'path':7} {'dtype':5} {'cols':>6} {'threads':>7} {'GB/s':>6}")
+        try:
+            for path in args.paths.split(","):
+                _core.set_kernel_path(path)
+                for dtype in args.dtypes.split(","):
+                    for cols in map(int, args.gemv_rows.split(",")):
+                        gbs = gemv_bandwidth(dtype, cols, args.mib, args.threads, args.repeat, rng)
+                        print(f"{path:7} {dtype:5} {cols:6d} {args.threads:7d} {gbs:6.1f}", flush=True)
+        finally:
+            _core.set_kernel_path(before)
+        return
     print(f"{'path':7} {'dtype':5} {'shape':10} {'ntok':>4} {'ms':>9} {'GFLOP/s':>8} {'GB/s':>7}")
     try:
         for shape in args.shapes.split(","):

@@ -10,6 +10,23 @@
 #ifndef LMPACK_TILING_H
 #define LMPACK_TILING_H
 
+/* Generation (one token) streams each weight row once, so it runs at memory speed only if lines
+ * arrive before they are used. When rows are shorter than a page, a tile's rows are several short
+ * streams sharing pages and the hardware prefetchers fall behind: on a 2-core Xeon, 768-column
+ * bf16 rows streamed at ~11 GB/s against ~20 GB/s for page-long rows, and Q8_0 at ~10 GB/s. For
+ * such rows the x86 GEMVs prefetch each step's tile bytes, in address order, a fixed distance
+ * ahead (~20 GB/s bf16, ~22 GB/s Q8_0); rows of a page or more are left to the hardware, where
+ * the extra instructions cost ~10%. The distances were measured with
+ * `benchmarks/bench_kernels.py --gemv-rows`. Prefetches never fault, so running past the end of
+ * the matrix is harmless. (No NEON machine was at hand to measure, so that table does not.) */
+#define GEMV_SHORT_ROW 4096   /* row bytes below which the GEMV prefetches */
+#define GEMV_AHEAD_F 16384    /* bytes ahead, f32/f16/bf16 weights */
+#define GEMV_AHEAD_Q8 8192    /* bytes ahead in the quants plane (scales: a sixteenth of it) */
+
+/* Prefetch the cache lines of [p, p + bytes): one GEMV step's worth, some distance ahead. */
+#define GEMV_PREFETCH(p, bytes)                                                                 \
+    for (int pf_ = 0; pf_ < (bytes); pf_ += 64) __builtin_prefetch((const char *)(p) + pf_, 0, 3)
+
 #define FCASE(T, RM, RN) case (RM) * 16 + (RN): T(w, x, cols, RM, RN, y, ldy); break;
 
 #define DEFINE_FMATMUL(NAME, TILE, ESIZE)                                                        \
