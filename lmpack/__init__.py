@@ -8,7 +8,15 @@
 __version__ = "0.1.0"
 
 from lmpack.errors import LmpackError  # noqa: E402
-from lmpack.runtime.model import Model, load  # noqa: E402
-
 
 __all__ = ["LmpackError", "Model", "load", "__version__"]
+
+
+def __getattr__(name: str):
+    # The runtime (and numpy with it) loads on first use, so the command line can set up the
+    # environment numpy reads at import (see lmpack/cli.py) and `import lmpack` stays cheap.
+    if name in ("Model", "load"):
+        from lmpack.runtime import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'lmpack' has no attribute '{name}'")

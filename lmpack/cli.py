@@ -10,6 +10,10 @@ import contextlib
 import functools
 import os
 import sys
+
+# The command line never calls BLAS, and numpy's BLAS threads, started at import, spin for a while
+# on the same cores as the converter and the runtime's own threads. Set before numpy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from pathlib import Path
 from typing import List, Optional
 

@@ -54,3 +54,43 @@ def test_wrong_byte_count_is_refused(tmp_path):
         with writer:
             writer.write_tensor("a", [bytes(100)])
     assert list(tmp_path.iterdir()) == []
+
+
+def _convert_in_small_windows(tiny_hf, path, calls, monkeypatch, supported: bool):
+    """Converts the tiny model with a 4 KiB write-behind window, recording the calls."""
+    from lmpack.convert import convert
+
+    real = lmp._core.write_behind
+
+    def spy(fd, offset, nbytes, wait):
+        calls.append((offset, nbytes, wait))
+        return real(fd, offset, nbytes, wait) if supported else False
+
+    monkeypatch.setattr(lmp._BackgroundWriter, "WRITE_BEHIND", 4096)
+    monkeypatch.setattr(lmp._BackgroundWriter, "SYNC_EVERY", 8192)
+    monkeypatch.setattr(lmp._core, "write_behind", spy)
+    convert(tiny_hf.path, path)
+    with lmp.LmpReader(path) as r:
+        assert r.verify_checksums() == []
+        assert path.stat().st_size > 20 * 4096
+
+
+def test_write_behind_starts_each_range_and_waits_for_the_previous(tiny_hf, tmp_path, monkeypatch):
+    calls = []
+    _convert_in_small_windows(tiny_hf, tmp_path / "x.lmp", calls, monkeypatch, supported=True)
+    starts = [(o, n) for o, n, wait in calls if not wait]
+    waits = [(o, n) for o, n, wait in calls if wait]
+    assert len(starts) > 10
+    # the started ranges tile the file in order, and each wait covers what was started before
+    assert all(o1 == o0 + n0 for (o0, n0), (o1, _) in zip(starts, starts[1:]))
+    assert waits == [(0, o) for o, _ in starts[1:]]
+
+
+def test_without_write_behind_the_writer_falls_back_to_fdatasync(tiny_hf, tmp_path, monkeypatch):
+    synced = []
+    real_sync = os.fdatasync
+    monkeypatch.setattr(lmp.os, "fdatasync", lambda fd: (synced.append(fd), real_sync(fd)))
+    calls = []
+    _convert_in_small_windows(tiny_hf, tmp_path / "x.lmp", calls, monkeypatch, supported=False)
+    assert len(calls) == 1  # asked once, then never again
+    assert len(synced) > 5
