@@ -196,15 +196,33 @@ static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void 
 
 /* ---- quantizers ------------------------------------------------------------------------- */
 
-/* Round half away from zero, exactly (see kernels_scalar.c), to int32. */
+/* Whole groups of 8 blocks (256 values) go through two passes over the group, which stays in
+ * L1: the first takes each block's max |x| on the raw bit patterns and reduces the 8 of them
+ * together; the 8 scales then come out of one vector division and one conversion to fp16, and
+ * the second pass quantizes. Blocks after the last whole group take the one-block path. */
+#define QGROUP 8
+
+/* How far ahead of the group being read its source is requested: the first pass would
+ * otherwise wait on each cache line in turn. */
+#define QPREFETCH 4096
+
+/* Round half away from zero to int32, exactly, for |v| <= 2^24 (x*id here is within 127.5):
+ * trunc(v + copysign(0.5 - 2^-25, v)). Only a fraction of at least one half can carry the sum
+ * to the next integer: at |v| >= 1 the sum keeps v's ulp (>= 2^-23), so a fraction just below
+ * a half stays below; at 0.5 the sum is 1 - 2^-25, which ties to even 1.0; below 0.5 it stays
+ * under 1. (Checked against the scalar rule for every such float.) The add must not be fused
+ * with the multiply before it: ISO C mode (-std=c11) keeps GCC from contracting. */
 INLINE __m256i round_away(__m256 v) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256 r = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    __m256 rem = _mm256_andnot_ps(sign, _mm256_sub_ps(v, r));
-    __m256 up = _mm256_cmp_ps(rem, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
-    __m256 one = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0f));
-    r = _mm256_add_ps(r, _mm256_and_ps(up, one));
-    return _mm256_cvttps_epi32(r);
+    const __m256 half = _mm256_set1_ps(0x1.fffffep-2f);
+    return _mm256_cvttps_epi32(_mm256_add_ps(v, _mm256_or_ps(_mm256_and_ps(v, sign), half)));
+}
+
+/* Quants of 32 values (i0..i3: values 0-7, ..., 24-31) as 32 bytes in order: the packs work
+ * within 128-bit halves; the permute puts the 4-byte groups back in order. */
+INLINE __m256i pack_block(__m256i i0, __m256i i1, __m256i i2, __m256i i3) {
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
 /* Quantizes 32 finite values in v[0..3]; returns d = amax/127 (f32). */
@@ -223,12 +241,10 @@ INLINE float quant_block(const __m256 v[4], int8_t *q) {
         return d;
     }
     __m256 vid = _mm256_set1_ps(id);
-    __m256i i0 = round_away(_mm256_mul_ps(v[0], vid)), i1 = round_away(_mm256_mul_ps(v[1], vid));
-    __m256i i2 = round_away(_mm256_mul_ps(v[2], vid)), i3 = round_away(_mm256_mul_ps(v[3], vid));
-    /* The packs work within 128-bit halves; the permute puts the 4-byte groups back in order. */
-    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
-    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256((__m256i *)q, p);
+    _mm256_storeu_si256((__m256i *)q, pack_block(round_away(_mm256_mul_ps(v[0], vid)),
+                                                 round_away(_mm256_mul_ps(v[1], vid)),
+                                                 round_away(_mm256_mul_ps(v[2], vid)),
+                                                 round_away(_mm256_mul_ps(v[3], vid))));
     return d;
 }
 
@@ -241,33 +257,183 @@ INLINE int nonfinite4(const __m256 v[4]) {
     return _mm256_movemask_ps(bad) != 0;
 }
 
-static int quantize_q8_0(const void *src, int src_dtype, int64_t n, int8_t *q, uint16_t *d) {
-    for (int64_t blk = 0; blk < n / LMP_QK; blk++) {
-        int64_t i = blk * LMP_QK;
-        __m256 v[4];
-        for (int k = 0; k < 4; k++) {
-            if (src_dtype == LMP_F32) v[k] = ld_f32(src, i + 8 * k);
-            else if (src_dtype == LMP_F16) v[k] = ld_f16(src, i + 8 * k);
-            else v[k] = ld_bf16(src, i + 8 * k);
+INLINE void load_block(const void *src, int dt, int64_t i, __m256 v[4]) {
+    for (int k = 0; k < 4; k++) {
+        if (dt == LMP_F32) v[k] = ld_f32(src, i + 8 * k);
+        else if (dt == LMP_F16) v[k] = ld_f16(src, i + 8 * k);
+        else v[k] = ld_bf16(src, i + 8 * k);
+    }
+}
+
+/* Max |x| of each of the 8 blocks at src + i, as the f32 bit patterns (exact; inf and nan
+ * compare above every finite value). Signless IEEE bits order like their values, so the max
+ * runs on integers: 32-bit lanes for f32, and for 16-bit sources the raw halves (16-bit max),
+ * widened only once, at the end. Each level of the tree halves the vector count and
+ * interleaves the partial maxima of pairs: after the 128-bit and the two 32-bit shuffle levels,
+ * dword 4h+k holds block h+2k, which the last permute puts in order. */
+INLINE __m256i group_amax(const void *src, int dt, int64_t i) {
+    const int words = dt != LMP_F32;
+    __m256i m[QGROUP];
+    if (words) {
+        const __m256i abs16 = _mm256_set1_epi16(0x7fff);
+        const __m256i *s = (const __m256i *)((const uint16_t *)src + i);
+        UNROLL for (int b = 0; b < QGROUP; b++)
+            m[b] = _mm256_max_epu16(_mm256_and_si256(_mm256_loadu_si256(s + 2 * b), abs16),
+                                    _mm256_and_si256(_mm256_loadu_si256(s + 2 * b + 1), abs16));
+    } else {
+        const __m256i abs32 = _mm256_set1_epi32(0x7fffffff);
+        const __m256i *s = (const __m256i *)((const float *)src + i);
+        UNROLL for (int b = 0; b < QGROUP; b++) {
+            __m256i x0 = _mm256_and_si256(_mm256_loadu_si256(s + 4 * b), abs32);
+            __m256i x1 = _mm256_and_si256(_mm256_loadu_si256(s + 4 * b + 1), abs32);
+            __m256i x2 = _mm256_and_si256(_mm256_loadu_si256(s + 4 * b + 2), abs32);
+            __m256i x3 = _mm256_and_si256(_mm256_loadu_si256(s + 4 * b + 3), abs32);
+            m[b] = _mm256_max_epu32(_mm256_max_epu32(x0, x1), _mm256_max_epu32(x2, x3));
         }
+    }
+#define QMAX(x, y) (words ? _mm256_max_epu16((x), (y)) : _mm256_max_epu32((x), (y)))
+#define QSHUF32(x, y, imm) \
+    _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(x), _mm256_castsi256_ps(y), (imm)))
+    UNROLL for (int k = 0; k < 4; k++) /* half 0: block 2k, half 1: block 2k+1 */
+        m[k] = QMAX(_mm256_permute2x128_si256(m[2 * k], m[2 * k + 1], 0x20),
+                    _mm256_permute2x128_si256(m[2 * k], m[2 * k + 1], 0x31));
+    UNROLL for (int k = 0; k < 2; k++) /* half h: two dwords of block 4k+h, two of 4k+2+h */
+        m[k] = QMAX(QSHUF32(m[2 * k], m[2 * k + 1], 0x44), QSHUF32(m[2 * k], m[2 * k + 1], 0xee));
+    __m256i r = QMAX(QSHUF32(m[0], m[1], 0x88), QSHUF32(m[0], m[1], 0xdd));
+#undef QMAX
+#undef QSHUF32
+    r = _mm256_permutevar8x32_epi32(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    if (!words) return r;
+    r = _mm256_max_epu16(r, _mm256_srli_epi32(r, 16)); /* low half: the block's max half */
+    if (dt == LMP_BF16) return _mm256_slli_epi32(r, 16);
+    r = _mm256_and_si256(r, _mm256_set1_epi32(0xffff));
+    r = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08); /* the 8 halves, in order */
+    return _mm256_castps_si256(_mm256_cvtph_ps(_mm256_castsi256_si128(r)));
+}
+
+/* Bit b set: block b's max |x| is inf or nan (signless bits compare as positive int32). */
+INLINE int group_nonfinite(__m256i amax) {
+    return _mm256_movemask_ps(_mm256_castsi256_ps(
+        _mm256_cmpgt_epi32(amax, _mm256_set1_epi32(0x7f7fffff))));
+}
+
+/* d = amax/127 and id = 1/d per lane, id = 0 where d is 0 or 1/d overflows (ggml's reference
+ * writes quants 0 there, see scalar): both IEEE divisions, as the scalar rule does them (a zero
+ * d is divided as 1, so no division by zero is raised). */
+INLINE __m256 group_scales(__m256i amax, __m256 *id) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    __m256 d = _mm256_div_ps(_mm256_castsi256_ps(amax), _mm256_set1_ps(127.0f));
+    __m256 zero = _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_EQ_OQ);
+    __m256 r = _mm256_div_ps(one, _mm256_blendv_ps(d, one, zero));
+    __m256 keep = _mm256_andnot_ps(zero, _mm256_cmp_ps(r, _mm256_set1_ps(INFINITY), _CMP_LT_OQ));
+    *id = _mm256_and_ps(r, keep);
+    return d;
+}
+
+/* bf16 blocks need no widening shuffle: the even-indexed values are the low halves of the
+ * dwords shifted up, the odd ones the high halves masked. Their quants go back into 16-bit
+ * order with a shift and a mask (no word blend: that is a shuffle-port op on many AVX2 CPUs). */
+INLINE __m256i quant_bf16_words(__m256i raw, __m256 id) {
+    const __m256i lo = _mm256_set1_epi32(0xffff);
+    __m256 ev = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+    __m256 od = _mm256_castsi256_ps(_mm256_andnot_si256(lo, raw));
+    __m256i qe = round_away(_mm256_mul_ps(ev, id)), qo = round_away(_mm256_mul_ps(od, id));
+    return _mm256_or_si256(_mm256_and_si256(qe, lo), _mm256_slli_epi32(qo, 16));
+}
+
+/* Second pass: quants of the 8 blocks at src + i, block b scaled by lane b of id. The scales
+ * go through memory so each block's comes back as a broadcast load rather than a shuffle (the
+ * one shuffle port is the busy one here); the empty asm keeps the compiler from turning them
+ * into permutes. */
+INLINE void group_quant(const void *src, int dt, int64_t i, __m256 id, int8_t *q) {
+    float ids[QGROUP];
+    _mm256_storeu_ps(ids, id);
+#if defined(__GNUC__)
+    __asm__("" : "+m"(ids));
+#endif
+    UNROLL for (int b = 0; b < QGROUP; b++) {
+        const __m256 vid = _mm256_broadcast_ss(&ids[b]);
+        __m256i p;
+        if (dt == LMP_BF16) { /* the pack leaves qwords w0.lo, w1.lo, w0.hi, w1.hi */
+            const __m256i *s = (const __m256i *)((const uint16_t *)src + i + b * LMP_QK);
+            p = _mm256_packs_epi16(quant_bf16_words(_mm256_loadu_si256(s), vid),
+                                   quant_bf16_words(_mm256_loadu_si256(s + 1), vid));
+            p = _mm256_permute4x64_epi64(p, 0xd8);
+        } else {
+            __m256 v[4];
+            load_block(src, dt, i + b * LMP_QK, v);
+            p = pack_block(round_away(_mm256_mul_ps(v[0], vid)), round_away(_mm256_mul_ps(v[1], vid)),
+                           round_away(_mm256_mul_ps(v[2], vid)), round_away(_mm256_mul_ps(v[3], vid)));
+        }
+        _mm256_storeu_si256((__m256i *)(q + b * LMP_QK), p);
+    }
+}
+
+INLINE void prefetch_group(const void *src, int dt, int64_t i, int64_t n) {
+    const int64_t es = dt == LMP_F32 ? 4 : 2, gbytes = QGROUP * LMP_QK * es;
+    const int64_t at = i * es + QPREFETCH;
+    if (at + gbytes > n * es) return; /* the pointer stays inside the source */
+    UNROLL for (int64_t k = 0; k < gbytes; k += 64) _mm_prefetch((const char *)src + at + k, _MM_HINT_T0);
+}
+
+/* The whole quantizer for one source type (a constant after inlining). */
+INLINE int quantize_q8_0_dt(const void *src, const int dt, int64_t n, int8_t *q, uint16_t *d) {
+    const int64_t nb = n / LMP_QK;
+    int64_t blk = 0;
+    for (; blk + QGROUP <= nb; blk += QGROUP) {
+        const int64_t i = blk * LMP_QK;
+        prefetch_group(src, dt, i, n);
+        __m256i amax = group_amax(src, dt, i);
+        if (group_nonfinite(amax)) return -1;
+        __m256 id, dv = group_scales(amax, &id);
+        _mm_storeu_si128((__m128i *)(d + blk), _mm256_cvtps_ph(dv, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        group_quant(src, dt, i, id, q + i);
+    }
+    for (; blk < nb; blk++) {
+        const int64_t i = blk * LMP_QK;
+        __m256 v[4];
+        load_block(src, dt, i, v);
         if (nonfinite4(v)) return -1;
         d[blk] = lmp_f32_to_f16(quant_block(v, q + i));
     }
     return 0;
 }
 
+static int quantize_q8_0(const void *src, int src_dtype, int64_t n, int8_t *q, uint16_t *d) {
+    if (src_dtype == LMP_F32) return quantize_q8_0_dt(src, LMP_F32, n, q, d);
+    if (src_dtype == LMP_F16) return quantize_q8_0_dt(src, LMP_F16, n, q, d);
+    return quantize_q8_0_dt(src, LMP_BF16, n, q, d);
+}
+
+/* One block of activations; a block holding inf or nan gets quants 0 and scale nan, so the nan
+ * reaches every output that reads it. */
+INLINE void quantize_act_block(const float *x, int8_t *q, float *d) {
+    __m256 v[4];
+    load_block(x, LMP_F32, 0, v);
+    if (nonfinite4(v)) {
+        _mm256_storeu_si256((__m256i *)q, _mm256_setzero_si256());
+        *d = NAN;
+        return;
+    }
+    *d = quant_block(v, q);
+}
+
 static void quantize_act_q8(const float *x, int64_t n, int8_t *q, float *d) {
-    for (int64_t blk = 0; blk < n / LMP_QK; blk++) {
-        int64_t i = blk * LMP_QK;
-        __m256 v[4];
-        for (int k = 0; k < 4; k++) v[k] = _mm256_loadu_ps(x + i + 8 * k);
-        if (nonfinite4(v)) { /* quants 0, scale nan: the nan reaches every output */
-            _mm256_storeu_si256((__m256i *)(q + i), _mm256_setzero_si256());
-            d[blk] = NAN;
+    const int64_t nb = n / LMP_QK;
+    int64_t blk = 0;
+    for (; blk + QGROUP <= nb; blk += QGROUP) {
+        const int64_t i = blk * LMP_QK;
+        __m256i amax = group_amax(x, LMP_F32, i);
+        if (group_nonfinite(amax)) { /* rare: block by block, so only the bad blocks get nan */
+            for (int b = 0; b < QGROUP; b++)
+                quantize_act_block(x + i + b * LMP_QK, q + i + b * LMP_QK, d + blk + b);
             continue;
         }
-        d[blk] = quant_block(v, q + i);
+        __m256 id;
+        _mm256_storeu_ps(d + blk, group_scales(amax, &id));
+        group_quant(x, LMP_F32, i, id, q + i);
     }
+    for (; blk < nb; blk++) quantize_act_block(x + blk * LMP_QK, q + blk * LMP_QK, d + blk);
 }
 
 /* ---- vector helpers ---------------------------------------------------------------------- */
