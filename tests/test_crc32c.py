@@ -237,7 +237,7 @@ def run_harness(cc: str, tmp_path: Path, runner: list[str]) -> str:
     src = tmp_path / "crc_harness.c"
     src.write_text(HARNESS)
     exe = tmp_path / "crc_harness"
-    cmd = [cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-DLMP_CRC32C_NO_PYTHON",
+    cmd = [cc, "-std=c11", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-DLMP_CRC32C_NO_PYTHON",
            "-I", str(ROOT / "csrc"), str(src), "-o", str(exe)]
     p = subprocess.run(cmd, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr

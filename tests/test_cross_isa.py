@@ -20,7 +20,7 @@ HARNESS = ROOT / "tests" / "c" / "table_vs_scalar.c"
 
 
 def build_and_run(cc: str, table: str, sources: list[str], out: Path, runner: list[str]) -> str:
-    cmd = [cc, "-std=c11", "-O2", "-I", str(ROOT / "csrc"), f"-DTABLE=lmp_kernels_{table}", str(HARNESS),
+    cmd = [cc, "-std=c11", "-O2", "-ffp-contract=off", "-I", str(ROOT / "csrc"), f"-DTABLE=lmp_kernels_{table}", str(HARNESS),
            *(str(ROOT / "csrc" / s) for s in sources), "-o", str(out), "-lm"]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     p = subprocess.run([*runner, str(out)], capture_output=True, text=True, timeout=300)
