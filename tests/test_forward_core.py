@@ -8,7 +8,6 @@ one pass), thread-count independence, greedy decoding, and that every bad input 
 """
 from __future__ import annotations
 
-import contextlib
 import mmap
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 from lmpack import _core  # noqa: E402
 
 import llama_reference  # noqa: E402
+from kernel_tables import using_kernels  # noqa: E402
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 64}
@@ -287,20 +287,10 @@ def test_long_prompt_crosses_chunks_and_mmap_buffer():
 # ---- cache semantics, threads, generation ---------------------------------------------------
 
 
-@contextlib.contextmanager
-def active_kernels(path):
-    before = _core.kernel_path()
-    _core.set_kernel_path(path)
-    try:
-        yield
-    finally:
-        _core.set_kernel_path(before)
-
-
 @pytest.mark.parametrize("path", _core.kernel_paths())
 @pytest.mark.parametrize("dtype", ["f32", "q8_0"])
 def test_incremental_equals_one_pass(dtype, path):
-    with active_kernels(path):
+    with using_kernels(path):
         _incremental_equals_one_pass(dtype, batch_invariant=not (path == "amx" and dtype == "q8_0"))
 
 

@@ -4,30 +4,21 @@ Float matmuls must sit within a rounding bound of the float64 product; the q8_0 
 exact on every path; and the determinism contract must hold: an output depends only on (row,
 token, cols), not on the batch size or on how the rows are split across calls.
 """
-import contextlib
 
 import numpy as np
 import pytest
 
 from lmpack import _core
 
+from kernel_tables import using_kernels  # tests/ is on sys.path
+
 PATHS = _core.kernel_paths()
 U = 2.0**-24  # f32 unit roundoff
 
 
-@contextlib.contextmanager
-def kernel_path(name):
-    before = _core.kernel_path()
-    _core.set_kernel_path(name)
-    try:
-        yield
-    finally:
-        _core.set_kernel_path(before)
-
-
 @pytest.fixture(params=PATHS)
 def path(request):
-    with kernel_path(request.param):
+    with using_kernels(request.param):
         yield request.param
 
 
@@ -117,7 +108,7 @@ def test_q8_0_integer_dot_exact_on_every_path(cols):
     xd = np.ones((ntok, cols // 32), np.float32)
     want = xq.astype(np.int64) @ wq.reshape(rows, cols).astype(np.int64).T
     for p in PATHS:
-        with kernel_path(p):
+        with using_kernels(p):
             y = matmul("q8_0", wq, wd, rows, cols, (xq, xd), ntok)
             np.testing.assert_array_equal(y, want.astype(np.float32), err_msg=p)
 
@@ -129,10 +120,10 @@ def test_simd_paths_close_to_scalar(dtype, rows, cols):
     w, ws, _ = make_weight(dtype, rows, cols, rng)
     x = rng.standard_normal((7, cols)).astype(np.float32)
     arg = quantize_act(x) if dtype == "q8_0" else x
-    with kernel_path("scalar"):
+    with using_kernels("scalar"):
         ref = matmul(dtype, w, ws, rows, cols, arg, 7)
     for p in PATHS[1:]:
-        with kernel_path(p):
+        with using_kernels(p):
             y = matmul(dtype, w, ws, rows, cols, arg, 7)
         np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(), err_msg=p)
 
@@ -156,7 +147,7 @@ def test_determinism_contract(path, dtype, rows, cols):
         one = (xa[0][t:t + 1], xa[1][t:t + 1]) if dtype == "q8_0" else x[t:t + 1]
         got = matmul(dtype, w, ws, rows, cols, one, 1)[0]
         if path == "amx":
-            with kernel_path("avx512"):
+            with using_kernels("avx512"):
                 np.testing.assert_array_equal(got, matmul(dtype, w, ws, rows, cols, one, 1)[0])
             np.testing.assert_allclose(got, full[t], rtol=1e-5, atol=1e-5 * np.abs(full).max())
         else:
@@ -181,7 +172,7 @@ def test_quantize_act_q8_same_on_every_path_and_follows_the_rule():
     x = (rng.standard_normal((3, 4096)) * rng.choice([1e-30, 1e-3, 1.0, 1e6], (3, 4096))).astype(np.float32)
     x[0, :32] = 0.0
     x[1, 32:64] = np.r_[127.0, np.arange(31) - 15.5]  # exact ties
-    with kernel_path("scalar"):
+    with using_kernels("scalar"):
         q0, d0 = quantize_act(x)
     blocks = x.reshape(-1, 32)
     d = np.abs(blocks).max(1) / np.float32(127)
@@ -193,7 +184,7 @@ def test_quantize_act_q8_same_on_every_path_and_follows_the_rule():
     np.testing.assert_array_equal(d0.ravel(), d)
     np.testing.assert_array_equal(q0.reshape(-1, 32), want.astype(np.int8))
     for p in PATHS:
-        with kernel_path(p):
+        with using_kernels(p):
             q, dd = quantize_act(x)
             np.testing.assert_array_equal(q, q0, err_msg=p)
             np.testing.assert_array_equal(dd, d0, err_msg=p)

@@ -4,7 +4,6 @@ gguf.quants.quantize writes interleaved 34-byte blocks [fp16 d | 32 int8]; lmpac
 planes (quants, scales), so the oracle's bytes are split before comparing. Every kernel path
 this CPU can run must give the same bytes, with any thread count.
 """
-import contextlib
 
 import gguf
 import numpy as np
@@ -15,18 +14,10 @@ from hypothesis.extra import numpy as hnp
 
 from lmpack import _core
 
+from kernel_tables import using_kernels  # tests/ is on sys.path
+
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
 PATHS = _core.kernel_paths()
-
-
-@contextlib.contextmanager
-def kernel_path(name):
-    before = _core.kernel_path()
-    _core.set_kernel_path(name)
-    try:
-        yield
-    finally:
-        _core.set_kernel_path(before)
 
 
 def oracle(x32):
@@ -55,7 +46,7 @@ def assert_same(got, want):
 def check_all_paths(x32):
     want = oracle(x32)
     for p in PATHS:
-        with kernel_path(p):
+        with using_kernels(p):
             assert_same(ours(x32, "f32"), want)
 
 
@@ -122,7 +113,7 @@ def test_denormal_to_huge_blocks_match_gguf(x):
 def test_f16_source_matches_gguf_on_upcast(x):
     want = oracle(x.astype(np.float32))
     for p in PATHS:
-        with kernel_path(p):
+        with using_kernels(p):
             assert_same(ours(x, "f16"), want)
 
 
@@ -133,7 +124,7 @@ def test_bf16_source_matches_gguf_on_upcast(bits):
     x32 = (bits.astype(np.uint32) << 16).view(np.float32)
     want = oracle(x32)
     for p in PATHS:
-        with kernel_path(p):
+        with using_kernels(p):
             assert_same(ours(bits, "bf16"), want)
 
 
@@ -162,7 +153,7 @@ def test_large_row_multithreaded_equals_single_threaded():
     x = (rng.standard_normal(32 * 4099) * rng.choice([1e-3, 1.0, 50.0], 32 * 4099)).astype(np.float32)
     want = oracle(x)
     for p in PATHS:
-        with kernel_path(p):
+        with using_kernels(p):
             one = ours(x, "f32", threads=1)
             assert_same(one, want)
             for t in (2, 3, 7, 5000):
@@ -181,7 +172,7 @@ def test_non_finite_refused_with_index(bad, dtype):
     else:
         src = (x.view(np.uint32) >> 16).astype(np.uint16)
     for p in PATHS:
-        with kernel_path(p):
+        with using_kernels(p):
             for threads in (1, 3):
                 with pytest.raises(ValueError, match=r"non-finite value at element 1234$"):
                     ours(src, dtype, threads=threads)

@@ -8,7 +8,6 @@ group boundaries, a distinct scale in every lane, fp16 scales at the subnormal a
 edges, 1/d overflowing, values near FLT_MAX, exact ties in even and odd positions (bf16 is
 split by parity), and non-finite values in the middle of a group.
 """
-import contextlib
 
 import gguf
 import numpy as np
@@ -18,22 +17,14 @@ from hypothesis import strategies as st
 
 from lmpack import _core
 
+from kernel_tables import using_kernels  # tests/ is on sys.path
+
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
 SIMD = [p for p in _core.kernel_paths() if p != "scalar"]
 DTYPES = ["f32", "f16", "bf16"]
 FLT_MAX = np.finfo(np.float32).max
 
 pytestmark = pytest.mark.skipif(not SIMD, reason="no SIMD kernel table on this CPU")
-
-
-@contextlib.contextmanager
-def kernel_path(name):
-    before = _core.kernel_path()
-    _core.set_kernel_path(name)
-    try:
-        yield
-    finally:
-        _core.set_kernel_path(before)
 
 
 def to_source(x32, dtype):
@@ -58,7 +49,7 @@ def oracle(x32):
 def quantize(path, src, dtype, threads=1):
     q = np.full(src.size, 99, np.int8)
     d = np.full(src.size // 32, 0xDEAD, np.uint16)
-    with kernel_path(path):
+    with using_kernels(path):
         _core.quantize_q8_0(src, dtype, q, d, threads=threads)
     return q, d
 
@@ -66,7 +57,7 @@ def quantize(path, src, dtype, threads=1):
 def quantize_act(path, x):
     q = np.full(x.size, 99, np.int8)
     d = np.full(x.size // 32, 12345.0, np.float32)
-    with kernel_path(path):
+    with using_kernels(path):
         _core._quantize_act_q8(np.ascontiguousarray(x, np.float32), q, d)
     return q, d
 
