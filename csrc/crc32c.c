@@ -20,13 +20,13 @@
  * chain. Three lanes already keep the CRC unit busy every cycle (about 3x the single chain on
  * cached data); buffers much larger than the cache are then limited by memory bandwidth.
  */
+#ifndef LMP_CRC32C_NO_PYTHON /* the C test harness compiles this file without Python */
+#include "pyapi.h"            /* Python.h first: it sets feature macros the C headers read */
+#endif
+
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-
-#ifndef LMP_CRC32C_NO_PYTHON /* the C test harness compiles this file without Python */
-#include "pyapi.h"
-#endif
 
 /* Lane lengths in bytes (multiples of 8, so every lane stays 8-byte aligned), and for each the
  * shift constants x^(8L - 33) and x^(16L - 33) mod P, bit-reflected like the CRC itself. */
@@ -110,7 +110,9 @@ static int crc32c_mul_available(void) { return __builtin_cpu_supports("pclmul");
 #define LMP_CRC32C_HW 1
 #include <arm_acle.h>
 #include <arm_neon.h>
+#if defined(__linux__)
 #include <sys/auxv.h>
+#endif
 #ifndef HWCAP_PMULL
 #define HWCAP_PMULL (1 << 4)
 #endif
@@ -128,8 +130,17 @@ MUL_TARGET static inline uint32_t shift2(uint32_t a, uint32_t ka, uint32_t b, ui
     uint64x2_t v = veorq_u64(vreinterpretq_u64_p128(pa), vreinterpretq_u64_p128(pb));
     return crc_word(0, vgetq_lane_u64(v, 0));
 }
+#if defined(__linux__)
 static int crc32c_hw_available(void) { return (getauxval(AT_HWCAP) & HWCAP_CRC32) != 0; }
 static int crc32c_mul_available(void) { return (getauxval(AT_HWCAP) & HWCAP_PMULL) != 0; }
+#elif defined(__APPLE__)
+/* every Apple arm64 CPU has the CRC and PMULL instructions (ARMv8.4 and later) */
+static int crc32c_hw_available(void) { return 1; }
+static int crc32c_mul_available(void) { return 1; }
+#else /* no way to ask here: the table path */
+static int crc32c_hw_available(void) { return 0; }
+static int crc32c_mul_available(void) { return 0; }
+#endif
 #endif
 
 #ifdef LMP_CRC32C_HW

@@ -88,8 +88,8 @@ def test_write_behind_starts_each_range_and_waits_for_the_previous(tiny_hf, tmp_
 
 def test_without_write_behind_the_writer_falls_back_to_fdatasync(tiny_hf, tmp_path, monkeypatch):
     synced = []
-    real_sync = os.fdatasync
-    monkeypatch.setattr(lmp.os, "fdatasync", lambda fd: (synced.append(fd), real_sync(fd)))
+    real_sync = lmp._fdatasync
+    monkeypatch.setattr(lmp, "_fdatasync", lambda fd: (synced.append(fd), real_sync(fd)))
     calls = []
     _convert_in_small_windows(tiny_hf, tmp_path / "x.lmp", calls, monkeypatch, supported=False)
     assert len(calls) == 1  # asked once, then never again

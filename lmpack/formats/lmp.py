@@ -67,6 +67,10 @@ class Q8Tensor(NamedTuple):
         return (q * self.scales.astype(np.float32)[:, :, None]).reshape(rows, cols)
 
 
+# macOS has no fdatasync; fsync does the job there
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
 def _crc_hex(crc: int) -> str:
     return f"{crc:08x}"
 
@@ -120,7 +124,7 @@ class _BackgroundWriter:
                     started = pos
                 elif not write_behind and pos - started >= self.SYNC_EVERY:
                     self._f.flush()
-                    os.fdatasync(fd)
+                    _fdatasync(fd)
                     started = pos
             except BaseException as e:  # noqa: BLE001 - re-raised in the producer's thread
                 self._error = e
