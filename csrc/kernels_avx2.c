@@ -85,7 +85,7 @@ INLINE __m256 ldm_bf16(const void *p, int64_t c, int64_t k) { return bf16_widen(
         int64_t c = 0;                                                                          \
         for (; c + 8 <= cols; c += 8) {                                                         \
             if (prefetch) /* see GEMV_SHORT_ROW */                                              \
-                GEMV_PREFETCH(w + GEMV_AHEAD_F + c * rm * ESIZE, rm * 8 * ESIZE);               \
+                GEMV_PREFETCH(w, GEMV_AHEAD_F + c * rm * ESIZE, rm * 8 * ESIZE);               \
             __m256 xv[FRN];                                                                     \
             UNROLL for (int j = 0; j < rn; j++) xv[j] = _mm256_loadu_ps(x + j * cols + c);     \
             UNROLL for (int i = 0; i < rm; i++) {                                               \
@@ -141,8 +141,8 @@ INLINE void qtile(const int8_t *wq, const uint16_t *ws, const lmp_q8_act *x, int
     const int prefetch = rn == 1 && cols < GEMV_SHORT_ROW;
     for (int64_t b = 0; b < nb; b++) {
         if (prefetch) { /* see GEMV_SHORT_ROW */
-            GEMV_PREFETCH(wq + GEMV_AHEAD_Q8 + b * LMP_QK * rm, rm * LMP_QK);
-            GEMV_PREFETCH((const char *)ws + GEMV_AHEAD_Q8 / 16 + b * 2 * rm, 1);
+            GEMV_PREFETCH(wq, GEMV_AHEAD_Q8 + b * LMP_QK * rm, rm * LMP_QK);
+            GEMV_PREFETCH(ws, GEMV_AHEAD_Q8 / 16 + b * 2 * rm, 1);
         }
         __m256i wv[QRM * 2], aw[QRM * 2];
         __m256 dw[QRM * 2];

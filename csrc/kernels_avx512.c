@@ -87,7 +87,7 @@ INLINE __m512 ldm_bf16(const void *p, int64_t c, __mmask16 m) {
         int64_t c = 0;                                                                          \
         for (; c + 16 <= cols; c += 16) {                                                       \
             if (prefetch) /* see GEMV_SHORT_ROW */                                              \
-                GEMV_PREFETCH(w + GEMV_AHEAD_F + c * rm * ESIZE, rm * 16 * ESIZE);              \
+                GEMV_PREFETCH(w, GEMV_AHEAD_F + c * rm * ESIZE, rm * 16 * ESIZE);              \
             __m512 xv[FRN];                                                                     \
             UNROLL for (int j = 0; j < rn; j++) xv[j] = _mm512_loadu_ps(x + j * cols + c);     \
             UNROLL for (int i = 0; i < rm; i++) {                                               \
@@ -149,8 +149,8 @@ INLINE void qtile(const int8_t *wq, const uint16_t *ws, const lmp_q8_act *x, int
     const int prefetch = rn == 1 && cols < GEMV_SHORT_ROW;
     for (int64_t b = 0; b < nb; b += 2) {
         if (prefetch) { /* see GEMV_SHORT_ROW */
-            GEMV_PREFETCH(wq + GEMV_AHEAD_Q8 + b * LMP_QK * rm, rm * 2 * LMP_QK);
-            GEMV_PREFETCH((const char *)ws + GEMV_AHEAD_Q8 / 16 + b * 2 * rm, 1);
+            GEMV_PREFETCH(wq, GEMV_AHEAD_Q8 + b * LMP_QK * rm, rm * 2 * LMP_QK);
+            GEMV_PREFETCH(ws, GEMV_AHEAD_Q8 / 16 + b * 2 * rm, 1);
         }
         const int two = b + 1 < nb;
         const __mmask64 m = two ? ~(__mmask64)0 : (__mmask64)0xffffffffu;

@@ -10,6 +10,8 @@
 #ifndef LMPACK_TILING_H
 #define LMPACK_TILING_H
 
+#include <stdint.h>
+
 /* Generation (one token) streams each weight row once, so it runs at memory speed only if lines
  * arrive before they are used. When rows are shorter than a page, a tile's rows are several short
  * streams sharing pages and the hardware prefetchers fall behind: on a 2-core Xeon, 768-column
@@ -23,9 +25,12 @@
 #define GEMV_AHEAD_F 16384    /* bytes ahead, f32/f16/bf16 weights */
 #define GEMV_AHEAD_Q8 8192    /* bytes ahead in the quants plane (scales: a sixteenth of it) */
 
-/* Prefetch the cache lines of [p, p + bytes): one GEMV step's worth, some distance ahead. */
-#define GEMV_PREFETCH(p, bytes)                                                                 \
-    for (int pf_ = 0; pf_ < (bytes); pf_ += 64) __builtin_prefetch((const char *)(p) + pf_, 0, 3)
+/* Prefetch the cache lines of [base + offset, base + offset + bytes): one GEMV step's worth, some
+ * distance ahead. The address is computed on integers: it may lie past the end of the weights,
+ * where forming a pointer by pointer arithmetic would be undefined. */
+#define GEMV_PREFETCH(base, offset, bytes)                                                      \
+    for (int pf_ = 0; pf_ < (bytes); pf_ += 64)                                                 \
+    __builtin_prefetch((const void *)((uintptr_t)(base) + (uintptr_t)(offset) + (uintptr_t)pf_), 0, 3)
 
 #define FCASE(T, RM, RN) case (RM) * 16 + (RN): T(w, x, cols, RM, RN, y, ldy); break;
 

@@ -27,8 +27,10 @@ PyObject *lmp_py_write_behind(PyObject *self, PyObject *args) {
         return NULL;
     }
 #if defined(__linux__) && defined(SYNC_FILE_RANGE_WRITE)
-    /* waiting: for the writes already started in the range (it was started one range ago) */
-    unsigned int flags = wait ? SYNC_FILE_RANGE_WAIT_BEFORE : SYNC_FILE_RANGE_WRITE;
+    /* waiting (on the range started one step ago): for its writes in flight, then for any page
+     * the first pass skipped, so no more than about two ranges are ever dirty */
+    unsigned int flags = wait ? SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
+                              : SYNC_FILE_RANGE_WRITE;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = sync_file_range(fd, (off_t)offset, (off_t)nbytes, flags);

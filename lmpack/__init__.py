@@ -7,9 +7,18 @@
 """
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING
+
 from lmpack.errors import LmpackError  # noqa: E402
 
+if TYPE_CHECKING:  # type checkers see the real names; at run time they load on first use
+    from lmpack.runtime.model import Model, load
+
 __all__ = ["LmpackError", "Model", "load", "__version__"]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__} - {"TYPE_CHECKING"})
 
 
 def __getattr__(name: str):

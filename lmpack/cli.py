@@ -10,10 +10,6 @@ import contextlib
 import functools
 import os
 import sys
-
-# The command line never calls BLAS, and numpy's BLAS threads, started at import, spin for a while
-# on the same cores as the converter and the runtime's own threads. Set before numpy loads.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from pathlib import Path
 from typing import List, Optional
 
@@ -67,8 +63,23 @@ KEEP_HELP = ("With q8_0: glob of tensor names to keep in source precision, e.g. 
              "'model.embed_tokens.weight'; repeatable.")
 
 
+def without_blas_threads(fn):
+    """For commands that never call BLAS (all but `verify --against`, whose numpy reference does):
+    numpy's BLAS threads, started when numpy loads, spin for a while on the same cores as the
+    converter's and the runtime's own threads. numpy loads lazily, inside the command, so this
+    takes effect; a value the user set is kept."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @app.command()
 @handles_errors
+@without_blas_threads
 def convert(
     src: Path = typer.Argument(..., help="Checkpoint folder: HF (config.json + *.safetensors or pytorch_model*.bin "
                                          "+ tokenizer.model) or Meta (params.json + consolidated.NN.pth + tokenizer.model)."),
@@ -91,6 +102,7 @@ def convert(
 
 @app.command()
 @handles_errors
+@without_blas_threads
 def quantize(
     src: Path = typer.Argument(..., help="An .lmp file with f32, f16 or bf16 weights."),
     output: Path = typer.Option(..., "-o", "--output", help="The .lmp file to write (written atomically)."),
@@ -117,6 +129,7 @@ def quantize(
 
 @app.command()
 @handles_errors
+@without_blas_threads
 def run(
     file: Path = typer.Argument(..., help="The .lmp model file."),
     prompt: str = typer.Option("", "-p", "--prompt", help="Text to continue (BOS is prepended)."),
@@ -151,6 +164,7 @@ def run(
 
 @app.command()
 @handles_errors
+@without_blas_threads
 def demo(
     src: Optional[Path] = typer.Option(None, "--src", help="Checkpoint folder to use instead of the model shipped with lmpack."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Keep the .lmp files here (default: a temporary folder, removed at the end)."),
@@ -219,6 +233,7 @@ def _core_path() -> str:
 
 @app.command()
 @handles_errors
+@without_blas_threads
 def inspect(file: Path = typer.Argument(..., help="The .lmp file to describe.")):
     """Show a file's config, tokenizer, provenance and tensor directory."""
     from lmpack.formats.lmp import LmpReader
@@ -252,6 +267,7 @@ def inspect(file: Path = typer.Argument(..., help="The .lmp file to describe."))
 
 @app.command()
 @handles_errors
+@without_blas_threads
 def chat(
     file: Path = typer.Argument(..., help="The .lmp model file."),
     system: Optional[str] = typer.Option(None, "--system", help="System prompt (Llama 2 chat format only)."),

@@ -4,6 +4,7 @@ seeded output equal to the Python API's), and the help text of every command.
 """
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -145,3 +146,18 @@ def test_cli_logits_agree_with_bf16_reference(cli_bf16, tiny_hf):
         ref = ref_model(torch.tensor([ids]), use_cache=False).logits[0].numpy()
     got = lmpack.load(out).logits(ids)
     assert np.abs(got - ref).max() < 1e-3 * ref.std()
+
+
+@pytest.mark.parametrize("command, quiet", [("inspect", True), ("verify", False)])
+def test_blas_threads_are_quieted_only_where_blas_is_never_called(cli_bf16, command, quiet, monkeypatch):
+    """`verify --against` runs a numpy reference forward pass, which wants BLAS threads; the
+    other commands never call BLAS, and numpy's idle BLAS threads would spin beside theirs."""
+    from typer.testing import CliRunner
+
+    from lmpack.cli import app
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "")  # records the variable, so it is restored afterwards
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    result = CliRunner().invoke(app, [command, str(cli_bf16[0])])
+    assert result.exit_code == 0, result.output
+    assert (os.environ.get("OPENBLAS_NUM_THREADS") == "1") == quiet

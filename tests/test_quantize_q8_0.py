@@ -58,8 +58,10 @@ f32_rows = st.integers(1, 6).flatmap(lambda nb: hnp.arrays(np.float32, nb * 32, 
 
 @st.composite
 def tie_rows(draw):
-    """Blocks whose amax is 127 * 2^e, so d and 1/d are exact and x*id hits k + 0.5 exactly."""
-    nb = draw(st.integers(1, 4))
+    """Blocks whose amax is 127 * 2^e, so d and 1/d are exact and x*id hits k + 0.5 exactly.
+    Up to 40 blocks, so the SIMD quantizers' 16-block (AVX-512) and 8-block (AVX2) groups and
+    their one-block tails are all reached."""
+    nb = draw(st.integers(1, 40))
     out = []
     for _ in range(nb):
         e = draw(st.integers(-100, 100))
@@ -72,8 +74,9 @@ def tie_rows(draw):
 
 @st.composite
 def scaled_normal_rows(draw):
-    """Random normals times a per-block magnitude from denormal to near FLT_MAX, mixed signs."""
-    nb = draw(st.integers(1, 8))
+    """Random normals times a per-block magnitude from denormal to near FLT_MAX, mixed signs, in
+    up to 40 blocks (whole SIMD groups and tails)."""
+    nb = draw(st.integers(1, 40))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     mags = np.array(draw(st.lists(st.sampled_from(
@@ -118,7 +121,7 @@ def test_f16_source_matches_gguf_on_upcast(x):
 
 
 @SETTINGS
-@given(st.integers(1, 6).flatmap(lambda nb: hnp.arrays(np.uint16, nb * 32)))
+@given(st.integers(1, 40).flatmap(lambda nb: hnp.arrays(np.uint16, nb * 32)))
 def test_bf16_source_matches_gguf_on_upcast(bits):
     bits = np.where((bits & 0x7F80) == 0x7F80, bits & 0x807F, bits).astype(np.uint16)  # finite only
     x32 = (bits.astype(np.uint32) << 16).view(np.float32)

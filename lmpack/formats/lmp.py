@@ -71,6 +71,19 @@ class Q8Tensor(NamedTuple):
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a folder that cannot be opened (or a platform that cannot open folders)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder; the data itself is synced
+        pass
+    finally:
+        os.close(fd)
+
+
 def _crc_hex(crc: int) -> str:
     return f"{crc:08x}"
 
@@ -85,11 +98,11 @@ class _BackgroundWriter:
     Encoding a chunk (casting, quantizing, checksumming: C code that releases the GIL) then
     overlaps the write of the previous one. The file has to reach the disk before it is renamed
     into place, and waiting for that at the end would idle the CPU while the disk works; so every
-    WRITE_BEHIND bytes the thread starts the disk write of the range just completed and waits for
-    the one before it (`_core.write_behind`, Linux's sync_file_range): encoding, copying and the
-    disk then run at once and dirty memory stays near two ranges. Where that call is missing it
-    falls back to an fdatasync every SYNC_EVERY bytes. The queue is short, so at most a few
-    chunks are in flight.
+    WRITE_BEHIND bytes the thread waits for the range it started last time and starts the disk
+    write of the range just completed (`_core.write_behind`, Linux's sync_file_range): encoding,
+    copying and the disk then run at once and dirty memory stays at about two ranges. Where that
+    call is missing it falls back to an fdatasync every SYNC_EVERY bytes. The queue is short, so
+    at most a few chunks are in flight.
     """
 
     WRITE_BEHIND = 64 << 20
@@ -105,7 +118,8 @@ class _BackgroundWriter:
 
     def _run(self) -> None:
         fd = self._f.fileno()
-        started = self._f.tell()  # the disk write of everything below `started` has been started
+        # the disk write of everything below `started` has been started, and waited for below `previous`
+        started = previous = self._f.tell()
         write_behind = True
         while (buf := self._queue.get()) is not None:
             if self._error is not None:
@@ -118,10 +132,11 @@ class _BackgroundWriter:
                 pos = self._f.tell()
                 if write_behind and pos - started >= self.WRITE_BEHIND:
                     self._f.flush()
-                    # wait for the previous range, then start this one
-                    write_behind = (started == 0 or _core.write_behind(fd, 0, started, True)) and \
-                        _core.write_behind(fd, started, pos - started, False)
-                    started = pos
+                    # wait for the range started last time, then start this one
+                    if started > previous:
+                        write_behind = _core.write_behind(fd, previous, started - previous, True)
+                    write_behind = write_behind and _core.write_behind(fd, started, pos - started, False)
+                    previous, started = started, pos
                 elif not write_behind and pos - started >= self.SYNC_EVERY:
                     self._f.flush()
                     _fdatasync(fd)
@@ -276,6 +291,7 @@ class LmpWriter:
         os.fsync(self._f.fileno())
         self._f.close()
         os.replace(self._tmp, self.path)
+        _fsync_dir(self.path.parent)  # the rename itself survives a crash only once its folder is synced
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
