@@ -9,7 +9,7 @@ prompt step and should be bound by arithmetic (GFLOP/s). Times are the calling t
 
 --gemv-rows instead streams one large matrix (--mib, far beyond the L3) through the generation
 GEMV on --threads threads, for each row length given, and prints the wall-clock GB/s: the number
-the GEMV's prefetch distances and its short-row rule (csrc/kernels_avx512.c) were tuned on.
+the GEMV's prefetch distances and its short-row rule (csrc/tiling.h) were tuned on.
 
     python benchmarks/bench_kernels.py --gemv-rows 768,2048,5632 --dtypes bf16,q8_0 --threads 2
 """
