@@ -7,15 +7,16 @@ tensors from a single or sharded safetensors checkpoint without copying them.
 """
 from __future__ import annotations
 
-import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
-from lmpack.errors import LmpackError
+from lmpack.errors import LmpackError, LmpackWarning, brief
 from lmpack.formats.config import ModelConfig
+from lmpack.formats.jsonfile import read_json
 from lmpack.formats.safetensors import SafetensorsFile
 
 SUPPORTED_MODEL_TYPES = ("llama",)
@@ -24,12 +25,7 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LmpackError(f"{path.parent}: no {path.name}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LmpackError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path)
 
 
 def _rope(cfg: dict[str, Any], where: str) -> tuple[float, dict[str, Any] | None]:
@@ -60,10 +56,23 @@ def _chat_format(folder: Path) -> str | None:
     if not path.is_file():
         return None
     try:
-        template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        template = read_json(path).get("chat_template")
+    except (LmpackError, AttributeError):
         return None
     return "llama2" if isinstance(template, str) and "[INST]" in template else None
+
+
+def _tie_embeddings(cfg: dict[str, Any], where: str) -> bool:
+    """`tie_word_embeddings` as transformers reads it (any truthy value ties), with a warning when
+    it is not a JSON boolean: the string "false" is true to transformers, and lm_head is dropped."""
+    value = cfg.get("tie_word_embeddings", False)
+    if value is not None and not isinstance(value, bool):
+        tied = bool(value) if isinstance(value, (str, int, float, list, dict)) else True
+        warnings.warn(f"{where}: tie_word_embeddings is {brief(value, 40)}, not true or false; transformers reads it "
+                      f"as {str(tied).lower()}, and so does lmpack{' (lm_head.weight is ignored)' if tied else ''}",
+                      LmpackWarning, stacklevel=2)
+        return tied
+    return bool(value)
 
 
 def config_from_hf(cfg: Any, where: str, chat_format: str | None = None) -> ModelConfig:
@@ -72,12 +81,12 @@ def config_from_hf(cfg: Any, where: str, chat_format: str | None = None) -> Mode
         raise LmpackError(f"{where}: expected a JSON object")
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise LmpackError(f"{where}: unsupported model_type {model_type!r} (lmpack supports: llama)")
+        raise LmpackError(f"{where}: unsupported model_type {brief(model_type)} (lmpack supports: llama)")
     for key in ("attention_bias", "mlp_bias"):
         if cfg.get(key):
             raise LmpackError(f"{where}: {key}=true is not supported")
     if cfg.get("hidden_act", "silu") != "silu":
-        raise LmpackError(f"{where}: hidden_act {cfg.get('hidden_act')!r} is not supported (only silu)")
+        raise LmpackError(f"{where}: hidden_act {brief(cfg.get('hidden_act'))} is not supported (only silu)")
 
     def need(key: str) -> Any:
         if cfg.get(key) is None:
@@ -103,7 +112,7 @@ def config_from_hf(cfg: Any, where: str, chat_format: str | None = None) -> Mode
         "norm_eps": cfg.get("rms_norm_eps", 1e-6),
         "rope_theta": theta,
         "rope_scaling": scaling,
-        "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        "tie_embeddings": _tie_embeddings(cfg, where),
         "max_context": cfg.get("max_position_embeddings", 2048),
         "bos_id": 1 if bos is None else bos,
         "eos_ids": [e for e in eos_ids if e is not None] or [2],
@@ -127,10 +136,10 @@ def shard_files(folder: Path, index_name: str, single_name: str, pattern: str) -
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise LmpackError(f"{index}: no weight_map")
-        names = set(weight_map.values())
-        bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
+        bad = [n for n in weight_map.values() if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
         if bad:
-            raise LmpackError(f"{index}: shard name {bad[0]!r} is not a plain file name in the folder")
+            raise LmpackError(f"{index}: shard name {brief(bad[0])} is not a plain file name in the folder")
+        names = set(weight_map.values())
         files = sorted(folder / f for f in names)
         missing = [f for f in files if not f.is_file()]
         if missing:

@@ -6,14 +6,14 @@ and no tensor is copied unless torch saved it as a non-contiguous view.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from lmpack.convert.hf import IGNORED_SUFFIXES, read_hf_config, shard_files
 from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
-from lmpack.errors import LmpackError
+from lmpack.errors import LmpackError, brief
+from lmpack.formats.jsonfile import read_json
 from lmpack.formats.torchzip import TorchFile, TorchTensor
 
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -27,16 +27,13 @@ def read_bin_index(folder: Path) -> dict[str, str] | None:
     path = folder / BIN_INDEX
     if not path.is_file():
         return None
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LmpackError(f"{path}: not valid JSON ({e})") from None
+    index = read_json(path)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise LmpackError(f"{path}: no weight_map")
     for name, file in weight_map.items():
         if not isinstance(file, str) or not file or Path(file).name != file or file in (".", ".."):
-            raise LmpackError(f"{path}: tensor '{name}' maps to {file!r}, not a file name in the folder")
+            raise LmpackError(f"{path}: tensor '{name}' maps to {brief(file)}, not a file name in the folder")
     return weight_map
 
 

@@ -7,7 +7,6 @@ order, so a Meta folder yields exactly the numbers of its HF twin.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -17,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
-from lmpack.errors import LmpackError
-from lmpack.formats.config import ModelConfig
+from lmpack.errors import LmpackError, brief
+from lmpack.formats.config import ModelConfig, _finite
+from lmpack.formats.jsonfile import read_json
 from lmpack.formats.torchzip import FLOAT_DTYPES, TorchFile, TorchTensor
 
 SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth")
@@ -136,12 +136,7 @@ class MetaSource(FolderSource):
 
     def _read_params(self) -> dict[str, Any]:
         path = self.folder / "params.json"
-        try:
-            params = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise LmpackError(f"{self.folder}: no params.json") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise LmpackError(f"{path}: not valid JSON ({e})") from None
+        params = read_json(path)
         if not isinstance(params, dict):
             raise LmpackError(f"{path}: expected a JSON object")
         return params
@@ -156,7 +151,7 @@ class MetaSource(FolderSource):
         if not found:
             raise LmpackError(f"{self.folder}: no consolidated.NN.pth files")
         if sorted(found) != list(range(len(found))):
-            missing = min(set(range(max(found) + 1)) - set(found))
+            missing = next(i for i in range(len(found)) if i not in found)
             raise LmpackError(f"{self.folder}: model-parallel shard {missing} of {max(found) + 1} is missing")
         return [found[i] for i in range(len(found))]
 
@@ -202,7 +197,7 @@ class MetaSource(FolderSource):
                 raise LmpackError(f"{self.folder / 'params.json'}: missing field '{key}'")
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            raise LmpackError(f"{self.folder / 'params.json'}: field '{key}' must be an integer, got {value!r}")
+            raise LmpackError(f"{self.folder / 'params.json'}: field '{key}' must be an integer, got {brief(value)}")
         return value
 
     def _float(self, key: str, default: Any = ...) -> float:
@@ -211,8 +206,8 @@ class MetaSource(FolderSource):
             if default is ...:
                 raise LmpackError(f"{self.folder / 'params.json'}: missing field '{key}'")
             return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise LmpackError(f"{self.folder / 'params.json'}: field '{key}' must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+            raise LmpackError(f"{self.folder / 'params.json'}: field '{key}' must be a number, got {brief(value)}")
         return float(value)
 
     def _special_ids(self) -> tuple[int, int, int]:
@@ -221,7 +216,7 @@ class MetaSource(FolderSource):
 
         sp = spm.SentencePieceProcessor()
         try:
-            sp.LoadFromSerializedProto(self._tokenizer.read_bytes())
+            sp.LoadFromSerializedProto(self.tokenizer_bytes())
         except Exception:
             raise LmpackError(f"{self._tokenizer}: not a sentencepiece model (Llama 3's tiktoken "
                               f"tokenizer.model is not supported)") from None

@@ -60,6 +60,7 @@ def run(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[str
     if dtype not in TARGET_DTYPES:
         raise LmpackError(f"unknown dtype '{dtype}' (choose from {', '.join(TARGET_DTYPES)})")
     out = Path(out)
+    refuse_overwriting_inputs(out, input_paths(source))
     config = source.config()
     specs = source.tensor_specs()
     plan = [(s.name, target_dtype(s, dtype, keep), s.shape) for s in specs]
@@ -86,6 +87,48 @@ def run(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[str
                                 on_written=(lambda name=name: release(name)) if release else None)
             del x
     return out
+
+
+# Files beside a checkpoint that a source reads besides its shards.
+_SIDE_FILES = ("config.json", "params.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+               "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def input_paths(source: Source) -> list[Path]:
+    """Every file `source` reads: its shards, its config and tokenizer files, or its `.lmp`."""
+    paths = []
+    folder = getattr(source, "folder", None)
+    if folder is not None:
+        paths += [Path(folder) / f.name for f in source.info.files]
+        paths += [Path(folder) / name for name in _SIDE_FILES]
+    for attr in ("_tokenizer",):
+        if getattr(source, attr, None) is not None:
+            paths.append(Path(getattr(source, attr)))
+    reader = getattr(source, "_reader", None)
+    if reader is not None:
+        paths.append(Path(reader.path))
+    return paths
+
+
+def refuse_overwriting_inputs(out: Path, inputs: Sequence[Path]) -> None:
+    """An LmpackError if `out` is, or resolves to (through symbolic or hard links), one of `inputs`:
+    the atomic rename at the end would otherwise replace a source file with the output."""
+    import os
+
+    try:
+        target = out.resolve()
+        out_stat = os.stat(out) if out.exists() else None
+    except (OSError, RuntimeError):  # a symlink loop: the writer reports it when it opens the path
+        return
+    for p in inputs:
+        try:
+            if not p.exists():
+                continue
+            same = p.resolve() == target or (out_stat is not None and os.path.samestat(os.stat(p), out_stat))
+        except (OSError, RuntimeError):
+            continue
+        if same:
+            raise LmpackError(f"{out}: is one of the input files ({p}); write the output to a different file")
 
 
 def _progress(description: str):

@@ -23,8 +23,9 @@ from typing import Any, Callable, Iterable, NamedTuple
 import numpy as np
 
 from lmpack import _core
-from lmpack.errors import LmpackError
+from lmpack.errors import LmpackError, brief
 from lmpack.formats.config import ModelConfig, expected_tensors
+from lmpack.formats.jsonfile import parse_json
 from lmpack.formats.mmaps import drop_pages, open_readonly
 from lmpack.formats.dtypes import ALIGN, DTYPES, Q8_0_BLOCK, align_up, numpy_dtype, q8_0_planes, tensor_nbytes
 
@@ -358,9 +359,9 @@ class LmpReader:
         if _core.crc32c(raw) != header_crc:
             raise self._fail("corrupt header (checksum mismatch)")
         try:
-            header = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise self._fail(f"corrupt header (not JSON: {e})") from None
+            header = parse_json(raw, "header")
+        except LmpackError as e:
+            raise self._fail(f"corrupt {e}") from None
         if not isinstance(header, dict) or not all(k in header for k in ("config", "tokenizer", "tensors")):
             raise self._fail("corrupt header (missing config, tokenizer or tensors)")
         self.header = header
@@ -370,7 +371,7 @@ class LmpReader:
         ranges = []
         tok = header["tokenizer"]
         if not isinstance(tok, dict) or tok.get("kind") not in TOKENIZER_KINDS:
-            raise self._fail(f"unsupported tokenizer {tok.get('kind') if isinstance(tok, dict) else tok!r}")
+            raise self._fail(f"unsupported tokenizer {brief(tok.get('kind') if isinstance(tok, dict) else tok)}")
         self.tokenizer_entry = self._entry({"name": "<tokenizer>", "dtype": "u8", **tok}, size, raw_bytes=True)
         ranges.append((self.tokenizer_entry.offset, self.tokenizer_entry.nbytes, "tokenizer"))
 
@@ -415,14 +416,15 @@ class LmpReader:
         if raw_bytes:
             shape = [nbytes] if isinstance(nbytes, int) else None
         elif dtype not in DTYPES:
-            raise self._fail(f"tensor '{name}' has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-            raise self._fail(f"tensor '{name}' has a bad shape {shape!r}")
+            raise self._fail(f"tensor '{name}' has unknown dtype {brief(dtype)}")
+        if not isinstance(shape, list) or not 0 < len(shape) <= 8 or \
+                not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 1 << 48 for d in shape):
+            raise self._fail(f"tensor '{name}' has a bad shape {brief(shape)}")
         for key, v in (("offset", offset), ("nbytes", nbytes)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise self._fail(f"tensor '{name}' has a bad {key} {v!r}")
+                raise self._fail(f"tensor '{name}' has a bad {key} {brief(v)}")
         if not isinstance(crc, str) or len(crc) != 8 or any(c not in "0123456789abcdef" for c in crc):
-            raise self._fail(f"tensor '{name}' has a bad checksum field {crc!r}")
+            raise self._fail(f"tensor '{name}' has a bad checksum field {brief(crc)}")
         if not raw_bytes:
             try:
                 want = tensor_nbytes(dtype, tuple(shape))
