@@ -15,6 +15,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from lmpack.errors import LmpackError
@@ -33,11 +34,35 @@ def _fail(message: str, code: int = 1) -> "typer.Exit":
     return typer.Exit(code)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT, so that whatever
+    is being written is cleaned up on the way out (and `except KeyboardInterrupt` in the chat loop,
+    which means "stop this reply", does not swallow it)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _catch_signals() -> None:
+    """From here on Ctrl-C and SIGTERM unwind the command (temp files removed) instead of ending
+    the process where it stands (see lmpack/__main__.py for the time before)."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (an embedding application): leave its handlers alone
+        pass
+
+
 def handles_errors(fn):
     """Run a command, turning bad input into a one-line error and a non-zero exit."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        _catch_signals()
+        _show_warnings()
         try:
             return fn(*args, **kwargs)
         except LmpackError as e:
@@ -45,6 +70,9 @@ def handles_errors(fn):
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
+        except Terminated:
+            err.print("terminated")
+            raise typer.Exit(143) from None
         except OSError as e:
             raise _fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}") from None
         except MemoryError:
@@ -55,6 +83,30 @@ def handles_errors(fn):
             raise _fail(f"internal error: {type(e).__name__}: {e} (set LMPACK_DEBUG=1 for a traceback)", 2) from None
 
     return wrapper
+
+
+def _utf8(text: str, what: str) -> str:
+    """`text` if it encodes as UTF-8; bytes that are not UTF-8 reach Python as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise LmpackError(f"{what} is not valid UTF-8 text (at character {e.start})") from None
+    return text
+
+
+def _show_warnings() -> None:
+    """lmpack's warnings (LmpackWarning) as one `warning:` line each on stderr, not markup."""
+    import warnings
+
+    from lmpack.errors import LmpackWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, LmpackWarning):
+            err.print(f"[yellow]warning:[/] {rich_escape(str(message))}", highlight=False, soft_wrap=True)
+        else:
+            warnings._showwarnmsg_impl(warnings.WarningMessage(message, category, filename, lineno, file, line))
+
+    warnings.showwarning = show
 
 
 DTYPE_HELP = ("Stored type of the weight matrices: auto keeps the source's (bf16 stays bf16), f32, f16, bf16, "
@@ -146,6 +198,7 @@ def run(
 
     if n < 0:
         raise LmpackError("--max-tokens must be >= 0")
+    _utf8(prompt, "the prompt")
     m = load(file, threads=threads, max_context=ctx)
     pieces = m.generate(prompt, max_tokens=n, temperature=temperature, top_p=top_p, seed=seed,
                         stop_at_eos=not ignore_eos)  # checks the sampling options before any output
@@ -296,10 +349,12 @@ def chat(
     turn_seed = seed
     while True:
         try:
-            line = input("> " if interactive else "")
+            line = _utf8(input("> " if interactive else ""), "the input line")
         except (EOFError, KeyboardInterrupt):
             err.print("")
             break
+        except UnicodeDecodeError as e:
+            raise LmpackError(f"the input is not valid UTF-8 text (byte {e.start} of the line)") from None
         if line.strip() == "/exit":
             break
         if line.strip() == "/reset":

@@ -73,7 +73,7 @@ def run(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[str
     writer = LmpWriter(out, config, source.tokenizer_bytes(), plan, provenance)
     total = sum(e.nbytes for e in writer.entries)
     bar = _progress(description) if progress else None
-    with bar or contextlib.nullcontext(), writer:
+    with _quiet_on_failure(bar), writer:
         task = bar.add_task(description, total=total, name=out.name) if bar else None
         for (name, dst, _), spec in zip(plan, specs):
             x = source.load(name)
@@ -129,6 +129,23 @@ def refuse_overwriting_inputs(out: Path, inputs: Sequence[Path]) -> None:
             continue
         if same:
             raise LmpackError(f"{out}: is one of the input files ({p}); write the output to a different file")
+
+
+@contextlib.contextmanager
+def _quiet_on_failure(bar):
+    """Run `bar` (or nothing) around the conversion; if it fails, the bar leaves no line behind, so
+    the error is the only thing a failed command prints."""
+    if bar is None:
+        yield
+        return
+    with bar:
+        try:
+            yield
+        except BaseException:
+            bar.live.transient = True  # a terminal: the drawn bar is erased
+            if not bar.console.is_terminal:
+                bar.console.quiet = True  # a pipe or file: the final frame is not printed
+            raise
 
 
 def _progress(description: str):

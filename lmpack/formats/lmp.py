@@ -85,6 +85,61 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _lock(fd: int, blocking: bool) -> bool:
+    """An exclusive advisory lock on an open file (released when the process ends, however it
+    ends); False if another process holds it. Always True where flock does not exist."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except (BlockingIOError, PermissionError):
+        return False
+    except OSError:  # a file system without locks: treat every temp file as in use
+        return False
+    return True
+
+
+def remove_stale_temps(path: Path, keep: Path | None = None) -> list[Path]:
+    """Delete the temp files an earlier writer to `path` left behind when it was killed (SIGKILL,
+    a power cut): names `.NAME.XXXXXXXX.tmp` beside it, regular files of this user that no live
+    writer holds locked. Returns what was removed."""
+    import re
+    import stat
+
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
+    removed = []
+    try:
+        names = [n for n in os.listdir(path.parent) if pattern.fullmatch(n)]
+    except OSError:
+        return removed
+    for name in names:
+        p = path.parent / name
+        if keep is not None and p == keep:
+            continue
+        try:
+            st = os.lstat(p)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            continue
+        try:
+            fst = os.fstat(fd)
+            # A writer locks its file right after creating it: an empty file that is seconds old
+            # may be one that is not locked yet, and is left for next time.
+            fresh = fst.st_size == 0 and abs(datetime.datetime.now().timestamp() - fst.st_mtime) < 5
+            if not fresh and _lock(fd, blocking=False) and os.path.samestat(fst, os.lstat(p)):
+                os.unlink(p)
+                removed.append(p)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 def _crc_hex(crc: int) -> str:
     return f"{crc:08x}"
 
@@ -228,6 +283,8 @@ class LmpWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         self._tmp = Path(tmp)
         self._f = os.fdopen(fd, "wb")
+        _lock(fd, blocking=True)  # held until the file is renamed: marks it as in use
+        remove_stale_temps(self.path, keep=self._tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; the output gets the usual permissions
@@ -290,14 +347,18 @@ class LmpWriter:
         self._f.write(header)
         self._f.flush()
         os.fsync(self._f.fileno())
-        self._f.close()
+        # renamed while still open and locked, so no other writer takes it for a stale temp file
         os.replace(self._tmp, self.path)
+        self._tmp = None
+        self._f.close()
         _fsync_dir(self.path.parent)  # the rename itself survives a crash only once its folder is synced
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
                 self._finish()
+        except OSError as e:
+            raise self._write_error(e) from None
         finally:
             if self._out is not None:
                 try:
@@ -308,6 +369,15 @@ class LmpWriter:
                 self._f.close()
             if self._tmp is not None and self._tmp.exists():
                 self._tmp.unlink()
+        if isinstance(exc, OSError) and not getattr(exc, "filename", None):
+            raise self._write_error(exc) from None
+
+    def _write_error(self, e: OSError) -> LmpackError:
+        """An error writing the output (a full disk, a quota, an I/O error) that names the file;
+        the background writer's OSError carries no file name."""
+        if e.filename:
+            return LmpackError(f"{e.filename}: {e.strerror or e}")
+        return LmpackError(f"{self.path}: cannot write ({e.strerror or e}); nothing was written")
 
 
 # --------------------------------------------------------------------------------------------
