@@ -45,6 +45,37 @@ def cast_chunks(x: np.ndarray, src: str, dst: str) -> Iterator[memoryview]:
         yield memoryview(out).cast("B")
 
 
+def check_runnable(config, tokenizer: bytes, where: str) -> None:
+    """Refuse, before writing, what would make a file that loads but cannot run: a tokenizer that
+    does not load, or RoPE parameters whose frequencies are not finite positive float32 numbers
+    (rope_theta 1e-300, a scaling factor of 5e-324)."""
+    from lmpack.runtime.model import rope_inv_freq
+    from lmpack.runtime.tokenizer import Tokenizer
+
+    try:
+        Tokenizer(tokenizer, config.bos_id, config.eos_ids, config.vocab_size)
+    except LmpackError as e:
+        raise LmpackError(f"{where}: the tokenizer cannot be used ({e})") from None
+    with np.errstate(all="ignore"):
+        inv = rope_inv_freq(config)
+    if not (np.isfinite(inv).all() and (inv > 0).all()):
+        raise LmpackError(f"rope_theta {config.rope_theta} with rope_scaling {config.rope_scaling} gives RoPE "
+                          f"frequencies that are not finite positive float32 numbers")
+
+
+def check_finite(name: str, x: np.ndarray, dtype: str) -> None:
+    """Refuse a tensor holding NaN or Inf: the file would load, and then every logit it computes
+    would be NaN. A bit test per element in C, at memory speed."""
+    if dtype not in FLOAT_DTYPES or x.size == 0:
+        return
+    from lmpack import _core
+
+    bad = _core.count_nonfinite(np.ascontiguousarray(x), dtype)
+    if bad:
+        raise LmpackError(f"tensor '{name}' holds {bad} NaN/Inf value{'s' if bad > 1 else ''}; a model with them "
+                          f"computes NaN logits (repair the checkpoint)")
+
+
 def encode(name: str, x: np.ndarray, src: str, dst: str, threads: int | None) -> Iterator[memoryview]:
     if dst == "q8_0":
         from lmpack.quantize import q8_0_chunks
@@ -70,7 +101,9 @@ def run(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[str
         "source_files": [{"name": f.name, "size": f.size} for f in source.info.files],
         "dtype": stored.pop() if len(stored) == 1 else "mixed",
     }
-    writer = LmpWriter(out, config, source.tokenizer_bytes(), plan, provenance)
+    tokenizer = source.tokenizer_bytes()
+    check_runnable(config, tokenizer, str(getattr(source, "_tokenizer", None) or f"{source.info.kind} source"))
+    writer = LmpWriter(out, config, tokenizer, plan, provenance)
     total = sum(e.nbytes for e in writer.entries)
     bar = _progress(description) if progress else None
     with _quiet_on_failure(bar), writer:
@@ -79,6 +112,7 @@ def run(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[str
             x = source.load(name)
             if tuple(x.shape) != spec.shape:
                 raise LmpackError(f"tensor '{name}': source gave shape {list(x.shape)}, expected {list(spec.shape)}")
+            check_finite(name, x, spec.dtype)
             if bar:
                 bar.update(task, description=f"{description} {name}")
             release = getattr(source, "release", None)

@@ -56,6 +56,10 @@ class ChatSession:
         """Stream the model's reply to one user message; raises ContextFull before starting if
         the message cannot fit, and stops early (stats.stopped_by == "context") if the reply fills it."""
         ids = [*self._pending, *self._turn_ids(user)]
+        if self.pos and not self.model.owns_cache(self):
+            # Something else ran on this model since the last turn: rebuild the cache from the
+            # conversation so far instead of continuing from another context.
+            ids, self.pos, self.history = self.history + ids, 0, []
         if self.pos + len(ids) >= self.model.n_ctx:
             raise ContextFull(f"the conversation needs {self.pos + len(ids)} tokens; the context holds {self.model.n_ctx}")
         self._turns += 1
@@ -63,7 +67,7 @@ class ChatSession:
         generated: list[int] = []
         start = self.pos
         try:
-            yield from self.model.continue_from(ids, start, sampler, max_tokens, stop_at_eos, generated)
+            yield from self.model.continue_from(ids, start, sampler, max_tokens, stop_at_eos, generated, owner=self)
         finally:
             # Everything fed so far is in the cache; the last sampled id is not.
             self.pos = start + len(ids) + max(0, len(generated) - 1)
