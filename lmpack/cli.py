@@ -278,6 +278,10 @@ def demo(
             err.print(f"kept {full} and {q8}", highlight=False)
 
 
+def _mb(size) -> str:
+    return f"{size / 1e6:.1f} MB" if isinstance(size, (int, float)) and not isinstance(size, bool) else "? MB"
+
+
 def _core_path() -> str:
     from lmpack import _core
 
@@ -305,9 +309,10 @@ def inspect(file: Path = typer.Argument(..., help="The .lmp file to describe."))
         for k in ("source_kind", "dtype", "lmpack_version", "created"):
             if k in prov:
                 t.add_row(k, str(prov[k]))
-        files = prov.get("source_files") or []
+        files = prov.get("source_files")
+        files = [f for f in files if isinstance(f, dict)] if isinstance(files, list) else []
         if files:
-            t.add_row("source_files", ", ".join(f"{f.get('name')} ({f.get('size', 0) / 1e6:.1f} MB)" for f in files[:8]) +
+            t.add_row("source_files", ", ".join(f"{f.get('name')} ({_mb(f.get('size'))})" for f in files[:8]) +
                       (f" and {len(files) - 8} more" if len(files) > 8 else ""))
         out.print(t)
         tt = Table(title=f"{len(r.tensors)} tensors")

@@ -68,7 +68,7 @@ def _tie_embeddings(cfg: dict[str, Any], where: str) -> bool:
     value = cfg.get("tie_word_embeddings", False)
     if value is not None and not isinstance(value, bool):
         tied = bool(value) if isinstance(value, (str, int, float, list, dict)) else True
-        warnings.warn(f"{where}: tie_word_embeddings is {brief(value, 40)}, not true or false; transformers reads it "
+        warnings.warn(f"{where}: tie_word_embeddings is {brief(value, 40)}, not JSON true or false; transformers reads it "
                       f"as {str(tied).lower()}, and so does lmpack{' (lm_head.weight is ignored)' if tied else ''}",
                       LmpackWarning, stacklevel=2)
         return tied
@@ -156,6 +156,19 @@ def shard_files(folder: Path, index_name: str, single_name: str, pattern: str) -
     raise LmpackError(f"{folder}: no {single_name}")
 
 
+def check_weight_map(index: Path, weight_map: dict[str, Any], stored_in: dict[str, str]) -> None:
+    """The index's {tensor: shard} map against where each tensor really is ({tensor: file name}):
+    a tensor listed in one shard but stored in another, or not stored at all, is refused."""
+    for name, file in weight_map.items():
+        if name.endswith(IGNORED_SUFFIXES):
+            continue
+        got = stored_in.get(name)
+        if got is None:
+            raise LmpackError(f"{index}: tensor '{name}' is listed in {file} but not stored there")
+        if got != file:
+            raise LmpackError(f"{index}: tensor '{name}' is listed in {file} but stored in {got}")
+
+
 class HFSafetensorsSource(FolderSource):
     """An HF Llama folder with `model.safetensors` or sharded safetensors plus their index."""
 
@@ -173,6 +186,9 @@ class HFSafetensorsSource(FolderSource):
                 if name in self._where:
                     raise LmpackError(f"{self.folder}: tensor '{name}' appears in two shards")
                 self._where[name] = f
+        index = self.folder / "model.safetensors.index.json"
+        if index.is_file():  # shard_files read and checked it; here its map meets the shards
+            check_weight_map(index, read_json(index)["weight_map"], {n: f.path.name for n, f in self._where.items()})
         self.info = SourceInfo("hf-safetensors", [SourceFile(p.name, p.stat().st_size) for p in paths])
         if self._config.tie_embeddings:
             self._where.pop("lm_head.weight", None)

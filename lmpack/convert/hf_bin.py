@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmpack.convert.hf import IGNORED_SUFFIXES, read_hf_config, shard_files
+from lmpack.convert.hf import IGNORED_SUFFIXES, check_weight_map, read_hf_config, shard_files
 from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
 from lmpack.errors import LmpackError, brief
 from lmpack.formats.jsonfile import read_json
@@ -70,14 +70,7 @@ class HFBinSource(FolderSource):
         self.info = SourceInfo("hf-bin", [SourceFile(p.name, p.stat().st_size) for p in paths])
 
     def _check_index(self, weight_map: dict[str, str]) -> None:
-        for name, file in weight_map.items():
-            if name.endswith(IGNORED_SUFFIXES):
-                continue
-            got = self._where.get(name)
-            if got is None:
-                raise LmpackError(f"{self.folder / BIN_INDEX}: tensor '{name}' is listed in {file} but not stored there")
-            if got[0].path.name != file:
-                raise LmpackError(f"{self.folder / BIN_INDEX}: tensor '{name}' is listed in {file} but stored in {got[0].path.name}")
+        check_weight_map(self.folder / BIN_INDEX, weight_map, {n: f.path.name for n, (f, _) in self._where.items()})
 
     def _check_tensors(self) -> list[TensorSpec]:
         found = {name: (t.shape, t.dtype or f"torch.{t.storage_type}", str(f.path))

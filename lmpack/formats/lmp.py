@@ -420,6 +420,8 @@ class LmpReader:
             raise self._fail("corrupt preamble (checksum mismatch)")
         if flags:
             raise self._fail(f"unknown flags 0x{flags:x}")
+        if any(mm[48:PREAMBLE_SIZE]):
+            raise self._fail("corrupt preamble (reserved bytes 48-63 are not zero)")
         if file_size != size:
             raise self._fail(f"truncated or padded: header says {file_size} bytes, file has {size}")
         if not 0 < header_len <= MAX_HEADER or data_offset % PAGE or \
@@ -434,6 +436,8 @@ class LmpReader:
             raise self._fail(f"corrupt {e}") from None
         if not isinstance(header, dict) or not all(k in header for k in ("config", "tokenizer", "tensors")):
             raise self._fail("corrupt header (missing config, tokenizer or tensors)")
+        if not isinstance(header.get("provenance", {}), dict):
+            raise self._fail("corrupt header (provenance is not an object)")
         self.header = header
         self.data_offset = data_offset
         self.config = ModelConfig.from_dict(header["config"], where=f"{self.path}: config")
