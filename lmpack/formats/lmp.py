@@ -8,6 +8,7 @@ reading `.lmp` files from Python.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import mmap
@@ -83,6 +84,24 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT and SIGTERM until the block is done (they are delivered right after), for the
+    few steps where being interrupted would leave a file behind untracked."""
+    import signal
+
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    except (AttributeError, OSError, ValueError):  # no pthread_sigmask (Windows)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _lock(fd: int, blocking: bool) -> bool:
@@ -280,19 +299,24 @@ class LmpWriter:
         assert PREAMBLE_SIZE + len(self._header_bytes("0" * 8)) <= self.data_offset
 
     def __enter__(self) -> "LmpWriter":
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self._tmp = Path(tmp)
-        self._f = os.fdopen(fd, "wb")
-        _lock(fd, blocking=True)  # held until the file is renamed: marks it as in use
-        remove_stale_temps(self.path, keep=self._tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; the output gets the usual permissions
-        self._out = _BackgroundWriter(self._f)
-        self._out.write(bytes(self.tok_offset))
-        self._out.write(self.tokenizer)
-        self._tok_crc = _core.crc32c(self.tokenizer)
-        self._pad()
+        with _signals_deferred():  # a Ctrl-C here would leave a temp file nobody knows of
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            self._tmp = Path(tmp)
+            self._f = os.fdopen(fd, "wb")
+        try:
+            _lock(fd, blocking=True)  # held until the file is renamed: marks it as in use
+            remove_stale_temps(self.path, keep=self._tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; the output gets the usual permissions
+            self._out = _BackgroundWriter(self._f)
+            self._out.write(bytes(self.tok_offset))
+            self._out.write(self.tokenizer)
+            self._tok_crc = _core.crc32c(self.tokenizer)
+            self._pad()
+        except BaseException as e:  # `with` calls __exit__ only once __enter__ has returned
+            self.__exit__(type(e), e, e.__traceback__)
+            raise
         return self
 
     def _pad(self) -> None:
@@ -360,15 +384,16 @@ class LmpWriter:
         except OSError as e:
             raise self._write_error(e) from None
         finally:
-            if self._out is not None:
-                try:
-                    self._out.close()
-                except BaseException:  # noqa: BLE001 - the original error (or _finish's) wins
-                    pass
-            if self._f is not None and not self._f.closed:
-                self._f.close()
-            if self._tmp is not None and self._tmp.exists():
-                self._tmp.unlink()
+            with _signals_deferred():  # a second Ctrl-C must not stop the cleanup half-way
+                if self._out is not None:
+                    try:
+                        self._out.close()
+                    except BaseException:  # noqa: BLE001 - the original error (or _finish's) wins
+                        pass
+                if self._f is not None and not self._f.closed:
+                    self._f.close()
+                if self._tmp is not None and self._tmp.exists():
+                    self._tmp.unlink()
         if isinstance(exc, OSError) and not getattr(exc, "filename", None):
             raise self._write_error(exc) from None
 
