@@ -128,6 +128,14 @@ def read_hf_config(folder: str | Path) -> ModelConfig:
     return config_from_hf(_load_json(path), str(path), _chat_format(folder))
 
 
+def _is_file(path: Path) -> bool:
+    """Path.is_file, with names the OS refuses (too long, say) counted as not there."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def shard_files(folder: Path, index_name: str, single_name: str, pattern: str) -> list[Path]:
     """The checkpoint files of an HF folder: from its index if present, else the single file."""
     index = folder / index_name
@@ -141,7 +149,7 @@ def shard_files(folder: Path, index_name: str, single_name: str, pattern: str) -
             raise LmpackError(f"{index}: shard name {brief(bad[0])} is not a plain file name in the folder")
         names = set(weight_map.values())
         files = sorted(folder / f for f in names)
-        missing = [f for f in files if not f.is_file()]
+        missing = [f for f in files if not _is_file(f)]
         if missing:
             raise LmpackError(f"{index}: shard {missing[0].name} is missing")
         return files
