@@ -355,6 +355,7 @@ def chat(
     from lmpack.runtime.model import load
 
     m = load(file, threads=threads, max_context=ctx)
+    _utf8(system or "", "the system prompt")
     session = ChatSession(m, system=system, chat_format=None if plain else "auto")
     interactive = sys.stdin.isatty()
     mode = "chat format " + session.format if session.format else "plain continuation"
@@ -432,6 +433,13 @@ def verify(
     import json
 
     from lmpack.verify import UsageError, render, verify as run_verify
+
+    if prompt is not None:
+        try:
+            _utf8(prompt, "the prompt")
+        except LmpackError as e:
+            say_error(str(e))
+            raise SystemExit(2) from None
 
     overrides = {"max_error_rel_std": max_error, "min_top1": min_top1, "max_kl_mean": max_kl,
                  "max_kl_max": max_kl_token, "max_ppl_rel_diff": max_ppl_diff}

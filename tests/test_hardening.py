@@ -267,6 +267,18 @@ def test_former_internal_errors_are_clear_errors(tiny_hf, tiny_lmp, tmp_path, ru
     assert tiny_t["t"].returncode == 0 and tiny_t["t"].stdout == tiny_t["g"].stdout
 
 
+def test_non_utf8_text_options(tiny_hf, tiny_lmp, run_lmpack_many):
+    results = run_lmpack_many({
+        "system": ["chat", tiny_lmp, "--system", "caf\udce9", "-n", "2"],
+        "verify": ["verify", tiny_lmp, "--against", tiny_hf.path, "-p", "caf\udce9"],
+    })
+    assert_clean_failure(results["system"], "UTF-8")
+    verify = results["verify"]  # a usage error for verify: exit 2, as docs/VERIFY.md says
+    assert verify.returncode == 2 and verify.stderr.startswith("error:") and "UTF-8" in verify.stderr
+    with pytest.raises(LmpackError, match="UTF-8"):
+        lmpack.load(tiny_lmp).generate("caf\udce9")
+
+
 def test_non_utf8_stdin_in_chat(tiny_lmp, tmp_path):
     env = dict(os.environ, PYTHONPATH=lmpack_pythonpath(), TERM="dumb", NO_COLOR="1")
     proc = subprocess.run([sys.executable, "-m", "lmpack", "chat", str(tiny_lmp), "-n", "2"], input=b"caf\xe9\n",

@@ -211,6 +211,11 @@ class Model:
 
         Greedy at temperature 0. Stops at an EOS id, after max_tokens, or when the context is full;
         `last_stats` then holds token counts and timings."""
+        if isinstance(prompt, str):
+            try:
+                prompt.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise LmpackError(f"the prompt is not valid UTF-8 text (lone surrogate at character {e.start})") from None
         ids = self.tokenizer.encode(prompt, bos=True) if isinstance(prompt, str) else \
             token_array(prompt, self.config.vocab_size).tolist()
         if not ids:
