@@ -190,6 +190,24 @@ def test_config_sizes_are_checked_against_the_files(tiny_hf, tmp_path, run_lmpac
     assert not list(tmp_path.glob("*.lmp"))
 
 
+def test_readers_refuse_fifos_and_devices(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    proc = _guarded(f"""
+from lmpack.errors import LmpackError
+from lmpack.formats.lmp import LmpReader
+from lmpack.formats.safetensors import SafetensorsFile
+from lmpack.formats.torchzip import TorchFile
+for reader in (LmpReader, SafetensorsFile, TorchFile):
+    for path in ({str(fifo)!r}, "/dev/zero"):
+        try:
+            reader(path)
+        except LmpackError as e:
+            print("refused:", e)
+""", timeout=60)
+    assert proc.returncode == 0 and proc.stdout.count("refused:") == 6, proc.stdout + proc.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # 4. what used to be internal errors
 
@@ -444,8 +462,8 @@ def test_sigterm_during_convert_removes_the_temp_file(medium_hf, tmp_path):
         out.unlink(missing_ok=True)
     assert caught, "the conversion always finished before it could be stopped"
     assert proc.returncode == 143, stderr.decode()
-    assert stderr.decode().strip().splitlines()[-1] == "terminated"
-    assert b"Traceback" not in stderr
+    assert stderr.decode().strip().splitlines()[-1] == "terminated", stderr.decode()
+    assert b"Traceback" not in stderr and b"File " not in stderr, stderr.decode()
     assert list(tmp_path.iterdir()) == []
 
 

@@ -88,20 +88,28 @@ def _fsync_dir(folder: Path) -> None:
 
 @contextlib.contextmanager
 def _signals_deferred():
-    """Hold SIGINT and SIGTERM until the block is done (they are delivered right after), for the
-    few steps where being interrupted would leave a file behind untracked."""
+    """Hold SIGINT and SIGTERM until the block is done, then deliver them, for the few steps where
+    being interrupted would leave a file behind untracked. Python runs signal handlers between
+    bytecodes, possibly well after the signal arrived, so the Python-level handlers are swapped
+    (blocking the signal in the OS would not stop one that already arrived)."""
     import signal
+    import threading
 
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    except (AttributeError, OSError, ValueError):  # no pthread_sigmask (Windows)
+    if threading.current_thread() is not threading.main_thread():  # handlers run on the main thread only
         yield
         return
+    held: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    # a handler installed from C (getsignal gives None) cannot be put back, so it is left alone
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+                for s in sigs if signal.getsignal(s) is not None}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held:
+            signal.raise_signal(held[0])  # runs the restored handler now
 
 
 def _lock(fd: int, blocking: bool) -> bool:
@@ -192,9 +200,15 @@ class _BackgroundWriter:
         self._thread.start()
 
     def _run(self) -> None:
-        fd = self._f.fileno()
-        # the disk write of everything below `started` has been started, and waited for below `previous`
-        started = previous = self._f.tell()
+        try:
+            fd = self._f.fileno()
+            # the disk write of everything below `started` has been started, and waited for below `previous`
+            started = previous = self._f.tell()
+        except BaseException as e:  # noqa: BLE001 - the file was closed under us: report, do not print
+            self._error = e
+            while self._queue.get() is not None:
+                pass
+            return
         write_behind = True
         while (buf := self._queue.get()) is not None:
             if self._error is not None:
@@ -299,24 +313,29 @@ class LmpWriter:
         assert PREAMBLE_SIZE + len(self._header_bytes("0" * 8)) <= self.data_offset
 
     def __enter__(self) -> "LmpWriter":
-        with _signals_deferred():  # a Ctrl-C here would leave a temp file nobody knows of
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            self._tmp = Path(tmp)
-            self._f = os.fdopen(fd, "wb")
+        # A Ctrl-C in here could leave a temp file nobody knows of, or a writer thread nobody
+        # stops: signals wait until the writer is set up (a few milliseconds).
         try:
-            _lock(fd, blocking=True)  # held until the file is renamed: marks it as in use
-            remove_stale_temps(self.path, keep=self._tmp)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; the output gets the usual permissions
-            self._out = _BackgroundWriter(self._f)
-            self._out.write(bytes(self.tok_offset))
-            self._out.write(self.tokenizer)
-            self._tok_crc = _core.crc32c(self.tokenizer)
-            self._pad()
-        except BaseException as e:  # `with` calls __exit__ only once __enter__ has returned
-            self.__exit__(type(e), e, e.__traceback__)
+            with _signals_deferred():
+                return self._enter()
+        except BaseException as e:  # `with` calls __exit__ only once __enter__ has returned; the
+            self.__exit__(type(e), e, e.__traceback__)  # held signal may fire on the way out
             raise
+
+    def _enter(self) -> "LmpWriter":
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self._tmp = Path(tmp)
+        self._f = os.fdopen(fd, "wb")
+        _lock(fd, blocking=True)  # held until the file is renamed: marks it as in use
+        remove_stale_temps(self.path, keep=self._tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; the output gets the usual permissions
+        self._out = _BackgroundWriter(self._f)
+        self._out.write(bytes(self.tok_offset))
+        self._out.write(self.tokenizer)
+        self._tok_crc = _core.crc32c(self.tokenizer)
+        self._pad()
         return self
 
     def _pad(self) -> None:

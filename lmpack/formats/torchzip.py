@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lmpack.errors import LmpackError, UnsafePickleError, brief
-from lmpack.formats.mmaps import drop_pages
+from lmpack.formats.mmaps import drop_pages, open_regular_fd
 
 # torch storage class -> (our dtype name, numpy dtype). bf16 travels as uint16 bits (numpy has
 # no bfloat16). Storage classes outside this map are still admitted so the error can say which
@@ -617,10 +617,7 @@ class TorchFile:
         self._mm: mmap.mmap | None = None
         if self.path.is_dir():
             raise LmpackError(f"{self.path}: is a folder, not a torch checkpoint file")
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError as e:
-            raise LmpackError(f"{self.path}: cannot open ({e.strerror})") from None
+        fd = open_regular_fd(self.path)
         try:
             size = os.fstat(fd).st_size
             head = os.pread(fd, 8, 0)
