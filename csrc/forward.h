@@ -1,4 +1,4 @@
-/* The Llama forward pass over weights mapped from a .lmp file: plain structs for the config, the
+/* The decoder forward pass over weights mapped from a .lmp file: plain structs for the config, the
  * weights and the run state, and one function that advances the KV cache by a run of tokens.
  *
  * Everything here trusts its inputs: py_model.c validates the config, every tensor's dtype,
@@ -18,19 +18,21 @@
 typedef struct {
     int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, vocab_size;
     float norm_eps;
-    int tie_embeddings;
 } lmp_config;
 
+/* One block's weights. Which slots a family fills is lmpack/formats/arch.py's table; py_model.c
+ * checks each filled slot's shape, dtype and bytes (csrc/py_model.c LAYER_SLOTS). */
 typedef struct {
-    const float *attn_norm; /* input_layernorm [dim] */
-    const float *ffn_norm;  /* post_attention_layernorm [dim] */
-    lmp_weight wq, wk, wv, wo, w_gate, w_up, w_down;
+    const float *attn_norm; /* [dim], before attention */
+    lmp_weight wq, wk, wv, wo;
+    const float *ffn_norm;  /* [dim], before the MLP */
+    lmp_weight w_gate, w_up, w_down;
 } lmp_layer;
 
 typedef struct {
     lmp_config cfg;
     lmp_weight embed;        /* [vocab, dim] */
-    lmp_weight lm_head;      /* a copy of embed when tied */
+    lmp_weight lm_head;      /* a copy of embed when the file has no lm_head (tied) */
     const float *final_norm; /* [dim] */
     lmp_layer *layers;       /* [n_layers] */
     float *inv_freq;         /* [head_dim/2], owned */

@@ -1,13 +1,16 @@
-/* lmpack._core.Model: a Llama model over a buffer holding a .lmp file, with its KV cache.
+/* lmpack._core.Model: a decoder model over a buffer holding a .lmp file, with its KV cache.
  *
- * The constructor is the gate between Python and forward.c: it checks the config, every tensor's
- * name, dtype, shape, size, alignment and byte range against the buffer, and the RoPE table,
- * before any pointer into the buffer is formed; forward() checks ids, positions and the output
- * buffer, then runs the whole step in C with the GIL released.
+ * The constructor is the gate between Python and forward.c. It takes the config's dimensions and
+ * feature switches and a flat list of weight slots (which slots a family fills, and which tensor
+ * of the file goes in each, is lmpack/formats/arch.py's table); it checks every slot's dtype,
+ * shape against the config, size, alignment and byte range against the buffer, and the RoPE
+ * table, before any pointer into the buffer is formed. forward() checks ids, positions and the
+ * output buffer, then runs the whole step in C with the GIL released.
  */
 #include "pyapi.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +18,9 @@
 
 #include "forward.h"
 
-#define MAX_DIM 0x7fffffffLL /* every config dimension fits an int32, so products fit an int64 */
+/* Every config dimension and n_heads*head_dim is at most 2^24, the limit of
+ * lmpack/formats/arch.py MAX_DIM: products of two (a matrix's elements) fit an int64. */
+#define MAX_DIM (1LL << 24)
 #define MAX_THREADS 1024
 
 typedef struct {
@@ -91,21 +96,11 @@ static int parse_config(PyObject *cfg, lmp_config *c) {
     }
     double e = PyFloat_AsDouble(eps);
     if (e == -1.0 && PyErr_Occurred()) return -1;
-    if (!isfinite(e) || e < 0.0 || e > 1.0) {
-        PyErr_SetString(PyExc_ValueError, "config: 'norm_eps' must be a finite number in [0, 1]");
+    if (!isfinite(e) || !(e > 0.0) || !(e < 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "config: 'norm_eps' must be a finite number in (0, 1)");
         return -1;
     }
     c->norm_eps = (float)e;
-    PyObject *tie = PyDict_GetItemString(cfg, "tie_embeddings");
-    if (!tie) {
-        PyErr_SetString(PyExc_ValueError, "config: missing 'tie_embeddings'");
-        return -1;
-    }
-    if (!PyBool_Check(tie)) {
-        PyErr_SetString(PyExc_ValueError, "config: 'tie_embeddings' must be a bool");
-        return -1;
-    }
-    c->tie_embeddings = tie == Py_True;
     if (c->n_heads % c->n_kv_heads != 0) {
         PyErr_Format(PyExc_ValueError, "config: n_heads (%lld) is not a multiple of n_kv_heads (%lld)",
                      (long long)c->n_heads, (long long)c->n_kv_heads);
@@ -157,17 +152,19 @@ static int64_t get_i64(PyObject *v, const char *name, const char *what, int *ok)
     return (int64_t)x;
 }
 
-/* Looks `name` up and checks it against the expected shape (ndim 1 or 2). On success sets *data,
- * and for a 2-D tensor fills *w. Norms (ndim 1) must be f32. */
-static int load_tensor(const tensor_src *src, const char *name, int ndim, int64_t rows, int64_t cols,
-                       lmp_weight *w, const float **vec) {
-    PyObject *entry = PyDict_GetItemString(src->weights, name);
-    if (!entry) {
-        PyErr_Format(PyExc_ValueError, "tensor '%s': missing", name);
-        return -1;
-    }
+/* Checks one slot entry `entry` (offset, nbytes, dtype, shape) against the expected shape [cols]
+ * (rows < 0) or [rows, cols]; on success points *vec (a vector, which must be f32) or *w into the
+ * buffer. `name`/`layer` only label the messages (layer < 0 for a model-wide slot). */
+static int load_slot(const tensor_src *src, PyObject *entry, const char *slot, int64_t layer, int64_t rows,
+                     int64_t cols, lmp_weight *w, const float **vec) {
+    char name[64];
+    if (layer >= 0)
+        snprintf(name, sizeof name, "%s[%lld]", slot, (long long)layer);
+    else
+        snprintf(name, sizeof name, "%s", slot);
+    const int ndim = rows < 0 ? 1 : 2;
     if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 4) {
-        PyErr_Format(PyExc_ValueError, "tensor '%s': expected a tuple (offset, nbytes, dtype, shape)", name);
+        PyErr_Format(PyExc_ValueError, "weight '%s': expected a tuple (offset, nbytes, dtype, shape)", name);
         return -1;
     }
     int ok;
@@ -179,19 +176,19 @@ static int load_tensor(const tensor_src *src, const char *name, int ndim, int64_
     const char *dts = PyUnicode_Check(dt) ? PyUnicode_AsUTF8(dt) : NULL;
     if (!dts) {
         PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "tensor '%s': dtype must be a str", name);
+        PyErr_Format(PyExc_ValueError, "weight '%s': dtype must be a str", name);
         return -1;
     }
     int dtype = -1;
     for (int i = 0; i < LMP_DTYPE_COUNT; i++)
         if (strcmp(dts, DTYPE_NAMES[i]) == 0) dtype = i;
     if (dtype < 0) {
-        PyErr_Format(PyExc_ValueError, "tensor '%s': unknown dtype '%.20s'", name, dts);
+        PyErr_Format(PyExc_ValueError, "weight '%s': unknown dtype '%.20s'", name, dts);
         return -1;
     }
     PyObject *shape = PyTuple_GET_ITEM(entry, 3);
     if (!PyTuple_Check(shape) && !PyList_Check(shape)) {
-        PyErr_Format(PyExc_ValueError, "tensor '%s': shape must be a tuple", name);
+        PyErr_Format(PyExc_ValueError, "weight '%s': shape must be a tuple", name);
         return -1;
     }
     Py_ssize_t nd = PySequence_Fast_GET_SIZE(shape);
@@ -202,41 +199,40 @@ static int load_tensor(const tensor_src *src, const char *name, int ndim, int64_
         dims[i] = get_i64(d, name, "shape entry", &ok);
         if (!ok) return -1;
     }
-    int64_t want[2] = {ndim == 1 ? cols : rows, cols};
-    if (shape_ok) shape_ok = ndim == 1 ? dims[0] == want[0] : dims[0] == want[0] && dims[1] == want[1];
+    if (shape_ok) shape_ok = ndim == 1 ? dims[0] == cols : dims[0] == rows && dims[1] == cols;
     if (!shape_ok) {
         if (ndim == 1)
-            PyErr_Format(PyExc_ValueError, "tensor '%s': shape must be [%lld] for this config", name,
+            PyErr_Format(PyExc_ValueError, "weight '%s': shape must be [%lld] for this config", name,
                          (long long)cols);
         else
-            PyErr_Format(PyExc_ValueError, "tensor '%s': shape must be [%lld, %lld] for this config", name,
+            PyErr_Format(PyExc_ValueError, "weight '%s': shape must be [%lld, %lld] for this config", name,
                          (long long)rows, (long long)cols);
         return -1;
     }
     if (ndim == 1 && dtype != LMP_F32) {
-        PyErr_Format(PyExc_ValueError, "tensor '%s': 1-D tensors must be f32, got %s", name, dts);
+        PyErr_Format(PyExc_ValueError, "weight '%s': 1-D tensors must be f32, got %s", name, dts);
         return -1;
     }
     if (dtype == LMP_Q8_0 && cols % LMP_QK != 0) {
-        PyErr_Format(PyExc_ValueError, "tensor '%s': q8_0 needs a column count divisible by 32, got %lld", name,
+        PyErr_Format(PyExc_ValueError, "weight '%s': q8_0 needs a column count divisible by 32, got %lld", name,
                      (long long)cols);
         return -1;
     }
-    int64_t numel = ndim == 1 ? cols : rows * cols; /* both <= 2^31: no overflow */
+    int64_t numel = ndim == 1 ? cols : rows * cols; /* both <= 2^24: no overflow */
     int64_t want_bytes = tensor_nbytes(dtype, numel);
     if (want_bytes < 0 || nbytes != want_bytes) {
-        PyErr_Format(PyExc_ValueError, "tensor '%s': nbytes is %lld, a %s tensor of this shape takes %lld", name,
+        PyErr_Format(PyExc_ValueError, "weight '%s': nbytes is %lld, a %s tensor of this shape takes %lld", name,
                      (long long)nbytes, dts, (long long)want_bytes);
         return -1;
     }
     int64_t align = dtype == LMP_Q8_0 ? 64 : DTYPE_SIZE[dtype];
     if (offset % align != 0) {
-        PyErr_Format(PyExc_ValueError, "tensor '%s': offset %lld is not a multiple of %lld", name,
+        PyErr_Format(PyExc_ValueError, "weight '%s': offset %lld is not a multiple of %lld", name,
                      (long long)offset, (long long)align);
         return -1;
     }
     if (offset > src->len || nbytes > src->len - offset) {
-        PyErr_Format(PyExc_ValueError, "tensor '%s': bytes [%lld, +%lld) run past the end of the %lld-byte buffer",
+        PyErr_Format(PyExc_ValueError, "weight '%s': bytes [%lld, +%lld) run past the end of the %lld-byte buffer",
                      name, (long long)offset, (long long)nbytes, (long long)src->len);
         return -1;
     }
@@ -253,30 +249,58 @@ static int load_tensor(const tensor_src *src, const char *name, int ndim, int64_
     return 0;
 }
 
-static const char *const LAYER_TENSORS[] = {
-    "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
-    "mlp.down_proj.weight",
-};
-#define N_LAYER_TENSORS ((int)(sizeof LAYER_TENSORS / sizeof LAYER_TENSORS[0]))
+/* The shape of a slot, in config dimensions. */
+enum { D_VEC = -1, D_DIM, D_VOCAB, D_FFN, D_HD, D_Q, D_KV };
 
-/* 1 if `name` is one of the tensors this config requires. */
-static int known_name(const char *name, const lmp_config *c) {
-    if (strcmp(name, "model.embed_tokens.weight") == 0 || strcmp(name, "model.norm.weight") == 0) return 1;
-    if (strcmp(name, "lm_head.weight") == 0) return !c->tie_embeddings;
-    const char *pre = "model.layers.";
-    size_t np = strlen(pre);
-    if (strncmp(name, pre, np) != 0) return 0;
-    const char *s = name + np;
-    int64_t layer = 0;
-    int digits = 0;
-    while (*s >= '0' && *s <= '9' && digits < 12) layer = layer * 10 + (*s++ - '0'), digits++;
-    if (digits == 0 || (digits > 1 && name[np] == '0') || *s != '.' || layer >= c->n_layers) return 0;
-    for (int i = 0; i < N_LAYER_TENSORS; i++)
-        if (strcmp(s + 1, LAYER_TENSORS[i]) == 0) return 1;
-    return 0;
+typedef struct {
+    const char *name;
+    int required; /* else optional: present or absent, as the family's table says */
+    int rows;     /* D_VEC for a vector [cols] */
+    int cols;
+    size_t off;   /* of the field in lmp_model (model-wide) or lmp_layer (per layer) */
+} slot_def;
+
+static const slot_def MODEL_SLOTS[] = {
+    {"embed", 1, D_VOCAB, D_DIM, offsetof(lmp_model, embed)},
+    {"final_norm", 1, D_VEC, D_DIM, offsetof(lmp_model, final_norm)},
+    {"lm_head", 0, D_VOCAB, D_DIM, offsetof(lmp_model, lm_head)}, /* absent: tied to embed */
+};
+
+static const slot_def LAYER_SLOTS[] = {
+    {"attn_norm", 1, D_VEC, D_DIM, offsetof(lmp_layer, attn_norm)},
+    {"wq", 1, D_Q, D_DIM, offsetof(lmp_layer, wq)},
+    {"wk", 1, D_KV, D_DIM, offsetof(lmp_layer, wk)},
+    {"wv", 1, D_KV, D_DIM, offsetof(lmp_layer, wv)},
+    {"wo", 1, D_DIM, D_Q, offsetof(lmp_layer, wo)},
+    {"ffn_norm", 1, D_VEC, D_DIM, offsetof(lmp_layer, ffn_norm)},
+    {"w_gate", 1, D_FFN, D_DIM, offsetof(lmp_layer, w_gate)},
+    {"w_up", 1, D_FFN, D_DIM, offsetof(lmp_layer, w_up)},
+    {"w_down", 1, D_DIM, D_FFN, offsetof(lmp_layer, w_down)},
+};
+
+#define N_MODEL_SLOTS ((int)(sizeof MODEL_SLOTS / sizeof MODEL_SLOTS[0]))
+#define N_LAYER_SLOTS ((int)(sizeof LAYER_SLOTS / sizeof LAYER_SLOTS[0]))
+
+static int64_t dim_of(const lmp_config *c, int d) {
+    switch (d) {
+    case D_DIM: return c->dim;
+    case D_VOCAB: return c->vocab_size;
+    case D_FFN: return c->ffn_dim;
+    case D_HD: return c->head_dim;
+    case D_Q: return c->n_heads * c->head_dim;
+    case D_KV: return c->n_kv_heads * c->head_dim;
+    default: return -1;
+    }
 }
 
+static int slot_into(const tensor_src *src, const slot_def *d, PyObject *entry, int64_t layer, const lmp_config *c,
+                     char *base) {
+    lmp_weight *w = d->rows == D_VEC ? NULL : (lmp_weight *)(base + d->off);
+    const float **v = d->rows == D_VEC ? (const float **)(base + d->off) : NULL;
+    return load_slot(src, entry, d->name, layer, dim_of(c, d->rows), dim_of(c, d->cols), w, v);
+}
+
+/* weights: slot name -> entry (model-wide slots) or a list of n_layers entries (per-layer slots). */
 static int load_weights(ModelObject *self, PyObject *weights) {
     lmp_model *m = &self->m;
     const lmp_config *c = &m->cfg;
@@ -290,48 +314,50 @@ static int load_weights(ModelObject *self, PyObject *weights) {
         const char *name = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
         if (!name) {
             PyErr_Clear();
-            PyErr_SetString(PyExc_ValueError, "weights: tensor names must be str");
+            PyErr_SetString(PyExc_ValueError, "weights: slot names must be str");
             return -1;
         }
-        if (!known_name(name, c)) {
-            PyErr_Format(PyExc_ValueError, "tensor '%.200s': not part of this model", name);
+        int known = 0;
+        for (int i = 0; i < N_MODEL_SLOTS; i++) known |= strcmp(name, MODEL_SLOTS[i].name) == 0;
+        for (int i = 0; i < N_LAYER_SLOTS; i++) known |= strcmp(name, LAYER_SLOTS[i].name) == 0;
+        if (!known) {
+            PyErr_Format(PyExc_ValueError, "weight '%.200s': not a slot of the forward pass", name);
             return -1;
         }
     }
     tensor_src src = {self->copy ? (const char *)self->copy : (const char *)self->view.buf,
                       (int64_t)self->view.len, weights};
-    const int64_t dim = c->dim, q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
-    if (load_tensor(&src, "model.embed_tokens.weight", 2, c->vocab_size, dim, &m->embed, NULL) ||
-        load_tensor(&src, "model.norm.weight", 1, 0, dim, NULL, &m->final_norm))
-        return -1;
-    if (c->tie_embeddings) {
-        m->lm_head = m->embed;
-    } else if (load_tensor(&src, "lm_head.weight", 2, c->vocab_size, dim, &m->lm_head, NULL)) {
-        return -1;
+    for (int i = 0; i < N_MODEL_SLOTS; i++) {
+        const slot_def *d = &MODEL_SLOTS[i];
+        PyObject *entry = PyDict_GetItemString(weights, d->name); /* borrowed */
+        if (!entry) {
+            if (!d->required) continue;
+            PyErr_Format(PyExc_ValueError, "weight '%s': missing", d->name);
+            return -1;
+        }
+        if (slot_into(&src, d, entry, -1, c, (char *)m)) return -1;
     }
+    if (!PyDict_GetItemString(weights, "lm_head")) m->lm_head = m->embed;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->layers) {
         PyErr_NoMemory();
         return -1;
     }
-    for (int64_t l = 0; l < c->n_layers; l++) {
-        lmp_layer *L = &m->layers[l];
-        struct {
-            int ndim;
-            int64_t rows, cols;
-            lmp_weight *w;
-            const float **v;
-        } spec[N_LAYER_TENSORS] = {
-            {1, 0, dim, NULL, &L->attn_norm},   {2, q_dim, dim, &L->wq, NULL},      {2, kv_dim, dim, &L->wk, NULL},
-            {2, kv_dim, dim, &L->wv, NULL},     {2, dim, q_dim, &L->wo, NULL},      {1, 0, dim, NULL, &L->ffn_norm},
-            {2, c->ffn_dim, dim, &L->w_gate, NULL}, {2, c->ffn_dim, dim, &L->w_up, NULL},
-            {2, dim, c->ffn_dim, &L->w_down, NULL},
-        };
-        for (int i = 0; i < N_LAYER_TENSORS; i++) {
-            char name[128];
-            snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)l, LAYER_TENSORS[i]);
-            if (load_tensor(&src, name, spec[i].ndim, spec[i].rows, spec[i].cols, spec[i].w, spec[i].v)) return -1;
+    for (int i = 0; i < N_LAYER_SLOTS; i++) {
+        const slot_def *d = &LAYER_SLOTS[i];
+        PyObject *list = PyDict_GetItemString(weights, d->name);
+        if (!list) {
+            if (!d->required) continue;
+            PyErr_Format(PyExc_ValueError, "weight '%s': missing", d->name);
+            return -1;
         }
+        if (!PyList_Check(list) || PyList_GET_SIZE(list) != c->n_layers) {
+            PyErr_Format(PyExc_ValueError, "weight '%s': expected a list of n_layers = %lld entries", d->name,
+                         (long long)c->n_layers);
+            return -1;
+        }
+        for (int64_t l = 0; l < c->n_layers; l++)
+            if (slot_into(&src, d, PyList_GET_ITEM(list, l), l, c, (char *)&m->layers[l])) return -1;
     }
     return 0;
 }

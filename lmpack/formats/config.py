@@ -1,8 +1,8 @@
-"""The model config stored in a `.lmp` header, and the tensors it implies.
+"""The model config stored in a `.lmp` header.
 
-`ModelConfig` is the one description of a Llama-family model that the converter writes, the
-reader validates and the runtime runs; `expected_tensors` derives from it the exact set of tensor
-names and shapes a file must hold (docs/FORMAT.md, "Tensors").
+`ModelConfig` is the one description of a model that the converter writes, the reader validates
+and the runtime runs. Which tensors it implies, and how a family's config.json maps onto it, is
+the family table's job (`lmpack.formats.arch`, re-exported here as `expected_tensors`).
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lmpack.errors import LmpackError
+from lmpack.formats.arch import MAX_DIM, expected_tensors, family
 
-ARCHITECTURES = ("llama",)
+__all__ = ["ModelConfig", "expected_tensors"]
 CHAT_FORMATS = ("llama2",)
 ROPE_SCALING_KEYS = {
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
@@ -97,12 +98,13 @@ class ModelConfig:
 
     def validate(self, where: str = "config") -> None:
         """Raise LmpackError unless every field is consistent and in range."""
-        if self.architecture not in ARCHITECTURES:
-            raise LmpackError(f"{where}: unsupported architecture '{self.architecture}' (supported: llama)")
+        family(self.architecture, where)
         for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "vocab_size", "max_context"):
             value = getattr(self, key)
-            if not 0 < value <= 1 << 24:
+            if not 0 < value <= MAX_DIM:
                 raise LmpackError(f"{where}: field '{key}' out of range: {value}")
+        if self.n_heads * self.head_dim > MAX_DIM:
+            raise LmpackError(f"{where}: n_heads * head_dim ({self.n_heads * self.head_dim}) is above {MAX_DIM}")
         if self.n_heads % self.n_kv_heads:
             raise LmpackError(f"{where}: n_heads ({self.n_heads}) is not a multiple of n_kv_heads ({self.n_kv_heads})")
         if self.head_dim % 2:
@@ -126,24 +128,3 @@ class ModelConfig:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                     raise LmpackError(f"{where}: rope_scaling.{key} must be a positive number, got {value!r}")
 
-
-def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor name a file for `cfg` must hold, with its shape, in canonical file order."""
-    q_rows = cfg.n_heads * cfg.head_dim
-    kv_rows = cfg.n_kv_heads * cfg.head_dim
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.dim)}
-    for i in range(cfg.n_layers):
-        p = f"model.layers.{i}."
-        shapes[p + "input_layernorm.weight"] = (cfg.dim,)
-        shapes[p + "self_attn.q_proj.weight"] = (q_rows, cfg.dim)
-        shapes[p + "self_attn.k_proj.weight"] = (kv_rows, cfg.dim)
-        shapes[p + "self_attn.v_proj.weight"] = (kv_rows, cfg.dim)
-        shapes[p + "self_attn.o_proj.weight"] = (cfg.dim, q_rows)
-        shapes[p + "post_attention_layernorm.weight"] = (cfg.dim,)
-        shapes[p + "mlp.gate_proj.weight"] = (cfg.ffn_dim, cfg.dim)
-        shapes[p + "mlp.up_proj.weight"] = (cfg.ffn_dim, cfg.dim)
-        shapes[p + "mlp.down_proj.weight"] = (cfg.dim, cfg.ffn_dim)
-    shapes["model.norm.weight"] = (cfg.dim,)
-    if not cfg.tie_embeddings:
-        shapes["lm_head.weight"] = (cfg.vocab_size, cfg.dim)
-    return shapes

@@ -1,7 +1,8 @@
 """A loaded `.lmp` model: the Python face of the C forward pass.
 
-`Model` maps and validates the file (LmpReader), hands the C core the weight offsets and the
-RoPE frequencies, and runs it: `logits` for a fresh context, `generate` for streamed text. Python
+`Model` maps and validates the file (LmpReader), hands the C core the weight slots and forward
+features the family table derives from the config (`lmpack.formats.arch`) and the RoPE
+frequencies, and runs it: `logits` for a fresh context, `generate` for streamed text. Python
 runs once per token (sampling and detokenizing); everything per layer happens in C with the GIL
 released.
 """
@@ -18,6 +19,7 @@ import numpy as np
 
 from lmpack import _core
 from lmpack.errors import LmpackError
+from lmpack.formats import arch
 from lmpack.formats.config import ModelConfig
 from lmpack.formats.lmp import LmpReader
 from lmpack.runtime.sampler import Sampler
@@ -85,12 +87,10 @@ class Model:
         self.n_ctx = min(cfg.max_context, DEFAULT_MAX_CONTEXT) if max_context is None else max_context
         if not isinstance(self.n_ctx, int) or self.n_ctx < 1:
             raise LmpackError(f"the context length must be a positive integer, got {max_context!r}")
-        weights = {e.name: (e.offset, e.nbytes, e.dtype, e.shape) for e in self._reader.tensors}
-        core_cfg = {k: getattr(cfg, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                                                  "ffn_dim", "vocab_size", "norm_eps", "tie_embeddings")}
+        entries = {e.name: (e.offset, e.nbytes, e.dtype, e.shape) for e in self._reader.tensors}
         try:
-            self._core = _core.Model(self._reader.buffer, core_cfg, weights, rope_inv_freq(cfg),
-                                     self.n_ctx, self.threads)
+            self._core = _core.Model(self._reader.buffer, arch.core_config(cfg), arch.core_weights(cfg, entries),
+                                     rope_inv_freq(cfg), self.n_ctx, self.threads)
         except (ValueError, MemoryError) as e:
             raise LmpackError(f"{self.path}: {e}") from None
         self.last_stats = GenerationStats()

@@ -1,7 +1,8 @@
-"""An independent Llama forward pass in numpy float32 over a source checkpoint's own weights.
+"""An independent forward pass in numpy float32 over a source checkpoint's own weights.
 
-This is the yardstick of `lmpack verify --against`: it shares no code with the C runtime and
-reads the source checkpoint, not the `.lmp` file. It follows Hugging Face's LlamaForCausalLM
+This is the yardstick of `lmpack verify --against`: it shares no code with the C runtime (its
+RoPE table included) and reads the source checkpoint, not the `.lmp` file; from the family table
+(`lmpack.formats.arch`) it takes only which tensor plays which part. It follows Hugging Face's LlamaForCausalLM
 step by step in float32 — RMSNorm, half-split RoPE with float32 angles, grouped-query causal
 attention, SwiGLU, a separate or tied head — and streams the weights: each matrix is loaded from
 the Source when its matmul runs and widened to float32 a block of rows at a time, so memory stays
@@ -14,8 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from lmpack.convert.source import Source
+from lmpack.formats import arch
 from lmpack.formats.dtypes import to_f32
-from lmpack.runtime.model import rope_inv_freq
 
 BLOCK_BYTES = 32 << 20  # float32 bytes of one widened row block of a weight matrix
 
@@ -50,6 +51,25 @@ class _Weights:
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     var = np.mean(x * x, axis=-1, keepdims=True, dtype=np.float32)
     return (weight * (x / np.sqrt(var + np.float32(eps)))).astype(np.float32)
+
+
+def inv_freq(cfg) -> np.ndarray:
+    """RoPE inverse frequencies (float32, as the model was trained with) from the config alone:
+    base^(-2i/d), then the config's scaling. Written here from the papers' formulas, in float64
+    rounded once, so a scaling bug in the runtime's own table cannot also hide here."""
+    d = cfg.head_dim
+    base = np.float64(cfg.rope_theta) ** (-np.arange(0, d, 2, dtype=np.float64) / d)
+    rs = cfg.rope_scaling
+    if rs is not None and rs["type"] == "linear":
+        base = base / float(rs["factor"])
+    elif rs is not None and rs["type"] == "llama3":
+        # Llama 3.1: long wavelengths divided by `factor`, short ones kept, a linear blend between.
+        factor, lo, hi = float(rs["factor"]), float(rs["low_freq_factor"]), float(rs["high_freq_factor"])
+        old = float(rs["original_max_position_embeddings"])
+        wavelength = 2 * np.pi / base
+        blend = np.clip((old / wavelength - lo) / (hi - lo), 0.0, 1.0)
+        base = (1 - blend) * base / factor + blend * base
+    return base.astype(np.float32)
 
 
 def rope_tables(n: int, inv_freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,22 +118,35 @@ def reference_logits(source: Source, ids: Sequence[int],
     n = len(tokens)
     if n == 0 or tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
         raise ValueError("token ids must be non-empty and inside the vocabulary")
-    cos, sin = rope_tables(n, rope_inv_freq(cfg))
+    cos, sin = rope_tables(n, inv_freq(cfg))
     eps, hd = cfg.norm_eps, cfg.head_dim
+    names = _slot_names(cfg)
 
-    h = w.rows("model.embed_tokens.weight", tokens)
+    h = w.rows(names["embed"], tokens)
     for i in range(cfg.n_layers):
-        p = f"model.layers.{i}."
-        x = rms_norm(h, w.vector(p + "input_layernorm.weight"), eps)
-        q = apply_rope(w.linear(x, p + "self_attn.q_proj.weight").reshape(n, cfg.n_heads, hd), cos, sin)
-        k = apply_rope(w.linear(x, p + "self_attn.k_proj.weight").reshape(n, cfg.n_kv_heads, hd), cos, sin)
-        v = w.linear(x, p + "self_attn.v_proj.weight").reshape(n, cfg.n_kv_heads, hd)
-        h = h + w.linear(attention(q, k, v), p + "self_attn.o_proj.weight")
-        x = rms_norm(h, w.vector(p + "post_attention_layernorm.weight"), eps)
-        gated = silu(w.linear(x, p + "mlp.gate_proj.weight")) * w.linear(x, p + "mlp.up_proj.weight")
-        h = h + w.linear(gated, p + "mlp.down_proj.weight")
+        t = {slot: f"{arch.LAYER_PREFIX}{i}.{name}" for slot, name in names["layer"].items()}
+        x = rms_norm(h, w.vector(t["attn_norm"]), eps)
+        q = apply_rope(w.linear(x, t["wq"]).reshape(n, cfg.n_heads, hd), cos, sin)
+        k = apply_rope(w.linear(x, t["wk"]).reshape(n, cfg.n_kv_heads, hd), cos, sin)
+        v = w.linear(x, t["wv"]).reshape(n, cfg.n_kv_heads, hd)
+        h = h + w.linear(attention(q, k, v), t["wo"])
+        x = rms_norm(h, w.vector(t["ffn_norm"]), eps)
+        gated = silu(w.linear(x, t["w_gate"])) * w.linear(x, t["w_up"])
+        h = h + w.linear(gated, t["w_down"])
         if progress:
             progress(i + 1, cfg.n_layers)
-    x = rms_norm(h, w.vector("model.norm.weight"), eps)
-    head = "model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"
-    return w.linear(x, head)
+    x = rms_norm(h, w.vector(names["final_norm"]), eps)
+    return w.linear(x, names.get("lm_head", names["embed"]))
+
+
+def _slot_names(cfg) -> dict:
+    """Which source tensor plays each part of the block, from the family table: model-wide slots
+    to full names, and "layer" to the per-layer slots' names after `model.layers.{i}.`."""
+    fam = arch.family(cfg.architecture)
+    out: dict = {"layer": {}}
+    for name, t in fam.tensors(cfg):
+        if arch.layer_of(name) is None:
+            out[t.slot] = name
+        elif arch.layer_of(name) == 0:
+            out["layer"][t.slot] = name.split(".", 3)[3]
+    return out

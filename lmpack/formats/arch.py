@@ -1,0 +1,252 @@
+"""Model families: one description per architecture, and everything that derives from it.
+
+A `Family` row says, for one architecture, how a Hugging Face `config.json` maps onto the
+canonical `ModelConfig` (and what is refused), which tensors a file holds with their shapes
+(optional ones named by the condition that brings them in), which C-core slot each tensor fills,
+and which forward features the C core switches on. The converter (`check_tensor_set`), the
+`.lmp` reader (`expected_tensors`), the runtime's hand-over to the C core (`core_config`,
+`core_weights`) and `verify`'s reference all read these rows; adding a family is one row plus
+the ops it needs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from lmpack.errors import LmpackError
+
+# The one limit on every config dimension, and on n_heads*head_dim, shared with csrc/py_model.c
+# (LMP_MAX_DIM): products of two such numbers fit an int64 with room to spare.
+MAX_DIM = 1 << 24
+
+LAYER_PREFIX = "model.layers."
+
+
+@dataclass(frozen=True)
+class TensorDef:
+    """One tensor of a family: its HF name (after `model.layers.{i}.` for a layer tensor), the C
+    core's slot it fills, its shape in `dims()` symbols, and the condition that brings it in."""
+
+    name: str
+    slot: str
+    shape: tuple[str, ...]
+    when: str | None = None  # a key of CONDITIONS; None: always present
+
+
+# Conditions under which an optional tensor is part of a file.
+CONDITIONS: dict[str, Callable[[Any], bool]] = {
+    "untied": lambda cfg: not cfg.tie_embeddings,
+}
+
+_ATTN = (
+    TensorDef("self_attn.q_proj.weight", "wq", ("q_dim", "dim")),
+    TensorDef("self_attn.k_proj.weight", "wk", ("kv_dim", "dim")),
+    TensorDef("self_attn.v_proj.weight", "wv", ("kv_dim", "dim")),
+    TensorDef("self_attn.o_proj.weight", "wo", ("dim", "q_dim")),
+)
+_MLP = (
+    TensorDef("mlp.gate_proj.weight", "w_gate", ("ffn_dim", "dim")),
+    TensorDef("mlp.up_proj.weight", "w_up", ("ffn_dim", "dim")),
+    TensorDef("mlp.down_proj.weight", "w_down", ("dim", "ffn_dim")),
+)
+# Llama's block: pre-norm attention, pre-norm SwiGLU MLP.
+_LLAMA_LAYER = (
+    TensorDef("input_layernorm.weight", "attn_norm", ("dim",)),
+    *_ATTN,
+    TensorDef("post_attention_layernorm.weight", "ffn_norm", ("dim",)),
+    *_MLP,
+)
+_TOP_FIRST = (TensorDef("model.embed_tokens.weight", "embed", ("vocab_size", "dim")),)
+_TOP_LAST = (
+    TensorDef("model.norm.weight", "final_norm", ("dim",)),
+    TensorDef("lm_head.weight", "lm_head", ("vocab_size", "dim"), when="untied"),
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture: its tensors, its forward features and its config.json mapping."""
+
+    name: str                       # `architecture` in the .lmp header
+    model_types: tuple[str, ...]    # HF `model_type` values it converts
+    layer: tuple[TensorDef, ...]    # per-layer tensors in file order
+    # HF config.json -> the family's canonical fields beyond the common ones (and refusals)
+    from_hf: Callable[[dict, str, str], dict] = field(default=lambda cfg, where, mt: {})
+    # hidden_act values it runs; "silu" = SwiGLU, "gelu_pytorch_tanh" = GeGLU with tanh gelu
+    acts: tuple[str, ...] = ("silu",)
+
+    def tensors(self, cfg) -> list[tuple[str, TensorDef]]:
+        """(full name, definition) of every tensor a file for `cfg` holds, in file order."""
+        out = [(t.name, t) for t in _TOP_FIRST if _present(t, cfg)]
+        layer = [t for t in self.layer if _present(t, cfg)]
+        for i in range(cfg.n_layers):
+            out += [(f"{LAYER_PREFIX}{i}.{t.name}", t) for t in layer]
+        out += [(t.name, t) for t in _TOP_LAST if _present(t, cfg)]
+        return out
+
+    def tensor_count(self, cfg) -> int:
+        """len(self.tensors(cfg)), without building the names (for a cheap first check)."""
+        top = sum(_present(t, cfg) for t in _TOP_FIRST + _TOP_LAST)
+        return top + cfg.n_layers * sum(_present(t, cfg) for t in self.layer)
+
+
+def _present(t: TensorDef, cfg) -> bool:
+    return t.when is None or CONDITIONS[t.when](cfg)
+
+
+def dims(cfg) -> dict[str, int]:
+    """The shape symbols of TensorDef.shape for `cfg`."""
+    return {
+        "dim": cfg.dim, "vocab_size": cfg.vocab_size, "ffn_dim": cfg.ffn_dim, "head_dim": cfg.head_dim,
+        "q_dim": cfg.n_heads * cfg.head_dim, "kv_dim": cfg.n_kv_heads * cfg.head_dim,
+    }
+
+
+# ---- config.json mapping ------------------------------------------------------------------------
+
+def _refuse(where: str, model_type: str, feature: str) -> LmpackError:
+    return LmpackError(f"{where}: model_type '{model_type}': {feature} is not supported")
+
+
+def _no_biases(cfg: dict, where: str, model_type: str) -> None:
+    for key in ("attention_bias", "mlp_bias"):
+        if cfg.get(key):
+            raise _refuse(where, model_type, f"{key}=true")
+
+
+def _llama(cfg: dict, where: str, model_type: str) -> dict:
+    _no_biases(cfg, where, model_type)
+    return {}
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("llama", ("llama",), _LLAMA_LAYER, _llama),
+)}
+
+
+def family(name: str, where: str = "config") -> Family:
+    """The family of an `architecture` name, or an LmpackError listing the supported ones."""
+    if name not in FAMILIES:
+        raise LmpackError(f"{where}: unsupported architecture '{name}' (supported: {', '.join(FAMILIES)})")
+    return FAMILIES[name]
+
+
+def family_for_model_type(model_type: Any, where: str) -> Family:
+    for f in FAMILIES.values():
+        if model_type in f.model_types:
+            return f
+    supported = ", ".join(t for f in FAMILIES.values() for t in f.model_types)
+    raise LmpackError(f"{where}: unsupported model_type {model_type!r} (lmpack supports: {supported})")
+
+
+def hf_rope(params: dict, cfg: dict, where: str, model_type: str) -> tuple[float, dict | None]:
+    """(rope_theta, canonical rope_scaling) from HF rope settings merged from `rope_scaling`
+    (older spelling) and `rope_parameters` (transformers 5)."""
+    theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        return theta, None
+    if kind == "llama3":
+        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        missing = [k for k in keys if k not in params]
+        if missing:
+            raise LmpackError(f"{where}: llama3 rope scaling is missing '{missing[0]}'")
+        return theta, {"type": "llama3", **{k: params[k] for k in keys}}
+    if kind == "linear":
+        if "factor" not in params:
+            raise LmpackError(f"{where}: linear rope scaling is missing 'factor'")
+        return theta, {"type": "linear", "factor": params["factor"]}
+    raise _refuse(where, model_type, f"rope scaling type '{kind}' (supported: llama3, linear)")
+
+
+def _merged_rope(cfg: dict, where: str) -> dict:
+    params = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling") or {}
+    if not isinstance(params, dict) or not isinstance(scaling, dict):
+        raise LmpackError(f"{where}: rope_parameters/rope_scaling must be objects")
+    return {**scaling, **params}
+
+
+def config_from_hf(cfg: Any, where: str) -> dict:
+    """The canonical config dict (ModelConfig.from_dict's input, without chat_format) of a parsed
+    HF `config.json`; refuses what lmpack cannot run with one line naming model_type and feature."""
+    if not isinstance(cfg, dict):
+        raise LmpackError(f"{where}: expected a JSON object")
+    model_type = cfg.get("model_type")
+    fam = family_for_model_type(model_type, where)
+    act = cfg.get("hidden_act", cfg.get("hidden_activation", fam.acts[0]))
+    if act not in fam.acts:
+        raise _refuse(where, model_type, f"hidden_act {act!r} (only {', '.join(fam.acts)})")
+
+    def need(key: str) -> Any:
+        if cfg.get(key) is None:
+            raise LmpackError(f"{where}: missing field '{key}'")
+        return cfg[key]
+
+    dim, heads = need("hidden_size"), need("num_attention_heads")
+    if not isinstance(dim, int) or not isinstance(heads, int) or heads <= 0:
+        raise LmpackError(f"{where}: hidden_size and num_attention_heads must be positive integers")
+    theta, scaling = hf_rope(_merged_rope(cfg, where), cfg, where, model_type)
+    eos = cfg.get("eos_token_id", 2)
+    eos_ids = eos if isinstance(eos, list) else [eos]
+    bos = cfg.get("bos_token_id", 1)
+    out = {
+        "architecture": fam.name,
+        "dim": dim,
+        "n_layers": need("num_hidden_layers"),
+        "n_heads": heads,
+        "n_kv_heads": cfg.get("num_key_value_heads") or heads,
+        "head_dim": cfg.get("head_dim") or dim // heads,
+        "ffn_dim": need("intermediate_size"),
+        "vocab_size": need("vocab_size"),
+        "norm_eps": cfg.get("rms_norm_eps", 1e-6),
+        "rope_theta": theta,
+        "rope_scaling": scaling,
+        "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        "max_context": cfg.get("max_position_embeddings", 2048),
+        "bos_id": 1 if bos is None else bos,
+        "eos_ids": [e for e in eos_ids if e is not None] or [2],
+    }
+    out.update(fam.from_hf(cfg, where, model_type))
+    return out
+
+
+# ---- the hand-over to the C core ----------------------------------------------------------------
+
+def expected_tensors(cfg) -> dict[str, tuple[int, ...]]:
+    """Every tensor name a file for `cfg` must hold, with its shape, in canonical file order."""
+    d = dims(cfg)
+    return {name: tuple(d[s] for s in t.shape) for name, t in family(cfg.architecture).tensors(cfg)}
+
+
+def core_config(cfg) -> dict[str, Any]:
+    """The config dict `_core.Model` takes: dimensions and forward features (csrc/py_model.c)."""
+    return {k: getattr(cfg, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
+                                         "vocab_size", "norm_eps")}
+
+
+def core_weights(cfg, entries: dict[str, Any]) -> dict[str, Any]:
+    """The weights dict `_core.Model` takes: slot -> entry for the model-wide tensors, slot -> list
+    of n_layers entries for the per-layer ones. `entries` maps each tensor name to its entry."""
+    fam = family(cfg.architecture)
+    out: dict[str, Any] = {}
+    for t in _TOP_FIRST + _TOP_LAST:
+        if _present(t, cfg):
+            out[t.slot] = entries[t.name]
+    for t in fam.layer:
+        if _present(t, cfg):
+            out[t.slot] = [entries[f"{LAYER_PREFIX}{i}.{t.name}"] for i in range(cfg.n_layers)]
+    return out
+
+
+def layer_of(name: str) -> int | None:
+    """The layer index of a per-layer tensor name, else None."""
+    if not name.startswith(LAYER_PREFIX):
+        return None
+    head = name[len(LAYER_PREFIX):].split(".", 1)[0]
+    return int(head) if head.isdigit() and str(int(head)) == head else None
+
+
+def check_finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
