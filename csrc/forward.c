@@ -265,9 +265,10 @@ typedef struct {
     int64_t p0;           /* position of the chunk's first token */
     float scale;
     int64_t n;            /* tokens in the chunk */
+    int64_t window;       /* the layer's window, 0 for full attention */
 } att_job;
 
-/* One (token, query head): scores over cache positions [0, p0 + t], softmax, weighted V sum. */
+/* One (token, query head): scores over the cache positions it sees, softmax, weighted V sum. */
 static void att_task(void *ctx, int64_t task, int thread) {
     const att_job *j = ctx;
     const lmp_model *m = j->m;
@@ -276,18 +277,23 @@ static void att_task(void *ctx, int64_t task, int thread) {
     /* a head's tasks are consecutive: its key and value rows stay in cache from token to token */
     const int64_t h = task / j->n, t = task % j->n;
     const int64_t kvh = h / (c->n_heads / c->n_kv_heads);
-    const int64_t npos = j->p0 + t + 1;
+    /* positions [first, p0 + t]: all of them, or the last `window` in a sliding layer */
+    int64_t npos = j->p0 + t + 1, first = 0;
+    if (j->window && npos > j->window) {
+        first = npos - j->window;
+        npos = j->window;
+    }
     const float *qh = m->q + t * q_dim + h * hd;
+    const float *kc = j->kc + first * kv_dim, *vc = j->vc + first * kv_dim;
     float *s = m->scores + (int64_t)thread * m->n_ctx;
     if (j->k->attend_f32) { /* the fused kernel: no call per position */
-        j->k->attend_f32(qh, j->kc + kvh * hd, j->vc + kvh * hd, kv_dim, npos, hd, j->scale, s,
-                         m->att + t * q_dim + h * hd);
+        j->k->attend_f32(qh, kc + kvh * hd, vc + kvh * hd, kv_dim, npos, hd, j->scale, s, m->att + t * q_dim + h * hd);
         return;
     }
 
     float mx = -INFINITY;
     for (int64_t p = 0; p < npos; p++) {
-        s[p] = j->k->dot_f32(qh, j->kc + p * kv_dim + kvh * hd, hd) * j->scale;
+        s[p] = j->k->dot_f32(qh, kc + p * kv_dim + kvh * hd, hd) * j->scale;
         if (s[p] > mx) mx = s[p];
     }
     float sum = 0.0f;
@@ -298,7 +304,7 @@ static void att_task(void *ctx, int64_t task, int thread) {
     float inv = 1.0f / sum;
     float *o = m->att + t * q_dim + h * hd;
     memset(o, 0, (size_t)hd * sizeof(float));
-    for (int64_t p = 0; p < npos; p++) j->k->axpy_f32(s[p] * inv, j->vc + p * kv_dim + kvh * hd, o, hd);
+    for (int64_t p = 0; p < npos; p++) j->k->axpy_f32(s[p] * inv, vc + p * kv_dim + kvh * hd, o, hd);
 }
 
 /* ---- the step ------------------------------------------------------------------------------ */
@@ -333,8 +339,9 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
         rope_rows(m, m->q, n, c->n_heads, q_dim);
         rope_rows(m, kc + p0 * kv_dim, n, c->n_kv_heads, kv_dim);
 
-        att_job aj = {m, k, kc, vc, p0, (float)(1.0 / sqrt((double)hd)), n};
-        if ((double)(n * c->n_heads * hd) * (double)(p0 + n) < (double)SERIAL_WORK) {
+        att_job aj = {m, k, kc, vc, p0, (float)(1.0 / sqrt((double)hd)), n, L->window};
+        const int64_t seen = L->window && L->window < p0 + n ? L->window : p0 + n;
+        if ((double)(n * c->n_heads * hd) * (double)seen < (double)SERIAL_WORK) {
             for (int64_t i = 0; i < n * c->n_heads; i++) att_task(&aj, i, 0);
         } else {
             lmp_pool_run(m->pool, n * c->n_heads, att_task, &aj);

@@ -27,6 +27,7 @@ typedef struct {
     lmp_weight wq, wk, wv, wo;
     const float *ffn_norm;  /* [dim], before the MLP */
     lmp_weight w_gate, w_up, w_down;
+    int64_t window;         /* a query attends to the last `window` positions, itself included; 0: all */
 } lmp_layer;
 
 typedef struct {

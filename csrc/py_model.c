@@ -300,8 +300,32 @@ static int slot_into(const tensor_src *src, const slot_def *d, PyObject *entry, 
     return load_slot(src, entry, d->name, layer, dim_of(c, d->rows), dim_of(c, d->cols), w, v);
 }
 
-/* weights: slot name -> entry (model-wide slots) or a list of n_layers entries (per-layer slots). */
-static int load_weights(ModelObject *self, PyObject *weights) {
+/* Optional config list `key` of n_layers integers in [0, MAX_DIM] into the int64 at `off` of
+ * each lmp_layer (left 0 when the key is absent). */
+static int layer_ints(PyObject *cfg, const char *key, lmp_model *m, size_t off) {
+    PyObject *list = PyDict_GetItemString(cfg, key); /* borrowed */
+    if (!list) return 0;
+    if (!PyList_Check(list) || PyList_GET_SIZE(list) != m->cfg.n_layers) {
+        PyErr_Format(PyExc_ValueError, "config: '%s' must be a list of n_layers = %lld integers", key,
+                     (long long)m->cfg.n_layers);
+        return -1;
+    }
+    for (int64_t l = 0; l < m->cfg.n_layers; l++) {
+        long long x = 0;
+        int overflow;
+        if (as_index(PyList_GET_ITEM(list, l), &x, &overflow) || overflow || x < 0 || x > MAX_DIM) {
+            PyErr_Format(PyExc_ValueError, "config: '%s'[%lld] must be an integer in [0, %lld]", key, (long long)l,
+                         MAX_DIM);
+            return -1;
+        }
+        *(int64_t *)((char *)&m->layers[l] + off) = (int64_t)x;
+    }
+    return 0;
+}
+
+/* weights: slot name -> entry (model-wide slots) or a list of n_layers entries (per-layer slots);
+ * cfg: the per-layer features of the config. */
+static int load_weights(ModelObject *self, PyObject *cfg, PyObject *weights) {
     lmp_model *m = &self->m;
     const lmp_config *c = &m->cfg;
     if (!PyDict_Check(weights)) {
@@ -343,6 +367,7 @@ static int load_weights(ModelObject *self, PyObject *weights) {
         PyErr_NoMemory();
         return -1;
     }
+    if (layer_ints(cfg, "layer_window", m, offsetof(lmp_layer, window))) return -1;
     for (int i = 0; i < N_LAYER_SLOTS; i++) {
         const slot_def *d = &LAYER_SLOTS[i];
         PyObject *list = PyDict_GetItemString(weights, d->name);
@@ -466,7 +491,7 @@ static PyObject *model_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         }
         memcpy(self->copy, self->view.buf, (size_t)self->view.len);
     }
-    if (load_weights(self, weights)) goto fail;
+    if (load_weights(self, config, weights)) goto fail;
 
     int rc;
     Py_BEGIN_ALLOW_THREADS

@@ -527,6 +527,9 @@ def test_bad_tensor_sets():
     (dict(n_heads=2**24, n_kv_heads=2**24), "n_heads \\* head_dim"),
     (dict(dim=96), "shape"),  # consistent on its own, but the tensors do not follow
     (dict(n_layers=3), "list of n_layers = 3"),
+    (dict(layer_window=[0]), "'layer_window' must be a list of n_layers = 2"),
+    (dict(layer_window=[0, -1]), "'layer_window'\\[1\\] must be an integer"),
+    (dict(layer_window=(0, 0)), "layer_window"),
 ])
 def test_bad_config(change, match):
     p = small()

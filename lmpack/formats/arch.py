@@ -10,7 +10,6 @@ the ops it needs.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -115,13 +114,44 @@ def _no_biases(cfg: dict, where: str, model_type: str) -> None:
             raise _refuse(where, model_type, f"{key}=true")
 
 
+def _window(cfg: dict, where: str, model_type: str) -> int | None:
+    w = cfg.get("sliding_window")
+    if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w <= 0):
+        raise LmpackError(f"{where}: field 'sliding_window' must be a positive integer or null, got {w!r}")
+    return w
+
+
+_HF_LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
+
+
+def _layer_types(cfg: dict, where: str, model_type: str) -> list[str] | None:
+    """HF `layer_types` in canonical spelling, or None when absent."""
+    lt = cfg.get("layer_types")
+    if lt is None:
+        return None
+    if not isinstance(lt, list) or not all(isinstance(t, str) for t in lt):
+        raise LmpackError(f"{where}: field 'layer_types' must be a list of strings")
+    unknown = [t for t in lt if t not in _HF_LAYER_TYPES]
+    if unknown:
+        raise _refuse(where, model_type, f"layer type {unknown[0]!r}")
+    return [_HF_LAYER_TYPES[t] for t in lt]
+
+
 def _llama(cfg: dict, where: str, model_type: str) -> dict:
     _no_biases(cfg, where, model_type)
     return {}
 
 
+def _mistral(cfg: dict, where: str, model_type: str) -> dict:
+    """Mistral v0.1-v0.3, Nemo, Small: Llama's block; every layer attends to the last
+    `sliding_window` positions when that is set (null: full attention); head_dim may be explicit."""
+    _no_biases(cfg, where, model_type)
+    return {"sliding_window": _window(cfg, where, model_type)}
+
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("llama", ("llama",), _LLAMA_LAYER, _llama),
+    Family("mistral", ("mistral",), _LLAMA_LAYER, _mistral),
 )}
 
 
@@ -222,8 +252,11 @@ def expected_tensors(cfg) -> dict[str, tuple[int, ...]]:
 
 def core_config(cfg) -> dict[str, Any]:
     """The config dict `_core.Model` takes: dimensions and forward features (csrc/py_model.c)."""
-    return {k: getattr(cfg, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
-                                         "vocab_size", "norm_eps")}
+    out = {k: getattr(cfg, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
+                                        "vocab_size", "norm_eps")}
+    if cfg.sliding_window is not None:
+        out["layer_window"] = [cfg.window(i) for i in range(cfg.n_layers)]
+    return out
 
 
 def core_weights(cfg, entries: dict[str, Any]) -> dict[str, Any]:
@@ -247,6 +280,3 @@ def layer_of(name: str) -> int | None:
     head = name[len(LAYER_PREFIX):].split(".", 1)[0]
     return int(head) if head.isdigit() and str(int(head)) == head else None
 
-
-def check_finite(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)

@@ -21,6 +21,10 @@ ROPE_SCALING_KEYS = {
 }
 
 
+FEATURE_DEFAULTS: dict[str, Any] = {"sliding_window": None, "layer_types": None}
+LAYER_TYPES = ("full", "sliding")
+
+
 @dataclass
 class ModelConfig:
     dim: int
@@ -39,12 +43,26 @@ class ModelConfig:
     rope_scaling: dict[str, Any] | None = None
     chat_format: str | None = None
     architecture: str = "llama"
+    # Family features (docs/FORMAT.md); a header leaves out those at their default.
+    sliding_window: int | None = None  # positions a sliding layer attends to, itself included
+    layer_types: list[str] | None = None  # per layer "full" | "sliding"; None: all one kind
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, kept verbatim
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")
+        for key in FEATURE_DEFAULTS:
+            if d[key] == FEATURE_DEFAULTS[key]:
+                del d[key]
         return {**extra, **d}
+
+    def window(self, layer: int) -> int:
+        """The attention window of `layer` in positions; 0 for full causal attention."""
+        if self.sliding_window is None:
+            return 0
+        if self.layer_types is None or self.layer_types[layer] == "sliding":
+            return self.sliding_window
+        return 0
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "config") -> "ModelConfig":
@@ -91,6 +109,8 @@ class ModelConfig:
             tie_embeddings=get("tie_embeddings", bool, False),
             rope_scaling=d.get("rope_scaling"),
             chat_format=get("chat_format", str, None, optional=True),
+            sliding_window=get("sliding_window", int, None, optional=True),
+            layer_types=d.get("layer_types"),
             extra={k: v for k, v in d.items() if k not in known},
         )
         cfg.validate(where)
@@ -119,6 +139,15 @@ class ModelConfig:
                     raise LmpackError(f"{where}: {key} {i} is outside the vocabulary (size {self.vocab_size})")
         if self.chat_format is not None and self.chat_format not in CHAT_FORMATS:
             raise LmpackError(f"{where}: unknown chat_format '{self.chat_format}'")
+        if self.sliding_window is not None and not 0 < self.sliding_window <= MAX_DIM:
+            raise LmpackError(f"{where}: field 'sliding_window' out of range: {self.sliding_window}")
+        if self.layer_types is not None:
+            lt = self.layer_types
+            if not isinstance(lt, list) or len(lt) != self.n_layers or any(t not in LAYER_TYPES for t in lt):
+                raise LmpackError(f"{where}: field 'layer_types' must list 'full' or 'sliding' for each of the "
+                                  f"{self.n_layers} layers")
+            if "sliding" in lt and self.sliding_window is None:
+                raise LmpackError(f"{where}: sliding layers need a 'sliding_window'")
         if self.rope_scaling is not None:
             rs = self.rope_scaling
             if not isinstance(rs, dict) or rs.get("type") not in ROPE_SCALING_KEYS:

@@ -86,15 +86,17 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return (x * cos[:, None, :] + rotated * sin[:, None, :]).astype(np.float32)
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0) -> np.ndarray:
     """Causal grouped-query attention: q [n, H, d], k/v [n, KV, d] -> [n, H*d]; query head h reads
-    key/value head h // (H / KV)."""
+    key/value head h // (H / KV). With a window, token i sees only tokens i - window + 1 .. i."""
     n, heads, d = q.shape
     group = heads // k.shape[1]
     qg = q.reshape(n, k.shape[1], group, d).transpose(1, 2, 0, 3)  # [KV, group, n, d]
     kt = k.transpose(1, 2, 0)[:, None]  # [KV, 1, d, n]
     scores = (qg @ kt) * np.float32(d ** -0.5)  # [KV, group, n, n]
-    scores[..., np.triu(np.ones((n, n), dtype=bool), 1)] = -np.inf  # a token sees only the past
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    hidden = (j > i) | ((i - j >= window) if window else False)  # the future, and beyond the window
+    scores[..., hidden] = -np.inf
     scores -= scores.max(axis=-1, keepdims=True)
     p = np.exp(scores)
     p /= p.sum(axis=-1, keepdims=True)
@@ -129,7 +131,7 @@ def reference_logits(source: Source, ids: Sequence[int],
         q = apply_rope(w.linear(x, t["wq"]).reshape(n, cfg.n_heads, hd), cos, sin)
         k = apply_rope(w.linear(x, t["wk"]).reshape(n, cfg.n_kv_heads, hd), cos, sin)
         v = w.linear(x, t["wv"]).reshape(n, cfg.n_kv_heads, hd)
-        h = h + w.linear(attention(q, k, v), t["wo"])
+        h = h + w.linear(attention(q, k, v, cfg.window(i)), t["wo"])
         x = rms_norm(h, w.vector(t["ffn_norm"]), eps)
         gated = silu(w.linear(x, t["w_gate"])) * w.linear(x, t["w_up"])
         h = h + w.linear(gated, t["w_down"])

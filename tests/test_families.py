@@ -1,0 +1,190 @@
+"""The families beyond Llama, end to end against transformers.
+
+Each case is a random-weight checkpoint of one family saved by transformers (tiny shapes, weights
+with std 0.15 so logits spread like a trained model's, norms and biases randomised), converted by
+lmpack and compared with transformers' float32 forward over the same numbers: logits at 48
+positions (beyond every sliding window), greedy ids, a bf16 file against the rounded weights, a
+q8_0 file within the Llama KL bounds, every kernel table at several thread counts, and `verify
+--against` on the good file and on a perturbed twin. Each case also checks that its feature
+matters: switching it off in transformers moves the logits far beyond the tolerance.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import checkpoints
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import lmpack  # noqa: E402
+from lmpack import _core  # noqa: E402
+from lmpack.convert.hf import config_from_hf  # noqa: E402
+from lmpack.errors import LmpackError  # noqa: E402
+from lmpack.runtime.sampler import Sampler  # noqa: E402
+from lmpack.verify import verify  # noqa: E402
+from kernel_tables import using_kernels  # noqa: E402
+from test_q8_accuracy import MAX_KL_BOUND, MEAN_KL_BOUND, TOP1_BOUND, kl  # noqa: E402
+
+F32_TOL = 1e-4
+HALF_TOL = 1e-3
+SEQ_LEN = 48
+
+
+def _no_window(model):
+    model.config.sliding_window = None
+
+
+# id -> (model_type, checkpoint kwargs, ablate(model): switch the family's feature off in a
+# copy of the transformers model, perturb: what the verify twin changes ("config", {...}) or
+# ("tensor", name, scale)).
+CASES = {
+    "mistral-window16-headdim64": (
+        "mistral", dict(sliding_window=16, head_dim=64), _no_window, ("config", {"sliding_window": 8})),
+    "mistral-nowindow-tied-bf16": (
+        "mistral", dict(sliding_window=None, tie=True, dtype="bfloat16"), None,
+        ("tensor", "model.layers.1.self_attn.k_proj.weight", 1.1)),
+}
+
+
+def token_ids(vocab: int, n: int = SEQ_LEN, seed: int = 1) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [1] + rng.integers(0, vocab, size=n - 1).tolist()
+
+
+def rel_err(got, ref) -> float:
+    return float(np.abs(np.asarray(got, np.float64) - ref).max() / ref.std())
+
+
+@pytest.fixture(params=list(CASES))
+def case(request, family_checkpoint):
+    model_type, kwargs, ablate, perturb = CASES[request.param]
+    return request.param, family_checkpoint(model_type, **kwargs), ablate, perturb
+
+
+def logits_of(model, ids) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([ids]), use_cache=False).logits[0].float().numpy()
+
+
+def test_logits_match_transformers(case, converted):
+    name, ck, ablate, _ = case
+    ids = token_ids(ck.vocab_size)
+    ref = ck.reference_logits(ids)
+    assert ref.std() > 0.5, "reference logits too flat for the tolerance to mean anything"
+    got = lmpack.load(converted(ck)).logits(ids)
+    tol = F32_TOL if ck.dtype == "float32" else HALF_TOL  # bf16 values are exact in the file
+    assert rel_err(got, ref) < tol, name
+    if ablate is not None:  # the feature matters: without it transformers is far off
+        off = copy.deepcopy(ck.model)
+        ablate(off)
+        assert rel_err(logits_of(off, ids), ref) > 100 * tol
+
+
+def test_bf16_file_matches_rounded_weights(case, converted):
+    name, ck, _, _ = case
+    ids = token_ids(ck.vocab_size, seed=2)
+    ref = logits_of(checkpoints.rounded_reference(ck.model, "bf16"), ids)
+    assert rel_err(lmpack.load(converted(ck, "bf16")).logits(ids), ref) < HALF_TOL, name
+
+
+def test_greedy_ids_match_transformers(case, converted):
+    name, ck, _, _ = case
+    prompt = token_ids(ck.vocab_size, n=12, seed=3)
+    m = lmpack.load(converted(ck), threads=2)
+    mine = []
+    for piece in m.continue_from(prompt, 0, Sampler(0.0, 1.0, None), 30, generated=mine):
+        pass
+    want = ck.reference_greedy(prompt, 30)
+    assert mine[:len(want)] == want, name
+
+
+def test_q8_0_within_llama_kl_bounds(case, converted):
+    name, ck, _, _ = case
+    ids = [1] + [int(i) for i in np.random.default_rng(7).integers(3, ck.vocab_size, 63)]
+    ref, got = ck.reference_logits(ids), lmpack.load(converted(ck, "q8_0"), threads=2).logits(ids)
+    k = kl(ref, got)
+    assert k.mean() <= MEAN_KL_BOUND and k.max() <= MAX_KL_BOUND, (name, k.mean(), k.max())
+    assert (ref.argmax(-1) == got.argmax(-1)).mean() >= TOP1_BOUND
+
+
+@pytest.mark.parametrize("dtype", ["auto", "q8_0"])
+def test_every_kernel_table_and_thread_count(case, converted, dtype):
+    """Each kernel table matches transformers (f32: within tolerance; q8_0: within the KL bound),
+    and gives bit-identical logits at 1, 2 and 3 threads."""
+    name, ck, _, _ = case
+    ids = token_ids(ck.vocab_size, seed=4)
+    ref = ck.reference_logits(ids)
+    path = converted(ck, dtype)
+    for table in _core.kernel_paths():
+        with using_kernels(table):
+            outs = [lmpack.load(path, threads=t).logits(ids) for t in (1, 2, 3)]
+        np.testing.assert_array_equal(outs[0], outs[1], err_msg=f"{name} {table}")
+        np.testing.assert_array_equal(outs[0], outs[2], err_msg=f"{name} {table}")
+        if dtype == "q8_0":
+            assert kl(ref, outs[0]).mean() <= MEAN_KL_BOUND, (name, table)
+        else:
+            assert rel_err(outs[0], ref) < (F32_TOL if ck.dtype == "float32" else HALF_TOL), (name, table)
+
+
+def _twin(src, dst, perturb):
+    """A copy of checkpoint folder `src` with one thing changed: a config field or a tensor's scale."""
+    shutil.copytree(src, dst)
+    if perturb[0] == "config":
+        cfg = json.loads((dst / "config.json").read_text())
+        cfg.update(perturb[1])
+        (dst / "config.json").write_text(json.dumps(cfg))
+    else:
+        from safetensors.torch import load_file, save_file
+
+        sd = load_file(dst / "model.safetensors")
+        sd[perturb[1]] = (sd[perturb[1]].float() * perturb[2]).to(sd[perturb[1]].dtype)
+        save_file(sd, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+@pytest.mark.parametrize("dtype", ["auto", "q8_0"])
+def test_verify_against_source_and_perturbed_twin(case, converted, tmp_path, dtype):
+    name, ck, _, perturb = case
+    good = converted(ck, dtype)
+    result = verify(good, against=ck.path, max_tokens=64)
+    assert result.ok, (name, result.failures())
+    bad = verify(good, against=_twin(ck.path, tmp_path / "twin", perturb), max_tokens=64)
+    assert not bad.ok, name
+    failed = {n for n, c in bad.checks.items() if c.status == "fail"}
+    assert ("config" if perturb[0] == "config" else "tensors") in failed, failed
+
+
+# ---- refusals ----------------------------------------------------------------------------------
+
+BASE_HF = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96, vocab_size=64)
+
+
+@pytest.mark.parametrize("model_type,change,match", [
+    ("mistral", dict(hidden_act="gelu"), "model_type 'mistral': hidden_act 'gelu'"),
+    ("mistral", dict(attention_bias=True), "model_type 'mistral': attention_bias=true"),
+    ("mistral", dict(sliding_window=-4), "sliding_window"),
+    ("mistral", dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "model_type 'mistral': rope scaling type 'yarn'"),
+    ("falcon", dict(), "unsupported model_type 'falcon'"),
+])
+def test_unsupported_features_are_refused(model_type, change, match):
+    with pytest.raises(LmpackError, match=match) as e:
+        config_from_hf({**BASE_HF, "model_type": model_type, **change}, "config.json")
+    assert "\n" not in str(e.value)
+
+
+def test_refusal_on_the_command_line(family_checkpoint, tmp_path, run_lmpack):
+    ck = family_checkpoint("mistral", sliding_window=16, head_dim=64)
+    src = shutil.copytree(ck.path, tmp_path / "src")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["hidden_act"] = "relu"
+    (src / "config.json").write_text(json.dumps(cfg))
+    r = run_lmpack("convert", src, "-o", tmp_path / "out.lmp")
+    assert r.returncode != 0 and not (tmp_path / "out.lmp").exists()
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "model_type 'mistral'" in lines[0], r.stderr
