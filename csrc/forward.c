@@ -313,6 +313,11 @@ static void add_rows(float *h, const float *d, int64_t n) {
     for (int64_t i = 0; i < n; i++) h[i] += d[i];
 }
 
+/* x[t, :] += b for n rows of `cols` values. */
+static void add_bias(float *x, const float *b, int64_t n, int64_t cols) {
+    for (int64_t t = 0; t < n; t++) add_rows(x + t * cols, b, cols);
+}
+
 /* Runs one chunk of n <= LMP_CHUNK tokens at positions p0.. through every layer; leaves the
  * residual stream of its tokens in m->h. */
 static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens, int64_t n, int64_t p0) {
@@ -336,6 +341,9 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
             const int64_t ld[3] = {q_dim, kv_dim, kv_dim};
             matmuls(m, k, m->xn, dim, n, 3, ws, ys, ld);
         }
+        if (L->bq) add_bias(m->q, L->bq, n, q_dim);
+        if (L->bk) add_bias(kc + p0 * kv_dim, L->bk, n, kv_dim);
+        if (L->bv) add_bias(vc + p0 * kv_dim, L->bv, n, kv_dim);
         rope_rows(m, m->q, n, c->n_heads, q_dim);
         rope_rows(m, kc + p0 * kv_dim, n, c->n_kv_heads, kv_dim);
 

@@ -40,6 +40,21 @@ def _no_window(model):
     model.config.sliding_window = None
 
 
+def _no_biases(model):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.zero_()
+
+
+def _all_full(model):
+    model.config.layer_types = ["full_attention"] * model.config.num_hidden_layers
+    model.model.has_sliding_layers = False
+    for layer in model.model.layers:
+        layer.self_attn.sliding_window = None
+        layer.attention_type = "full_attention"
+
+
 # id -> (model_type, checkpoint kwargs, ablate(model): switch the family's feature off in a
 # copy of the transformers model, perturb: what the verify twin changes ("config", {...}) or
 # ("tensor", name, scale)).
@@ -49,6 +64,11 @@ CASES = {
     "mistral-nowindow-tied-bf16": (
         "mistral", dict(sliding_window=None, tie=True, dtype="bfloat16"), None,
         ("tensor", "model.layers.1.self_attn.k_proj.weight", 1.1)),
+    "qwen2-biases-tied": (
+        "qwen2", dict(tie=True), _no_biases, ("tensor", "model.layers.0.self_attn.k_proj.bias", 1.5)),
+    "qwen2-window16-on-layer1-bf16": (
+        "qwen2", dict(use_sliding_window=True, sliding_window=16, max_window_layers=1, dtype="bfloat16"), _all_full,
+        ("config", {"max_window_layers": 0, "layer_types": ["sliding_attention"] * 2})),
 }
 
 
@@ -170,6 +190,9 @@ BASE_HF = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, inter
     ("mistral", dict(attention_bias=True), "model_type 'mistral': attention_bias=true"),
     ("mistral", dict(sliding_window=-4), "sliding_window"),
     ("mistral", dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "model_type 'mistral': rope scaling type 'yarn'"),
+    ("qwen2", dict(hidden_act="gelu"), "model_type 'qwen2': hidden_act 'gelu'"),
+    ("qwen2", dict(use_sliding_window=True, sliding_window=8, layer_types=["chunked_attention"] * 2),
+     "model_type 'qwen2': layer type 'chunked_attention'"),
     ("falcon", dict(), "unsupported model_type 'falcon'"),
 ])
 def test_unsupported_features_are_refused(model_type, change, match):

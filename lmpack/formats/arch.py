@@ -56,6 +56,22 @@ _LLAMA_LAYER = (
     TensorDef("post_attention_layernorm.weight", "ffn_norm", ("dim",)),
     *_MLP,
 )
+# Qwen2's attention: q/k/v projections with biases.
+_BIASED_ATTN = (
+    TensorDef("self_attn.q_proj.weight", "wq", ("q_dim", "dim")),
+    TensorDef("self_attn.q_proj.bias", "bq", ("q_dim",)),
+    TensorDef("self_attn.k_proj.weight", "wk", ("kv_dim", "dim")),
+    TensorDef("self_attn.k_proj.bias", "bk", ("kv_dim",)),
+    TensorDef("self_attn.v_proj.weight", "wv", ("kv_dim", "dim")),
+    TensorDef("self_attn.v_proj.bias", "bv", ("kv_dim",)),
+    TensorDef("self_attn.o_proj.weight", "wo", ("dim", "q_dim")),
+)
+_QWEN2_LAYER = (
+    TensorDef("input_layernorm.weight", "attn_norm", ("dim",)),
+    *_BIASED_ATTN,
+    TensorDef("post_attention_layernorm.weight", "ffn_norm", ("dim",)),
+    *_MLP,
+)
 _TOP_FIRST = (TensorDef("model.embed_tokens.weight", "embed", ("vocab_size", "dim")),)
 _TOP_LAST = (
     TensorDef("model.norm.weight", "final_norm", ("dim",)),
@@ -149,9 +165,33 @@ def _mistral(cfg: dict, where: str, model_type: str) -> dict:
     return {"sliding_window": _window(cfg, where, model_type)}
 
 
+def _qwen_windows(cfg: dict, where: str, model_type: str) -> dict:
+    """Qwen2/Qwen3 sliding windows: only with use_sliding_window, on the layers `layer_types` marks
+    (older configs: the layers from max_window_layers on)."""
+    if not cfg.get("use_sliding_window"):
+        return {}
+    window = _window(cfg, where, model_type)
+    if window is None:
+        return {}
+    types = _layer_types(cfg, where, model_type)
+    if types is None:
+        first = cfg.get("max_window_layers", 0)
+        if isinstance(first, bool) or not isinstance(first, int):
+            raise LmpackError(f"{where}: field 'max_window_layers' must be an integer")
+        n = cfg.get("num_hidden_layers")
+        types = ["sliding" if i >= first else "full" for i in range(n if isinstance(n, int) else 0)]
+    return {"sliding_window": window, "layer_types": types}
+
+
+def _qwen2(cfg: dict, where: str, model_type: str) -> dict:
+    """Qwen2 / Qwen2.5: Llama's block with q/k/v biases (always on; no other biases)."""
+    return _qwen_windows(cfg, where, model_type)
+
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("llama", ("llama",), _LLAMA_LAYER, _llama),
     Family("mistral", ("mistral",), _LLAMA_LAYER, _mistral),
+    Family("qwen2", ("qwen2",), _QWEN2_LAYER, _qwen2),
 )}
 
 

@@ -128,9 +128,11 @@ def reference_logits(source: Source, ids: Sequence[int],
     for i in range(cfg.n_layers):
         t = {slot: f"{arch.LAYER_PREFIX}{i}.{name}" for slot, name in names["layer"].items()}
         x = rms_norm(h, w.vector(t["attn_norm"]), eps)
-        q = apply_rope(w.linear(x, t["wq"]).reshape(n, cfg.n_heads, hd), cos, sin)
-        k = apply_rope(w.linear(x, t["wk"]).reshape(n, cfg.n_kv_heads, hd), cos, sin)
-        v = w.linear(x, t["wv"]).reshape(n, cfg.n_kv_heads, hd)
+        q, k, v = (w.linear(x, t[p]) + (w.vector(t[b]) if b in t else np.float32(0))
+                   for p, b in (("wq", "bq"), ("wk", "bk"), ("wv", "bv")))
+        q = apply_rope(q.reshape(n, cfg.n_heads, hd), cos, sin)
+        k = apply_rope(k.reshape(n, cfg.n_kv_heads, hd), cos, sin)
+        v = v.reshape(n, cfg.n_kv_heads, hd)
         h = h + w.linear(attention(q, k, v, cfg.window(i)), t["wo"])
         x = rms_norm(h, w.vector(t["ffn_norm"]), eps)
         gated = silu(w.linear(x, t["w_gate"])) * w.linear(x, t["w_up"])
