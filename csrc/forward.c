@@ -344,6 +344,9 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
         if (L->bq) add_bias(m->q, L->bq, n, q_dim);
         if (L->bk) add_bias(kc + p0 * kv_dim, L->bk, n, kv_dim);
         if (L->bv) add_bias(vc + p0 * kv_dim, L->bv, n, kv_dim);
+        /* per-head norms: the q rows and the chunk's K cache rows are n*heads rows of head_dim */
+        if (L->q_norm) rmsnorm(m->q, m->q, L->q_norm, n * c->n_heads, hd, c->norm_eps);
+        if (L->k_norm) rmsnorm(kc + p0 * kv_dim, kc + p0 * kv_dim, L->k_norm, n * c->n_kv_heads, hd, c->norm_eps);
         rope_rows(m, m->q, n, c->n_heads, q_dim);
         rope_rows(m, kc + p0 * kv_dim, n, c->n_kv_heads, kv_dim);
 

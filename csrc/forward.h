@@ -26,6 +26,7 @@ typedef struct {
     const float *attn_norm; /* [dim], before attention */
     lmp_weight wq, wk, wv, wo;
     const float *bq, *bk, *bv; /* optional biases of q [n_heads*head_dim], k and v [n_kv_heads*head_dim] */
+    const float *q_norm, *k_norm; /* optional RMSNorm of each q and k head [head_dim], before RoPE */
     const float *ffn_norm;  /* [dim], before the MLP */
     lmp_weight w_gate, w_up, w_down;
     int64_t window;         /* a query attends to the last `window` positions, itself included; 0: all */

@@ -275,6 +275,8 @@ static const slot_def LAYER_SLOTS[] = {
     {"bq", 0, D_VEC, D_Q, offsetof(lmp_layer, bq)},
     {"bk", 0, D_VEC, D_KV, offsetof(lmp_layer, bk)},
     {"bv", 0, D_VEC, D_KV, offsetof(lmp_layer, bv)},
+    {"q_norm", 0, D_VEC, D_HD, offsetof(lmp_layer, q_norm)},
+    {"k_norm", 0, D_VEC, D_HD, offsetof(lmp_layer, k_norm)},
     {"ffn_norm", 1, D_VEC, D_DIM, offsetof(lmp_layer, ffn_norm)},
     {"w_gate", 1, D_FFN, D_DIM, offsetof(lmp_layer, w_gate)},
     {"w_up", 1, D_FFN, D_DIM, offsetof(lmp_layer, w_up)},

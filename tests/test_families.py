@@ -55,6 +55,13 @@ def _all_full(model):
         layer.attention_type = "full_attention"
 
 
+def _unit_qk_norms(model):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.fill_(1.0)
+
+
 # id -> (model_type, checkpoint kwargs, ablate(model): switch the family's feature off in a
 # copy of the transformers model, perturb: what the verify twin changes ("config", {...}) or
 # ("tensor", name, scale)).
@@ -69,6 +76,11 @@ CASES = {
     "qwen2-window16-on-layer1-bf16": (
         "qwen2", dict(use_sliding_window=True, sliding_window=16, max_window_layers=1, dtype="bfloat16"), _all_full,
         ("config", {"max_window_layers": 0, "layer_types": ["sliding_attention"] * 2})),
+    "qwen3-qknorm-headdim64": (
+        "qwen3", dict(head_dim=64), _unit_qk_norms, ("tensor", "model.layers.1.self_attn.q_norm.weight", 0.8)),
+    "qwen3-tied-window16-bf16": (
+        "qwen3", dict(head_dim=32, tie=True, use_sliding_window=True, sliding_window=16, max_window_layers=0,
+                      dtype="bfloat16"), _all_full, ("tensor", "model.layers.0.self_attn.k_norm.weight", 1.2)),
 }
 
 
@@ -193,6 +205,7 @@ BASE_HF = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, inter
     ("qwen2", dict(hidden_act="gelu"), "model_type 'qwen2': hidden_act 'gelu'"),
     ("qwen2", dict(use_sliding_window=True, sliding_window=8, layer_types=["chunked_attention"] * 2),
      "model_type 'qwen2': layer type 'chunked_attention'"),
+    ("qwen3", dict(attention_bias=True), "model_type 'qwen3': attention_bias=true"),
     ("falcon", dict(), "unsupported model_type 'falcon'"),
 ])
 def test_unsupported_features_are_refused(model_type, change, match):

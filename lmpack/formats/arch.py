@@ -72,6 +72,18 @@ _QWEN2_LAYER = (
     TensorDef("post_attention_layernorm.weight", "ffn_norm", ("dim",)),
     *_MLP,
 )
+# Qwen3's attention: RMSNorm over each head of q and k (weights [head_dim]) before RoPE.
+_QWEN3_LAYER = (
+    TensorDef("input_layernorm.weight", "attn_norm", ("dim",)),
+    TensorDef("self_attn.q_proj.weight", "wq", ("q_dim", "dim")),
+    TensorDef("self_attn.q_norm.weight", "q_norm", ("head_dim",)),
+    TensorDef("self_attn.k_proj.weight", "wk", ("kv_dim", "dim")),
+    TensorDef("self_attn.k_norm.weight", "k_norm", ("head_dim",)),
+    TensorDef("self_attn.v_proj.weight", "wv", ("kv_dim", "dim")),
+    TensorDef("self_attn.o_proj.weight", "wo", ("dim", "q_dim")),
+    TensorDef("post_attention_layernorm.weight", "ffn_norm", ("dim",)),
+    *_MLP,
+)
 _TOP_FIRST = (TensorDef("model.embed_tokens.weight", "embed", ("vocab_size", "dim")),)
 _TOP_LAST = (
     TensorDef("model.norm.weight", "final_norm", ("dim",)),
@@ -188,10 +200,17 @@ def _qwen2(cfg: dict, where: str, model_type: str) -> dict:
     return _qwen_windows(cfg, where, model_type)
 
 
+def _qwen3(cfg: dict, where: str, model_type: str) -> dict:
+    """Qwen3 (dense): Llama's block with per-head q/k RMSNorm; no biases."""
+    _no_biases(cfg, where, model_type)
+    return _qwen_windows(cfg, where, model_type)
+
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("llama", ("llama",), _LLAMA_LAYER, _llama),
     Family("mistral", ("mistral",), _LLAMA_LAYER, _mistral),
     Family("qwen2", ("qwen2",), _QWEN2_LAYER, _qwen2),
+    Family("qwen3", ("qwen3",), _QWEN3_LAYER, _qwen3),
 )}
 
 

@@ -130,8 +130,10 @@ def reference_logits(source: Source, ids: Sequence[int],
         x = rms_norm(h, w.vector(t["attn_norm"]), eps)
         q, k, v = (w.linear(x, t[p]) + (w.vector(t[b]) if b in t else np.float32(0))
                    for p, b in (("wq", "bq"), ("wk", "bk"), ("wv", "bv")))
-        q = apply_rope(q.reshape(n, cfg.n_heads, hd), cos, sin)
-        k = apply_rope(k.reshape(n, cfg.n_kv_heads, hd), cos, sin)
+        q, k = q.reshape(n, cfg.n_heads, hd), k.reshape(n, cfg.n_kv_heads, hd)
+        if "q_norm" in t:  # RMSNorm over each head
+            q, k = rms_norm(q, w.vector(t["q_norm"]), eps), rms_norm(k, w.vector(t["k_norm"]), eps)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         v = v.reshape(n, cfg.n_kv_heads, hd)
         h = h + w.linear(attention(q, k, v, cfg.window(i)), t["wo"])
         x = rms_norm(h, w.vector(t["ffn_norm"]), eps)
