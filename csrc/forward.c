@@ -1,6 +1,8 @@
-/* The Llama forward step: one call advances the KV cache by a run of tokens and yields logits.
+/* The forward step: one call advances the KV cache by a run of tokens and yields logits.
  *
- * Semantics are Hugging Face LlamaForCausalLM in f32 activations with an f32 KV cache. Long runs
+ * Semantics are Hugging Face's decoders (LlamaForCausalLM and the families of
+ * lmpack/formats/arch.py, whose optional slots and config switches select biases, q/k norms,
+ * post-norms, GeGLU, sliding windows, soft-capping) in f32 activations with an f32 KV cache. Long runs
  * are cut into chunks of LMP_CHUNK tokens so the scratch is a fixed size allocated once; within a
  * chunk every layer's matmuls see all the chunk's tokens at once (a GEMM for prompts, a GEMV for
  * generation). Work is shared by the pool as row ranges of the weights and (token, head) pairs of
@@ -86,8 +88,8 @@ int lmp_state_alloc(lmp_model *m, int threads) {
     m->gate = zalloc(C * c->ffn_dim, sizeof(float));
     m->up = zalloc(C * c->ffn_dim, sizeof(float));
     m->scores = zalloc(n_scores, sizeof(float));
-    m->rope_cos = zalloc(C * (c->head_dim / 2), sizeof(float));
-    m->rope_sin = zalloc(C * (c->head_dim / 2), sizeof(float));
+    m->rope_cos = zalloc(c->n_rope * C * (c->head_dim / 2), sizeof(float));
+    m->rope_sin = zalloc(c->n_rope * C * (c->head_dim / 2), sizeof(float));
     int ok = m->kcache && m->vcache && m->h && m->xn && m->q && m->att && m->proj && m->gate && m->up &&
              m->scores && m->rope_cos && m->rope_sin;
     if (ok && any_q8(m)) {
@@ -109,16 +111,24 @@ int lmp_state_alloc(lmp_model *m, int threads) {
 
 /* ---- element-wise pieces (cheap next to the matmuls: run on the calling thread) ----------- */
 
-/* y = x / sqrt(mean(x^2) + eps) * w on `rows` rows of n values. */
-static void rmsnorm(float *y, const float *x, const float *w, int64_t rows, int64_t n, float eps) {
+/* y = x / sqrt(mean(x^2) + eps) * (offset + w) on `rows` rows of n values (y may be x). */
+static void rmsnorm(float *y, const float *x, const float *w, int64_t rows, int64_t n, float eps, float offset) {
     for (int64_t t = 0; t < rows; t++, x += n, y += n) {
         /* double for the sum of squares: the mean is then as good as torch's cascaded f32 sum */
         double ss = 0.0;
         for (int64_t i = 0; i < n; i++) ss += (double)x[i] * (double)x[i];
         float var = (float)(ss / (double)n);
         float r = 1.0f / sqrtf(var + eps);
-        for (int64_t i = 0; i < n; i++) y[i] = w[i] * (x[i] * r);
+        if (offset == 0.0f)
+            for (int64_t i = 0; i < n; i++) y[i] = w[i] * (x[i] * r);
+        else
+            for (int64_t i = 0; i < n; i++) y[i] = (x[i] * r) * (offset + w[i]);
     }
+}
+
+/* x = cap * tanh(x / cap), element-wise (Gemma 2's soft-capping of scores and logits). */
+static void softcap(float *x, int64_t n, float cap) {
+    for (int64_t i = 0; i < n; i++) x[i] = tanhf(x[i] / cap) * cap;
 }
 
 static void embed_row(const lmp_weight *e, int64_t row, float *y) {
@@ -149,24 +159,30 @@ static void embed_row(const lmp_weight *e, int64_t row, float *y) {
     }
 }
 
-/* HF's angle: float32 position times float32 inverse frequency, then cos/sin of that float. */
+/* HF's angle: float32 position times float32 inverse frequency, then cos/sin of that float;
+ * for each RoPE table. */
 static void rope_table(lmp_model *m, int64_t p0, int64_t n) {
     const int64_t half = m->cfg.head_dim / 2;
-    for (int64_t t = 0; t < n; t++) {
-        float p = (float)(p0 + t);
-        for (int64_t i = 0; i < half; i++) {
-            float a = p * m->inv_freq[i];
-            m->rope_cos[t * half + i] = (float)cos((double)a);
-            m->rope_sin[t * half + i] = (float)sin((double)a);
+    for (int64_t r = 0; r < m->cfg.n_rope; r++) {
+        const float *inv = m->inv_freq + r * half;
+        float *cs = m->rope_cos + r * LMP_CHUNK * half, *sn = m->rope_sin + r * LMP_CHUNK * half;
+        for (int64_t t = 0; t < n; t++) {
+            float p = (float)(p0 + t);
+            for (int64_t i = 0; i < half; i++) {
+                float a = p * inv[i];
+                cs[t * half + i] = (float)cos((double)a);
+                sn[t * half + i] = (float)sin((double)a);
+            }
         }
     }
 }
 
-/* Half-split RoPE on n rows of `heads` heads each, row stride `ld`. */
-static void rope_rows(const lmp_model *m, float *x, int64_t n, int64_t heads, int64_t ld) {
+/* Half-split RoPE with table `table` on n rows of `heads` heads each, row stride `ld`. */
+static void rope_rows(const lmp_model *m, int64_t table, float *x, int64_t n, int64_t heads, int64_t ld) {
     const int64_t hd = m->cfg.head_dim, half = hd / 2;
+    const float *cos0 = m->rope_cos + table * LMP_CHUNK * half, *sin0 = m->rope_sin + table * LMP_CHUNK * half;
     for (int64_t t = 0; t < n; t++) {
-        const float *cs = m->rope_cos + t * half, *sn = m->rope_sin + t * half;
+        const float *cs = cos0 + t * half, *sn = sin0 + t * half;
         for (int64_t h = 0; h < heads; h++) {
             float *v = x + t * ld + h * hd;
             for (int64_t i = 0; i < half; i++) {
@@ -266,6 +282,7 @@ typedef struct {
     float scale;
     int64_t n;            /* tokens in the chunk */
     int64_t window;       /* the layer's window, 0 for full attention */
+    float softcap;        /* 0, or the cap of the scores */
 } att_job;
 
 /* One (token, query head): scores over the cache positions it sees, softmax, weighted V sum. */
@@ -286,7 +303,7 @@ static void att_task(void *ctx, int64_t task, int thread) {
     const float *qh = m->q + t * q_dim + h * hd;
     const float *kc = j->kc + first * kv_dim, *vc = j->vc + first * kv_dim;
     float *s = m->scores + (int64_t)thread * m->n_ctx;
-    if (j->k->attend_f32) { /* the fused kernel: no call per position */
+    if (j->k->attend_f32 && !j->softcap) { /* the fused kernel: no call per position */
         j->k->attend_f32(qh, kc + kvh * hd, vc + kvh * hd, kv_dim, npos, hd, j->scale, s, m->att + t * q_dim + h * hd);
         return;
     }
@@ -294,6 +311,7 @@ static void att_task(void *ctx, int64_t task, int thread) {
     float mx = -INFINITY;
     for (int64_t p = 0; p < npos; p++) {
         s[p] = j->k->dot_f32(qh, kc + p * kv_dim + kvh * hd, hd) * j->scale;
+        if (j->softcap) s[p] = tanhf(s[p] / j->softcap) * j->softcap;
         if (s[p] > mx) mx = s[p];
     }
     float sum = 0.0f;
@@ -327,30 +345,33 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
     const int64_t layer_stride = m->n_ctx * kv_dim;
 
     for (int64_t t = 0; t < n; t++) embed_row(&m->embed, tokens[t], m->h + t * dim);
+    if (c->embed_scale != 1.0f)
+        for (int64_t i = 0; i < n * dim; i++) m->h[i] *= c->embed_scale;
     rope_table(m, p0, n);
 
     for (int64_t l = 0; l < c->n_layers; l++) {
         const lmp_layer *L = &m->layers[l];
         float *kc = m->kcache + l * layer_stride, *vc = m->vcache + l * layer_stride;
+        float *kn = kc + p0 * kv_dim, *vn = vc + p0 * kv_dim; /* the chunk's own cache rows */
 
-        rmsnorm(m->xn, m->h, L->attn_norm, n, dim, c->norm_eps);
+        rmsnorm(m->xn, m->h, L->attn_norm, n, dim, c->norm_eps, c->norm_offset);
         {
             /* K and V go straight into their cache rows */
             const lmp_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
-            float *ys[3] = {m->q, kc + p0 * kv_dim, vc + p0 * kv_dim};
+            float *ys[3] = {m->q, kn, vn};
             const int64_t ld[3] = {q_dim, kv_dim, kv_dim};
             matmuls(m, k, m->xn, dim, n, 3, ws, ys, ld);
         }
         if (L->bq) add_bias(m->q, L->bq, n, q_dim);
-        if (L->bk) add_bias(kc + p0 * kv_dim, L->bk, n, kv_dim);
-        if (L->bv) add_bias(vc + p0 * kv_dim, L->bv, n, kv_dim);
+        if (L->bk) add_bias(kn, L->bk, n, kv_dim);
+        if (L->bv) add_bias(vn, L->bv, n, kv_dim);
         /* per-head norms: the q rows and the chunk's K cache rows are n*heads rows of head_dim */
-        if (L->q_norm) rmsnorm(m->q, m->q, L->q_norm, n * c->n_heads, hd, c->norm_eps);
-        if (L->k_norm) rmsnorm(kc + p0 * kv_dim, kc + p0 * kv_dim, L->k_norm, n * c->n_kv_heads, hd, c->norm_eps);
-        rope_rows(m, m->q, n, c->n_heads, q_dim);
-        rope_rows(m, kc + p0 * kv_dim, n, c->n_kv_heads, kv_dim);
+        if (L->q_norm) rmsnorm(m->q, m->q, L->q_norm, n * c->n_heads, hd, c->norm_eps, c->norm_offset);
+        if (L->k_norm) rmsnorm(kn, kn, L->k_norm, n * c->n_kv_heads, hd, c->norm_eps, c->norm_offset);
+        rope_rows(m, L->rope, m->q, n, c->n_heads, q_dim);
+        rope_rows(m, L->rope, kn, n, c->n_kv_heads, kv_dim);
 
-        att_job aj = {m, k, kc, vc, p0, (float)(1.0 / sqrt((double)hd)), n, L->window};
+        att_job aj = {m, k, kc, vc, p0, c->attn_scale, n, L->window, c->attn_softcap};
         const int64_t seen = L->window && L->window < p0 + n ? L->window : p0 + n;
         if ((double)(n * c->n_heads * hd) * (double)seen < (double)SERIAL_WORK) {
             for (int64_t i = 0; i < n * c->n_heads; i++) att_task(&aj, i, 0);
@@ -363,18 +384,28 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
             const int64_t ld[1] = {dim};
             matmuls(m, k, m->att, q_dim, n, 1, ws, ys, ld);
         }
+        if (L->post_attn_norm) rmsnorm(m->proj, m->proj, L->post_attn_norm, n, dim, c->norm_eps, c->norm_offset);
         add_rows(m->h, m->proj, n * dim);
 
-        rmsnorm(m->xn, m->h, L->ffn_norm, n, dim, c->norm_eps);
+        rmsnorm(m->xn, m->h, L->ffn_norm, n, dim, c->norm_eps, c->norm_offset);
         {
             const lmp_weight *ws[2] = {&L->w_gate, &L->w_up};
             float *ys[2] = {m->gate, m->up};
             const int64_t ld[2] = {ffn, ffn};
             matmuls(m, k, m->xn, dim, n, 2, ws, ys, ld);
         }
-        for (int64_t i = 0; i < n * ffn; i++) {
-            float g = m->gate[i];
-            m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
+        if (c->act == LMP_ACT_GELU_TANH) {
+            /* GeGLU: gelu(g) = g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))), torch's tanh form */
+            const float k0 = 0.7978845608028654f, k1 = 0.044715f;
+            for (int64_t i = 0; i < n * ffn; i++) {
+                float g = m->gate[i];
+                m->gate[i] = 0.5f * g * (1.0f + tanhf(k0 * (g + k1 * g * g * g))) * m->up[i];
+            }
+        } else {
+            for (int64_t i = 0; i < n * ffn; i++) {
+                float g = m->gate[i];
+                m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
+            }
         }
         {
             const lmp_weight *ws[1] = {&L->w_down};
@@ -382,6 +413,7 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
             const int64_t ld[1] = {dim};
             matmuls(m, k, m->gate, ffn, n, 1, ws, ys, ld);
         }
+        if (L->post_ffn_norm) rmsnorm(m->proj, m->proj, L->post_ffn_norm, n, dim, c->norm_eps, c->norm_offset);
         add_rows(m->h, m->proj, n * dim);
     }
 }
@@ -399,13 +431,15 @@ void lmp_forward(lmp_model *m, const int32_t *tokens, int64_t ntok, int64_t pos,
         int64_t n = ntok - c0 < LMP_CHUNK ? ntok - c0 : LMP_CHUNK;
         run_chunk(m, k, tokens + c0, n, pos + c0);
         if (all_logits) {
-            rmsnorm(m->xn, m->h, m->final_norm, n, dim, c->norm_eps);
+            rmsnorm(m->xn, m->h, m->final_norm, n, dim, c->norm_eps, c->norm_offset);
             head_out[0] = out + c0 * vocab;
             matmuls(m, k, m->xn, dim, n, 1, &head, head_out, ld);
+            if (c->final_softcap) softcap(head_out[0], n * vocab, c->final_softcap);
         } else if (c0 + n == ntok) {
-            rmsnorm(m->xn, m->h + (n - 1) * dim, m->final_norm, 1, dim, c->norm_eps);
+            rmsnorm(m->xn, m->h + (n - 1) * dim, m->final_norm, 1, dim, c->norm_eps, c->norm_offset);
             head_out[0] = out;
             matmuls(m, k, m->xn, dim, 1, 1, &head, head_out, ld);
+            if (c->final_softcap) softcap(out, vocab, c->final_softcap);
         }
     }
 }

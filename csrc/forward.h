@@ -15,9 +15,18 @@
 /* Tokens per pass through the layers: bounds the scratch memory whatever the prompt length. */
 #define LMP_CHUNK 64
 
+enum lmp_act { LMP_ACT_SILU = 0, LMP_ACT_GELU_TANH = 1 }; /* the MLP's gate: SwiGLU or GeGLU */
+
 typedef struct {
     int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, vocab_size;
     float norm_eps;
+    float norm_offset;    /* every RMSNorm scales by (norm_offset + w): 1 for Gemma, else 0 */
+    int act;              /* enum lmp_act */
+    float embed_scale;    /* embedding rows times this (Gemma: sqrt(dim)); 1 for none */
+    float attn_scale;     /* q.k multiplier, 1/sqrt(head_dim) unless the family says otherwise */
+    float attn_softcap;   /* scores become cap*tanh(score/cap) before the softmax; 0 for none */
+    float final_softcap;  /* the same on the logits */
+    int64_t n_rope;       /* RoPE frequency tables; each layer picks one (lmp_layer.rope) */
 } lmp_config;
 
 /* One block's weights. Which slots a family fills is lmpack/formats/arch.py's table; py_model.c
@@ -29,7 +38,9 @@ typedef struct {
     const float *q_norm, *k_norm; /* optional RMSNorm of each q and k head [head_dim], before RoPE */
     const float *ffn_norm;  /* [dim], before the MLP */
     lmp_weight w_gate, w_up, w_down;
+    const float *post_attn_norm, *post_ffn_norm; /* optional RMSNorm of the attention / MLP output [dim] */
     int64_t window;         /* a query attends to the last `window` positions, itself included; 0: all */
+    int64_t rope;           /* its RoPE table, < n_rope */
 } lmp_layer;
 
 typedef struct {
@@ -38,7 +49,7 @@ typedef struct {
     lmp_weight lm_head;      /* a copy of embed when the file has no lm_head (tied) */
     const float *final_norm; /* [dim] */
     lmp_layer *layers;       /* [n_layers] */
-    float *inv_freq;         /* [head_dim/2], owned */
+    float *inv_freq;         /* [n_rope, head_dim/2], owned */
     int64_t n_ctx;
 
     /* run state, allocated once by lmp_state_alloc */
@@ -51,7 +62,7 @@ typedef struct {
     float *proj;            /* o_proj / down_proj output [CHUNK, dim] */
     float *gate, *up;       /* [CHUNK, ffn_dim] */
     float *scores;          /* [threads, n_ctx] softmax rows, one per thread */
-    float *rope_cos, *rope_sin; /* [CHUNK, head_dim/2] for the chunk's positions */
+    float *rope_cos, *rope_sin; /* [n_rope, CHUNK, head_dim/2] for the chunk's positions */
     int8_t *act_q;          /* q8_0 activations [CHUNK, max cols], NULL without q8_0 weights */
     float *act_d;           /* their scales [CHUNK, max cols / 32] */
 } lmp_model;

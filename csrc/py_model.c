@@ -75,6 +75,23 @@ static int cfg_int(PyObject *cfg, const char *key, int64_t *out) {
     return 0;
 }
 
+/* Optional number `key` in [lo, hi] (default `dflt` when absent) into *out. */
+static int cfg_opt_float(PyObject *cfg, const char *key, double dflt, double lo, double hi, double *out) {
+    PyObject *x = PyDict_GetItemString(cfg, key); /* borrowed */
+    if (!x) {
+        *out = dflt;
+        return 0;
+    }
+    double v = (PyBool_Check(x) || !(PyFloat_Check(x) || PyLong_Check(x))) ? NAN : PyFloat_AsDouble(x);
+    if (v == -1.0 && PyErr_Occurred()) PyErr_Clear(), v = NAN;
+    if (!(v >= lo && v <= hi)) { /* false for NaN */
+        PyErr_Format(PyExc_ValueError, "config: '%s' must be a number in [%g, %g]", key, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 static int parse_config(PyObject *cfg, lmp_config *c) {
     if (!PyDict_Check(cfg)) {
         PyErr_SetString(PyExc_ValueError, "config must be a dict");
@@ -101,6 +118,26 @@ static int parse_config(PyObject *cfg, lmp_config *c) {
         return -1;
     }
     c->norm_eps = (float)e;
+    /* family switches (lmpack/formats/arch.py core_config); absent keys keep Llama's behaviour */
+    double v;
+    if (cfg_opt_float(cfg, "norm_offset", 0.0, 0.0, 1.0, &v)) return -1;
+    c->norm_offset = (float)v;
+    if (cfg_opt_float(cfg, "act", 0.0, 0.0, 1.0, &v)) return -1;
+    c->act = v == 0.0 ? LMP_ACT_SILU : LMP_ACT_GELU_TANH;
+    if (v != 0.0 && v != 1.0) {
+        PyErr_SetString(PyExc_ValueError, "config: 'act' must be 0 (silu) or 1 (gelu_tanh)");
+        return -1;
+    }
+    if (cfg_opt_float(cfg, "embed_scale", 1.0, 1e-6, 1e6, &v)) return -1;
+    c->embed_scale = (float)v;
+    /* the scale HF uses, head_dim**-0.5, rounded to float */
+    if (cfg_opt_float(cfg, "attn_scale", 1.0 / sqrt((double)c->head_dim), 1e-6, 1e6, &v)) return -1;
+    c->attn_scale = (float)v;
+    if (cfg_opt_float(cfg, "attn_softcap", 0.0, 0.0, 1e6, &v)) return -1;
+    c->attn_softcap = (float)v;
+    if (cfg_opt_float(cfg, "final_softcap", 0.0, 0.0, 1e6, &v)) return -1;
+    c->final_softcap = (float)v;
+    c->n_rope = 1;
     if (c->n_heads % c->n_kv_heads != 0) {
         PyErr_Format(PyExc_ValueError, "config: n_heads (%lld) is not a multiple of n_kv_heads (%lld)",
                      (long long)c->n_heads, (long long)c->n_kv_heads);
@@ -277,10 +314,12 @@ static const slot_def LAYER_SLOTS[] = {
     {"bv", 0, D_VEC, D_KV, offsetof(lmp_layer, bv)},
     {"q_norm", 0, D_VEC, D_HD, offsetof(lmp_layer, q_norm)},
     {"k_norm", 0, D_VEC, D_HD, offsetof(lmp_layer, k_norm)},
+    {"post_attn_norm", 0, D_VEC, D_DIM, offsetof(lmp_layer, post_attn_norm)},
     {"ffn_norm", 1, D_VEC, D_DIM, offsetof(lmp_layer, ffn_norm)},
     {"w_gate", 1, D_FFN, D_DIM, offsetof(lmp_layer, w_gate)},
     {"w_up", 1, D_FFN, D_DIM, offsetof(lmp_layer, w_up)},
     {"w_down", 1, D_DIM, D_FFN, offsetof(lmp_layer, w_down)},
+    {"post_ffn_norm", 0, D_VEC, D_DIM, offsetof(lmp_layer, post_ffn_norm)},
 };
 
 #define N_MODEL_SLOTS ((int)(sizeof MODEL_SLOTS / sizeof MODEL_SLOTS[0]))
@@ -372,7 +411,15 @@ static int load_weights(ModelObject *self, PyObject *cfg, PyObject *weights) {
         PyErr_NoMemory();
         return -1;
     }
-    if (layer_ints(cfg, "layer_window", m, offsetof(lmp_layer, window))) return -1;
+    if (layer_ints(cfg, "layer_window", m, offsetof(lmp_layer, window)) ||
+        layer_ints(cfg, "layer_rope", m, offsetof(lmp_layer, rope)))
+        return -1;
+    for (int64_t l = 0; l < c->n_layers; l++)
+        if (m->layers[l].rope >= c->n_rope) {
+            PyErr_Format(PyExc_ValueError, "config: 'layer_rope'[%lld] = %lld, but inv_freq holds %lld table(s)",
+                         (long long)l, (long long)m->layers[l].rope, (long long)c->n_rope);
+            return -1;
+        }
     for (int i = 0; i < N_LAYER_SLOTS; i++) {
         const slot_def *d = &LAYER_SLOTS[i];
         PyObject *list = PyDict_GetItemString(weights, d->name);
@@ -455,24 +502,26 @@ static PyObject *model_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     self->threads = (int)threads;
 
     {
+        /* one or more tables of head_dim/2 frequencies: [n_rope, head_dim/2] */
         Py_buffer fb;
         if (get_typed_buffer(inv_freq, &fb, 'f', 0, "inv_freq")) goto fail;
-        int64_t half = m->cfg.head_dim / 2;
-        if (fb.len != half * 4) {
-            PyErr_Format(PyExc_ValueError, "inv_freq must hold head_dim/2 = %lld floats, got %lld", (long long)half,
-                         (long long)(fb.len / 4));
+        int64_t half = m->cfg.head_dim / 2, nf = (int64_t)(fb.len / 4);
+        if (nf < half || nf % half != 0 || nf / half > 64) {
+            PyErr_Format(PyExc_ValueError, "inv_freq must hold 1 to 64 tables of head_dim/2 = %lld floats, got %lld",
+                         (long long)half, (long long)nf);
             PyBuffer_Release(&fb);
             goto fail;
         }
-        m->inv_freq = malloc((size_t)half * sizeof(float));
+        m->cfg.n_rope = nf / half;
+        m->inv_freq = malloc((size_t)nf * sizeof(float));
         if (!m->inv_freq) {
             PyBuffer_Release(&fb);
             PyErr_NoMemory();
             goto fail;
         }
-        memcpy(m->inv_freq, fb.buf, (size_t)half * sizeof(float));
+        memcpy(m->inv_freq, fb.buf, (size_t)nf * sizeof(float));
         PyBuffer_Release(&fb);
-        for (int64_t i = 0; i < half; i++)
+        for (int64_t i = 0; i < nf; i++)
             if (!isfinite(m->inv_freq[i])) {
                 PyErr_Format(PyExc_ValueError, "inv_freq[%lld] is not finite", (long long)i);
                 goto fail;
@@ -593,9 +642,10 @@ PyTypeObject LmpModel_Type = {
     .tp_basicsize = sizeof(ModelObject),
     .tp_dealloc = (destructor)model_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Model(buffer, config, weights, inv_freq, n_ctx, threads=1): a Llama model over the bytes of a "
-              ".lmp file (weights: name -> (offset, nbytes, dtype, shape)), with an f32 KV cache of n_ctx "
-              "positions and a pool of `threads` threads.",
+    .tp_doc = "Model(buffer, config, weights, inv_freq, n_ctx, threads=1): a decoder model over the bytes of a "
+              ".lmp file (weights: slot -> (offset, nbytes, dtype, shape), or a list of one per layer; inv_freq: "
+              "float32 RoPE tables [n, head_dim/2]), with an f32 KV cache of n_ctx positions and a pool of "
+              "`threads` threads.",
     .tp_methods = model_methods,
     .tp_getset = model_getset,
     .tp_new = model_new,

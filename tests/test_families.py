@@ -62,6 +62,21 @@ def _unit_qk_norms(model):
                 p.fill_(1.0)
 
 
+def _no_softcaps(model):
+    model.config.final_logit_softcapping = None
+    for layer in model.model.layers:
+        layer.self_attn.attn_logit_softcapping = None
+
+
+def _local_rope_as_global(model):
+    rot = model.model.rotary_emb
+    rot.sliding_attention_inv_freq.copy_(rot.full_attention_inv_freq)
+
+
+GEMMA3_ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+               "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0}}
+
+
 # id -> (model_type, checkpoint kwargs, ablate(model): switch the family's feature off in a
 # copy of the transformers model, perturb: what the verify twin changes ("config", {...}) or
 # ("tensor", name, scale)).
@@ -81,6 +96,24 @@ CASES = {
     "qwen3-tied-window16-bf16": (
         "qwen3", dict(head_dim=32, tie=True, use_sliding_window=True, sliding_window=16, max_window_layers=0,
                       dtype="bfloat16"), _all_full, ("tensor", "model.layers.0.self_attn.k_norm.weight", 1.2)),
+    # Gemma 2's defaults cap scores at 50 and logits at 30: too loose to matter on these tiny
+    # models, so the caps here are small enough to bend them.
+    "gemma2-softcaps-window16": (
+        "gemma2", dict(head_dim=32, sliding_window=16, query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
+                       final_logit_softcapping=3.0, tie=True), _no_softcaps,
+        ("tensor", "model.layers.0.post_feedforward_layernorm.weight", 1.3)),
+    "gemma2-untied-bf16": (
+        "gemma2", dict(head_dim=64, sliding_window=8, num_hidden_layers=3, dtype="bfloat16"), _all_full,
+        ("config", {"query_pre_attn_scalar": 64})),
+    "gemma3-local-global-rope": (
+        "gemma3_text", dict(head_dim=32, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+                            rope_parameters=GEMMA3_ROPE, query_pre_attn_scalar=32, tie=True),
+        _local_rope_as_global, ("tensor", "model.layers.1.self_attn.q_norm.weight", 1.5)),
+    "gemma3-qknorm-bf16": (
+        "gemma3_text", dict(head_dim=64, sliding_window=8, num_hidden_layers=3, dtype="bfloat16",
+                            layer_types=["sliding_attention", "sliding_attention", "full_attention"]),
+        _unit_qk_norms, ("config", {"rope_parameters": {**GEMMA3_ROPE, "sliding_attention": {
+            "rope_type": "default", "rope_theta": 5000.0}}})),
 }
 
 
@@ -206,6 +239,10 @@ BASE_HF = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, inter
     ("qwen2", dict(use_sliding_window=True, sliding_window=8, layer_types=["chunked_attention"] * 2),
      "model_type 'qwen2': layer type 'chunked_attention'"),
     ("qwen3", dict(attention_bias=True), "model_type 'qwen3': attention_bias=true"),
+    ("gemma2", dict(hidden_activation="gelu"), "model_type 'gemma2': hidden_act 'gelu'"),
+    ("gemma3_text", dict(use_bidirectional_attention=True), "model_type 'gemma3_text': use_bidirectional_attention"),
+    ("gemma3_text", dict(rope_parameters={"full_attention": {"rope_type": "yarn", "factor": 8.0}}),
+     "model_type 'gemma3_text': rope scaling type 'yarn'"),
     ("falcon", dict(), "unsupported model_type 'falcon'"),
 ])
 def test_unsupported_features_are_refused(model_type, change, match):

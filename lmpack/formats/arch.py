@@ -10,6 +10,7 @@ the ops it needs.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -84,6 +85,25 @@ _QWEN3_LAYER = (
     TensorDef("post_attention_layernorm.weight", "ffn_norm", ("dim",)),
     *_MLP,
 )
+# Gemma 2: norms before and after both attention and MLP (the HF name post_attention_layernorm is
+# here a post-norm); Gemma 3 adds per-head q/k norms.
+_GEMMA2_LAYER = (
+    TensorDef("input_layernorm.weight", "attn_norm", ("dim",)),
+    *_ATTN,
+    TensorDef("post_attention_layernorm.weight", "post_attn_norm", ("dim",)),
+    TensorDef("pre_feedforward_layernorm.weight", "ffn_norm", ("dim",)),
+    *_MLP,
+    TensorDef("post_feedforward_layernorm.weight", "post_ffn_norm", ("dim",)),
+)
+_GEMMA3_LAYER = (
+    TensorDef("input_layernorm.weight", "attn_norm", ("dim",)),
+    _ATTN[0],
+    TensorDef("self_attn.q_norm.weight", "q_norm", ("head_dim",)),
+    _ATTN[1],
+    TensorDef("self_attn.k_norm.weight", "k_norm", ("head_dim",)),
+    *_ATTN[2:],
+    *_GEMMA2_LAYER[5:],
+)
 _TOP_FIRST = (TensorDef("model.embed_tokens.weight", "embed", ("vocab_size", "dim")),)
 _TOP_LAST = (
     TensorDef("model.norm.weight", "final_norm", ("dim",)),
@@ -102,6 +122,7 @@ class Family:
     from_hf: Callable[[dict, str, str], dict] = field(default=lambda cfg, where, mt: {})
     # hidden_act values it runs; "silu" = SwiGLU, "gelu_pytorch_tanh" = GeGLU with tanh gelu
     acts: tuple[str, ...] = ("silu",)
+    gemma_style: bool = False  # RMSNorm by (1 + w), embeddings times sqrt(dim)
 
     def tensors(self, cfg) -> list[tuple[str, TensorDef]]:
         """(full name, definition) of every tensor a file for `cfg` holds, in file order."""
@@ -206,11 +227,65 @@ def _qwen3(cfg: dict, where: str, model_type: str) -> dict:
     return _qwen_windows(cfg, where, model_type)
 
 
+def _positive(cfg: dict, key: str, where: str) -> float | None:
+    v = cfg.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+        raise LmpackError(f"{where}: field '{key}' must be a positive number or null, got {v!r}")
+    return None if v is None else float(v)
+
+
+def _gemma_common(cfg: dict, where: str, model_type: str) -> dict:
+    _no_biases(cfg, where, model_type)
+    if cfg.get("use_bidirectional_attention"):
+        raise _refuse(where, model_type, "use_bidirectional_attention=true")
+    types = _layer_types(cfg, where, model_type)
+    window = _window(cfg, where, model_type)
+    if types is not None and "sliding" in types and window is None:
+        raise LmpackError(f"{where}: sliding layers but no 'sliding_window'")
+    return {
+        "sliding_window": window if types is None or "sliding" in types else None,
+        "layer_types": types if window is not None else None,
+        "query_pre_attn_scalar": _positive(cfg, "query_pre_attn_scalar", where),
+        "attn_softcap": _positive(cfg, "attn_logit_softcapping", where),
+        "final_softcap": _positive(cfg, "final_logit_softcapping", where),
+    }
+
+
+def _gemma2(cfg: dict, where: str, model_type: str) -> dict:
+    """Gemma 2: GeGLU, (1 + w) norms around attention and MLP, embeddings times sqrt(hidden),
+    q.k scaled by query_pre_attn_scalar^-1/2, soft-capped scores and logits, alternating
+    sliding and full layers."""
+    return _gemma_common(cfg, where, model_type)
+
+
+def _gemma3(cfg: dict, where: str, model_type: str) -> dict:
+    """Gemma 3 (text): Gemma 2's block plus per-head q/k norms; sliding layers have their own RoPE
+    base (unscaled), full layers take rope_theta and its scaling."""
+    out = _gemma_common(cfg, where, model_type)
+    params = cfg.get("rope_parameters")
+    if isinstance(params, dict) and ("full_attention" in params or "sliding_attention" in params):
+        full, local = params.get("full_attention") or {}, params.get("sliding_attention") or {}
+        if not isinstance(full, dict) or not isinstance(local, dict):
+            raise LmpackError(f"{where}: rope_parameters per layer type must be objects")
+        out["rope_theta"], out["rope_scaling"] = hf_rope(full, {"rope_theta": 1e6}, where, model_type)
+        if local.get("rope_type", "default") != "default":
+            raise _refuse(where, model_type, f"rope scaling type {local.get('rope_type')!r} on sliding layers")
+        local_theta = local.get("rope_theta", 10000.0)
+    else:  # the older flat spelling
+        out["rope_theta"], out["rope_scaling"] = hf_rope(_merged_rope(cfg, where), {"rope_theta": 1e6}, where,
+                                                         model_type)
+        local_theta = cfg.get("rope_local_base_freq", 10000.0)
+    out["rope_local_theta"] = local_theta
+    return out
+
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("llama", ("llama",), _LLAMA_LAYER, _llama),
     Family("mistral", ("mistral",), _LLAMA_LAYER, _mistral),
     Family("qwen2", ("qwen2",), _QWEN2_LAYER, _qwen2),
     Family("qwen3", ("qwen3",), _QWEN3_LAYER, _qwen3),
+    Family("gemma2", ("gemma2",), _GEMMA2_LAYER, _gemma2, ("gelu_pytorch_tanh",), gemma_style=True),
+    Family("gemma3", ("gemma3_text",), _GEMMA3_LAYER, _gemma3, ("gelu_pytorch_tanh",), gemma_style=True),
 )}
 
 
@@ -264,7 +339,7 @@ def config_from_hf(cfg: Any, where: str) -> dict:
         raise LmpackError(f"{where}: expected a JSON object")
     model_type = cfg.get("model_type")
     fam = family_for_model_type(model_type, where)
-    act = cfg.get("hidden_act", cfg.get("hidden_activation", fam.acts[0]))
+    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or fam.acts[0]
     if act not in fam.acts:
         raise _refuse(where, model_type, f"hidden_act {act!r} (only {', '.join(fam.acts)})")
 
@@ -313,8 +388,19 @@ def core_config(cfg) -> dict[str, Any]:
     """The config dict `_core.Model` takes: dimensions and forward features (csrc/py_model.c)."""
     out = {k: getattr(cfg, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
                                         "vocab_size", "norm_eps")}
+    fam = family(cfg.architecture)
     if cfg.sliding_window is not None:
         out["layer_window"] = [cfg.window(i) for i in range(cfg.n_layers)]
+    if cfg.rope_local_theta is not None:  # table 1 (rope_tables) for sliding layers
+        out["layer_rope"] = [1 if cfg.window(i) else 0 for i in range(cfg.n_layers)]
+    if fam.gemma_style:
+        out.update(norm_offset=1.0, act=1, embed_scale=math.sqrt(cfg.dim))
+    if cfg.query_pre_attn_scalar is not None:
+        out["attn_scale"] = cfg.query_pre_attn_scalar ** -0.5
+    if cfg.attn_softcap is not None:
+        out["attn_softcap"] = cfg.attn_softcap
+    if cfg.final_softcap is not None:
+        out["final_softcap"] = cfg.final_softcap
     return out
 
 

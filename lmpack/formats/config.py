@@ -21,7 +21,8 @@ ROPE_SCALING_KEYS = {
 }
 
 
-FEATURE_DEFAULTS: dict[str, Any] = {"sliding_window": None, "layer_types": None}
+FEATURE_DEFAULTS: dict[str, Any] = {"sliding_window": None, "layer_types": None, "rope_local_theta": None,
+                                    "query_pre_attn_scalar": None, "attn_softcap": None, "final_softcap": None}
 LAYER_TYPES = ("full", "sliding")
 
 
@@ -46,6 +47,10 @@ class ModelConfig:
     # Family features (docs/FORMAT.md); a header leaves out those at their default.
     sliding_window: int | None = None  # positions a sliding layer attends to, itself included
     layer_types: list[str] | None = None  # per layer "full" | "sliding"; None: all one kind
+    rope_local_theta: float | None = None  # RoPE base of sliding layers, unscaled (Gemma 3); None: as full ones
+    query_pre_attn_scalar: float | None = None  # q.k scale is its -1/2 power (Gemma); None: head_dim's
+    attn_softcap: float | None = None  # attention scores become cap*tanh(s/cap) (Gemma 2)
+    final_softcap: float | None = None  # the same on the logits
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, kept verbatim
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +116,10 @@ class ModelConfig:
             chat_format=get("chat_format", str, None, optional=True),
             sliding_window=get("sliding_window", int, None, optional=True),
             layer_types=d.get("layer_types"),
+            rope_local_theta=get("rope_local_theta", float, None, optional=True),
+            query_pre_attn_scalar=get("query_pre_attn_scalar", float, None, optional=True),
+            attn_softcap=get("attn_softcap", float, None, optional=True),
+            final_softcap=get("final_softcap", float, None, optional=True),
             extra={k: v for k, v in d.items() if k not in known},
         )
         cfg.validate(where)
@@ -139,6 +148,10 @@ class ModelConfig:
                     raise LmpackError(f"{where}: {key} {i} is outside the vocabulary (size {self.vocab_size})")
         if self.chat_format is not None and self.chat_format not in CHAT_FORMATS:
             raise LmpackError(f"{where}: unknown chat_format '{self.chat_format}'")
+        for key in ("rope_local_theta", "query_pre_attn_scalar", "attn_softcap", "final_softcap"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value <= 1e9:
+                raise LmpackError(f"{where}: field '{key}' must be positive, got {value}")
         if self.sliding_window is not None and not 0 < self.sliding_window <= MAX_DIM:
             raise LmpackError(f"{where}: field 'sliding_window' out of range: {self.sliding_window}")
         if self.layer_types is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -46,6 +46,15 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
     medium = ~(wavelen < old / high) & ~(wavelen > old / low)
     return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_tables(cfg: ModelConfig) -> np.ndarray:
+    """The C core's RoPE tables [n, head_dim/2]: the model's; then, for families whose sliding
+    layers have their own base (Gemma 3), that base unscaled (arch.core_config's layer_rope)."""
+    tables = [rope_inv_freq(cfg)]
+    if cfg.rope_local_theta is not None:
+        tables.append(rope_inv_freq(replace(cfg, rope_theta=cfg.rope_local_theta, rope_scaling=None)))
+    return np.ascontiguousarray(np.stack(tables), dtype=np.float32)
 
 
 def default_threads() -> int:
@@ -90,7 +99,7 @@ class Model:
         entries = {e.name: (e.offset, e.nbytes, e.dtype, e.shape) for e in self._reader.tensors}
         try:
             self._core = _core.Model(self._reader.buffer, arch.core_config(cfg), arch.core_weights(cfg, entries),
-                                     rope_inv_freq(cfg), self.n_ctx, self.threads)
+                                     rope_tables(cfg), self.n_ctx, self.threads)
         except (ValueError, MemoryError) as e:
             raise LmpackError(f"{self.path}: {e}") from None
         self.last_stats = GenerationStats()

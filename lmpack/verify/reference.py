@@ -10,6 +10,7 @@ at the activations plus one row block, never a layer and never the model.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -86,14 +87,18 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return (x * cos[:, None, :] + rotated * sin[:, None, :]).astype(np.float32)
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0) -> np.ndarray:
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0, scale: float | None = None,
+              cap: float | None = None) -> np.ndarray:
     """Causal grouped-query attention: q [n, H, d], k/v [n, KV, d] -> [n, H*d]; query head h reads
-    key/value head h // (H / KV). With a window, token i sees only tokens i - window + 1 .. i."""
+    key/value head h // (H / KV). With a window, token i sees only tokens i - window + 1 .. i.
+    Scores are q.k times `scale` (default d^-1/2), then cap*tanh(score/cap) if capped."""
     n, heads, d = q.shape
     group = heads // k.shape[1]
     qg = q.reshape(n, k.shape[1], group, d).transpose(1, 2, 0, 3)  # [KV, group, n, d]
     kt = k.transpose(1, 2, 0)[:, None]  # [KV, 1, d, n]
-    scores = (qg @ kt) * np.float32(d ** -0.5)  # [KV, group, n, n]
+    scores = (qg @ kt) * np.float32(d ** -0.5 if scale is None else scale)  # [KV, group, n, n]
+    if cap:
+        scores = (np.tanh(scores / np.float32(cap)) * np.float32(cap)).astype(np.float32)
     i, j = np.arange(n)[:, None], np.arange(n)[None, :]
     hidden = (j > i) | ((i - j >= window) if window else False)  # the future, and beyond the window
     scores[..., hidden] = -np.inf
@@ -102,6 +107,12 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0) -> n
     p /= p.sum(axis=-1, keepdims=True)
     out = p @ v.transpose(1, 0, 2)[:, None]  # [KV, group, n, d]
     return out.transpose(2, 0, 1, 3).reshape(n, heads * d).astype(np.float32)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU in its tanh approximation (Hendrycks & Gimpel): x/2 (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))."""
+    x64 = x.astype(np.float64)
+    return (0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64 ** 3)))).astype(np.float32)
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -120,29 +131,48 @@ def reference_logits(source: Source, ids: Sequence[int],
     n = len(tokens)
     if n == 0 or tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
         raise ValueError("token ids must be non-empty and inside the vocabulary")
-    cos, sin = rope_tables(n, inv_freq(cfg))
+    fam = arch.family(cfg.architecture)
+    tables = [rope_tables(n, inv_freq(cfg))]
+    if cfg.rope_local_theta is not None:  # sliding layers' own base, unscaled (Gemma 3)
+        tables.append(rope_tables(n, inv_freq(replace(cfg, rope_theta=cfg.rope_local_theta, rope_scaling=None))))
     eps, hd = cfg.norm_eps, cfg.head_dim
     names = _slot_names(cfg)
+    # Gemma: norms scale by (1 + w), embeddings by sqrt(dim) (rounded to float32, as HF does)
+    offset = np.float32(1.0 if fam.gemma_style else 0.0)
+
+    def norm(x: np.ndarray, name: str) -> np.ndarray:
+        return rms_norm(x, w.vector(name) + offset, eps)
+
+    act = gelu_tanh if fam.gemma_style else silu
+    scale = None if cfg.query_pre_attn_scalar is None else cfg.query_pre_attn_scalar ** -0.5
 
     h = w.rows(names["embed"], tokens)
+    if fam.gemma_style:
+        h = (h * np.float32(np.sqrt(cfg.dim))).astype(np.float32)
     for i in range(cfg.n_layers):
         t = {slot: f"{arch.LAYER_PREFIX}{i}.{name}" for slot, name in names["layer"].items()}
-        x = rms_norm(h, w.vector(t["attn_norm"]), eps)
+        cos, sin = tables[1 if cfg.rope_local_theta is not None and cfg.window(i) else 0]
+        x = norm(h, t["attn_norm"])
         q, k, v = (w.linear(x, t[p]) + (w.vector(t[b]) if b in t else np.float32(0))
                    for p, b in (("wq", "bq"), ("wk", "bk"), ("wv", "bv")))
         q, k = q.reshape(n, cfg.n_heads, hd), k.reshape(n, cfg.n_kv_heads, hd)
         if "q_norm" in t:  # RMSNorm over each head
-            q, k = rms_norm(q, w.vector(t["q_norm"]), eps), rms_norm(k, w.vector(t["k_norm"]), eps)
+            q, k = norm(q, t["q_norm"]), norm(k, t["k_norm"])
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         v = v.reshape(n, cfg.n_kv_heads, hd)
-        h = h + w.linear(attention(q, k, v, cfg.window(i)), t["wo"])
-        x = rms_norm(h, w.vector(t["ffn_norm"]), eps)
-        gated = silu(w.linear(x, t["w_gate"])) * w.linear(x, t["w_up"])
-        h = h + w.linear(gated, t["w_down"])
+        out = w.linear(attention(q, k, v, cfg.window(i), scale, cfg.attn_softcap), t["wo"])
+        h = h + (norm(out, t["post_attn_norm"]) if "post_attn_norm" in t else out)
+        x = norm(h, t["ffn_norm"])
+        gated = act(w.linear(x, t["w_gate"])) * w.linear(x, t["w_up"])
+        out = w.linear(gated, t["w_down"])
+        h = h + (norm(out, t["post_ffn_norm"]) if "post_ffn_norm" in t else out)
         if progress:
             progress(i + 1, cfg.n_layers)
-    x = rms_norm(h, w.vector(names["final_norm"]), eps)
-    return w.linear(x, names.get("lm_head", names["embed"]))
+    x = norm(h, names["final_norm"])
+    logits = w.linear(x, names.get("lm_head", names["embed"]))
+    if cfg.final_softcap:
+        logits = (np.tanh(logits / np.float32(cfg.final_softcap)) * np.float32(cfg.final_softcap)).astype(np.float32)
+    return logits
 
 
 def _slot_names(cfg) -> dict:
