@@ -354,20 +354,27 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
         float *kc = m->kcache + l * layer_stride, *vc = m->vcache + l * layer_stride;
         float *kn = kc + p0 * kv_dim, *vn = vc + p0 * kv_dim; /* the chunk's own cache rows */
 
-        rmsnorm(m->xn, m->h, L->attn_norm, n, dim, c->norm_eps, c->norm_offset);
+        /* the attention's input: the normed residual stream, or the stream itself (post-norm blocks) */
+        const float *xa = m->h;
+        if (L->attn_norm) {
+            rmsnorm(m->xn, m->h, L->attn_norm, n, dim, c->norm_eps, c->norm_offset);
+            xa = m->xn;
+        }
         {
             /* K and V go straight into their cache rows */
             const lmp_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
             float *ys[3] = {m->q, kn, vn};
             const int64_t ld[3] = {q_dim, kv_dim, kv_dim};
-            matmuls(m, k, m->xn, dim, n, 3, ws, ys, ld);
+            matmuls(m, k, xa, dim, n, 3, ws, ys, ld);
         }
         if (L->bq) add_bias(m->q, L->bq, n, q_dim);
         if (L->bk) add_bias(kn, L->bk, n, kv_dim);
         if (L->bv) add_bias(vn, L->bv, n, kv_dim);
-        /* per-head norms: the q rows and the chunk's K cache rows are n*heads rows of head_dim */
-        if (L->q_norm) rmsnorm(m->q, m->q, L->q_norm, n * c->n_heads, hd, c->norm_eps, c->norm_offset);
-        if (L->k_norm) rmsnorm(kn, kn, L->k_norm, n * c->n_kv_heads, hd, c->norm_eps, c->norm_offset);
+        /* q/k norms over each head (the q rows and the chunk's K cache rows are n*heads rows of
+         * head_dim) or over each token's whole projection */
+        const int64_t qn = c->qk_norm_full ? q_dim : hd, kn_len = c->qk_norm_full ? kv_dim : hd;
+        if (L->q_norm) rmsnorm(m->q, m->q, L->q_norm, n * q_dim / qn, qn, c->norm_eps, c->norm_offset);
+        if (L->k_norm) rmsnorm(kn, kn, L->k_norm, n * kv_dim / kn_len, kn_len, c->norm_eps, c->norm_offset);
         rope_rows(m, L->rope, m->q, n, c->n_heads, q_dim);
         rope_rows(m, L->rope, kn, n, c->n_kv_heads, kv_dim);
 
@@ -387,12 +394,16 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
         if (L->post_attn_norm) rmsnorm(m->proj, m->proj, L->post_attn_norm, n, dim, c->norm_eps, c->norm_offset);
         add_rows(m->h, m->proj, n * dim);
 
-        rmsnorm(m->xn, m->h, L->ffn_norm, n, dim, c->norm_eps, c->norm_offset);
+        const float *xf = m->h;
+        if (L->ffn_norm) {
+            rmsnorm(m->xn, m->h, L->ffn_norm, n, dim, c->norm_eps, c->norm_offset);
+            xf = m->xn;
+        }
         {
             const lmp_weight *ws[2] = {&L->w_gate, &L->w_up};
             float *ys[2] = {m->gate, m->up};
             const int64_t ld[2] = {ffn, ffn};
-            matmuls(m, k, m->xn, dim, n, 2, ws, ys, ld);
+            matmuls(m, k, xf, dim, n, 2, ws, ys, ld);
         }
         if (c->act == LMP_ACT_GELU_TANH) {
             /* GeGLU: gelu(g) = g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))), torch's tanh form */

@@ -27,16 +27,18 @@ typedef struct {
     float attn_softcap;   /* scores become cap*tanh(score/cap) before the softmax; 0 for none */
     float final_softcap;  /* the same on the logits */
     int64_t n_rope;       /* RoPE frequency tables; each layer picks one (lmp_layer.rope) */
+    int qk_norm_full;     /* q/k norms span the whole projection (OLMo 2), not each head */
 } lmp_config;
 
 /* One block's weights. Which slots a family fills is lmpack/formats/arch.py's table; py_model.c
  * checks each filled slot's shape, dtype and bytes (csrc/py_model.c LAYER_SLOTS). */
 typedef struct {
-    const float *attn_norm; /* [dim], before attention */
+    const float *attn_norm; /* [dim], before attention; absent in post-norm blocks (OLMo 2) */
     lmp_weight wq, wk, wv, wo;
     const float *bq, *bk, *bv; /* optional biases of q [n_heads*head_dim], k and v [n_kv_heads*head_dim] */
-    const float *q_norm, *k_norm; /* optional RMSNorm of each q and k head [head_dim], before RoPE */
-    const float *ffn_norm;  /* [dim], before the MLP */
+    const float *q_norm, *k_norm; /* optional RMSNorm of q and k before RoPE: of each head [head_dim],
+                                   * or with qk_norm_full of the whole projection [heads*head_dim] */
+    const float *ffn_norm;  /* [dim], before the MLP; absent in post-norm blocks */
     lmp_weight w_gate, w_up, w_down;
     const float *post_attn_norm, *post_ffn_norm; /* optional RMSNorm of the attention / MLP output [dim] */
     int64_t window;         /* a query attends to the last `window` positions, itself included; 0: all */

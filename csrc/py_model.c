@@ -138,6 +138,8 @@ static int parse_config(PyObject *cfg, lmp_config *c) {
     if (cfg_opt_float(cfg, "final_softcap", 0.0, 0.0, 1e6, &v)) return -1;
     c->final_softcap = (float)v;
     c->n_rope = 1;
+    if (cfg_opt_float(cfg, "qk_norm_full", 0.0, 0.0, 1.0, &v)) return -1;
+    c->qk_norm_full = v != 0.0;
     if (c->n_heads % c->n_kv_heads != 0) {
         PyErr_Format(PyExc_ValueError, "config: n_heads (%lld) is not a multiple of n_kv_heads (%lld)",
                      (long long)c->n_heads, (long long)c->n_kv_heads);
@@ -287,7 +289,7 @@ static int load_slot(const tensor_src *src, PyObject *entry, const char *slot, i
 }
 
 /* The shape of a slot, in config dimensions. */
-enum { D_VEC = -1, D_DIM, D_VOCAB, D_FFN, D_HD, D_Q, D_KV };
+enum { D_VEC = -1, D_DIM, D_VOCAB, D_FFN, D_HD, D_Q, D_KV, D_QN, D_KN };
 
 typedef struct {
     const char *name;
@@ -304,7 +306,7 @@ static const slot_def MODEL_SLOTS[] = {
 };
 
 static const slot_def LAYER_SLOTS[] = {
-    {"attn_norm", 1, D_VEC, D_DIM, offsetof(lmp_layer, attn_norm)},
+    {"attn_norm", 0, D_VEC, D_DIM, offsetof(lmp_layer, attn_norm)},
     {"wq", 1, D_Q, D_DIM, offsetof(lmp_layer, wq)},
     {"wk", 1, D_KV, D_DIM, offsetof(lmp_layer, wk)},
     {"wv", 1, D_KV, D_DIM, offsetof(lmp_layer, wv)},
@@ -312,10 +314,10 @@ static const slot_def LAYER_SLOTS[] = {
     {"bq", 0, D_VEC, D_Q, offsetof(lmp_layer, bq)},
     {"bk", 0, D_VEC, D_KV, offsetof(lmp_layer, bk)},
     {"bv", 0, D_VEC, D_KV, offsetof(lmp_layer, bv)},
-    {"q_norm", 0, D_VEC, D_HD, offsetof(lmp_layer, q_norm)},
-    {"k_norm", 0, D_VEC, D_HD, offsetof(lmp_layer, k_norm)},
+    {"q_norm", 0, D_VEC, D_QN, offsetof(lmp_layer, q_norm)},
+    {"k_norm", 0, D_VEC, D_KN, offsetof(lmp_layer, k_norm)},
     {"post_attn_norm", 0, D_VEC, D_DIM, offsetof(lmp_layer, post_attn_norm)},
-    {"ffn_norm", 1, D_VEC, D_DIM, offsetof(lmp_layer, ffn_norm)},
+    {"ffn_norm", 0, D_VEC, D_DIM, offsetof(lmp_layer, ffn_norm)},
     {"w_gate", 1, D_FFN, D_DIM, offsetof(lmp_layer, w_gate)},
     {"w_up", 1, D_FFN, D_DIM, offsetof(lmp_layer, w_up)},
     {"w_down", 1, D_DIM, D_FFN, offsetof(lmp_layer, w_down)},
@@ -333,6 +335,8 @@ static int64_t dim_of(const lmp_config *c, int d) {
     case D_HD: return c->head_dim;
     case D_Q: return c->n_heads * c->head_dim;
     case D_KV: return c->n_kv_heads * c->head_dim;
+    case D_QN: return c->qk_norm_full ? c->n_heads * c->head_dim : c->head_dim;
+    case D_KN: return c->qk_norm_full ? c->n_kv_heads * c->head_dim : c->head_dim;
     default: return -1;
     }
 }

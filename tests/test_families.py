@@ -105,6 +105,11 @@ CASES = {
     "gemma2-untied-bf16": (
         "gemma2", dict(head_dim=64, sliding_window=8, num_hidden_layers=3, dtype="bfloat16"), _all_full,
         ("config", {"query_pre_attn_scalar": 64})),
+    "olmo2-postnorm-qknorm": (
+        "olmo2", dict(), _unit_qk_norms, ("tensor", "model.layers.0.self_attn.k_norm.weight", 0.7)),
+    "olmo2-mqa-tied-bf16": (
+        "olmo2", dict(num_key_value_heads=1, tie=True, dtype="bfloat16"), None,
+        ("tensor", "model.layers.1.post_attention_layernorm.weight", 1.2)),
     "gemma3-local-global-rope": (
         "gemma3_text", dict(head_dim=32, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
                             rope_parameters=GEMMA3_ROPE, query_pre_attn_scalar=32, tie=True),
@@ -243,6 +248,7 @@ BASE_HF = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, inter
     ("gemma3_text", dict(use_bidirectional_attention=True), "model_type 'gemma3_text': use_bidirectional_attention"),
     ("gemma3_text", dict(rope_parameters={"full_attention": {"rope_type": "yarn", "factor": 8.0}}),
      "model_type 'gemma3_text': rope scaling type 'yarn'"),
+    ("olmo2", dict(attention_bias=True), "model_type 'olmo2': attention_bias=true"),
     ("falcon", dict(), "unsupported model_type 'falcon'"),
 ])
 def test_unsupported_features_are_refused(model_type, change, match):

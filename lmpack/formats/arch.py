@@ -104,6 +104,17 @@ _GEMMA3_LAYER = (
     *_ATTN[2:],
     *_GEMMA2_LAYER[5:],
 )
+# OLMo 2: no norms before attention or MLP, norms after both; q/k RMSNorm over the whole projection.
+_OLMO2_LAYER = (
+    TensorDef("self_attn.q_proj.weight", "wq", ("q_dim", "dim")),
+    TensorDef("self_attn.q_norm.weight", "q_norm", ("q_dim",)),
+    TensorDef("self_attn.k_proj.weight", "wk", ("kv_dim", "dim")),
+    TensorDef("self_attn.k_norm.weight", "k_norm", ("kv_dim",)),
+    *_ATTN[2:],
+    TensorDef("post_attention_layernorm.weight", "post_attn_norm", ("dim",)),
+    *_MLP,
+    TensorDef("post_feedforward_layernorm.weight", "post_ffn_norm", ("dim",)),
+)
 _TOP_FIRST = (TensorDef("model.embed_tokens.weight", "embed", ("vocab_size", "dim")),)
 _TOP_LAST = (
     TensorDef("model.norm.weight", "final_norm", ("dim",)),
@@ -123,6 +134,7 @@ class Family:
     # hidden_act values it runs; "silu" = SwiGLU, "gelu_pytorch_tanh" = GeGLU with tanh gelu
     acts: tuple[str, ...] = ("silu",)
     gemma_style: bool = False  # RMSNorm by (1 + w), embeddings times sqrt(dim)
+    qk_norm_full: bool = False  # q/k norms span the whole projection, not each head
 
     def tensors(self, cfg) -> list[tuple[str, TensorDef]]:
         """(full name, definition) of every tensor a file for `cfg` holds, in file order."""
@@ -279,6 +291,13 @@ def _gemma3(cfg: dict, where: str, model_type: str) -> dict:
     return out
 
 
+def _olmo2(cfg: dict, where: str, model_type: str) -> dict:
+    """OLMo 2: post-norm blocks (attention and MLP outputs normalised before the residual add),
+    q/k RMSNorm over the whole projection before RoPE; no biases."""
+    _no_biases(cfg, where, model_type)
+    return {}
+
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("llama", ("llama",), _LLAMA_LAYER, _llama),
     Family("mistral", ("mistral",), _LLAMA_LAYER, _mistral),
@@ -286,6 +305,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("qwen3", ("qwen3",), _QWEN3_LAYER, _qwen3),
     Family("gemma2", ("gemma2",), _GEMMA2_LAYER, _gemma2, ("gelu_pytorch_tanh",), gemma_style=True),
     Family("gemma3", ("gemma3_text",), _GEMMA3_LAYER, _gemma3, ("gelu_pytorch_tanh",), gemma_style=True),
+    Family("olmo2", ("olmo2",), _OLMO2_LAYER, _olmo2, qk_norm_full=True),
 )}
 
 
@@ -395,6 +415,8 @@ def core_config(cfg) -> dict[str, Any]:
         out["layer_rope"] = [1 if cfg.window(i) else 0 for i in range(cfg.n_layers)]
     if fam.gemma_style:
         out.update(norm_offset=1.0, act=1, embed_scale=math.sqrt(cfg.dim))
+    if fam.qk_norm_full:
+        out["qk_norm_full"] = 1
     if cfg.query_pre_attn_scalar is not None:
         out["attn_scale"] = cfg.query_pre_attn_scalar ** -0.5
     if cfg.attn_softcap is not None:

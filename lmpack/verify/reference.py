@@ -152,17 +152,19 @@ def reference_logits(source: Source, ids: Sequence[int],
     for i in range(cfg.n_layers):
         t = {slot: f"{arch.LAYER_PREFIX}{i}.{name}" for slot, name in names["layer"].items()}
         cos, sin = tables[1 if cfg.rope_local_theta is not None and cfg.window(i) else 0]
-        x = norm(h, t["attn_norm"])
+        x = norm(h, t["attn_norm"]) if "attn_norm" in t else h  # post-norm blocks have none
         q, k, v = (w.linear(x, t[p]) + (w.vector(t[b]) if b in t else np.float32(0))
                    for p, b in (("wq", "bq"), ("wk", "bk"), ("wv", "bv")))
+        if "q_norm" in t and fam.qk_norm_full:  # RMSNorm over the whole projection (OLMo 2)
+            q, k = norm(q, t["q_norm"]), norm(k, t["k_norm"])
         q, k = q.reshape(n, cfg.n_heads, hd), k.reshape(n, cfg.n_kv_heads, hd)
-        if "q_norm" in t:  # RMSNorm over each head
+        if "q_norm" in t and not fam.qk_norm_full:  # RMSNorm over each head
             q, k = norm(q, t["q_norm"]), norm(k, t["k_norm"])
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         v = v.reshape(n, cfg.n_kv_heads, hd)
         out = w.linear(attention(q, k, v, cfg.window(i), scale, cfg.attn_softcap), t["wo"])
         h = h + (norm(out, t["post_attn_norm"]) if "post_attn_norm" in t else out)
-        x = norm(h, t["ffn_norm"])
+        x = norm(h, t["ffn_norm"]) if "ffn_norm" in t else h
         gated = act(w.linear(x, t["w_gate"])) * w.linear(x, t["w_up"])
         out = w.linear(gated, t["w_down"])
         h = h + (norm(out, t["post_ffn_norm"]) if "post_ffn_norm" in t else out)
