@@ -88,8 +88,8 @@ int lmp_state_alloc(lmp_model *m, int threads) {
     m->gate = zalloc(C * c->ffn_dim, sizeof(float));
     m->up = zalloc(C * c->ffn_dim, sizeof(float));
     m->scores = zalloc(n_scores, sizeof(float));
-    m->rope_cos = zalloc(c->n_rope * C * (c->head_dim / 2), sizeof(float));
-    m->rope_sin = zalloc(c->n_rope * C * (c->head_dim / 2), sizeof(float));
+    m->rope_cos = zalloc(c->n_rope * C * (c->rope_dim / 2), sizeof(float));
+    m->rope_sin = zalloc(c->n_rope * C * (c->rope_dim / 2), sizeof(float));
     int ok = m->kcache && m->vcache && m->h && m->xn && m->q && m->att && m->proj && m->gate && m->up &&
              m->scores && m->rope_cos && m->rope_sin;
     if (ok && any_q8(m)) {
@@ -162,7 +162,7 @@ static void embed_row(const lmp_weight *e, int64_t row, float *y) {
 /* HF's angle: float32 position times float32 inverse frequency, then cos/sin of that float;
  * for each RoPE table. */
 static void rope_table(lmp_model *m, int64_t p0, int64_t n) {
-    const int64_t half = m->cfg.head_dim / 2;
+    const int64_t half = m->cfg.rope_dim / 2;
     for (int64_t r = 0; r < m->cfg.n_rope; r++) {
         const float *inv = m->inv_freq + r * half;
         float *cs = m->rope_cos + r * LMP_CHUNK * half, *sn = m->rope_sin + r * LMP_CHUNK * half;
@@ -177,9 +177,10 @@ static void rope_table(lmp_model *m, int64_t p0, int64_t n) {
     }
 }
 
-/* Half-split RoPE with table `table` on n rows of `heads` heads each, row stride `ld`. */
+/* Half-split RoPE with table `table` on n rows of `heads` heads each, row stride `ld`: in each
+ * head the pairs (i, i + rope_dim/2) of its first rope_dim dims turn; the rest pass through. */
 static void rope_rows(const lmp_model *m, int64_t table, float *x, int64_t n, int64_t heads, int64_t ld) {
-    const int64_t hd = m->cfg.head_dim, half = hd / 2;
+    const int64_t hd = m->cfg.head_dim, half = m->cfg.rope_dim / 2;
     const float *cos0 = m->rope_cos + table * LMP_CHUNK * half, *sin0 = m->rope_sin + table * LMP_CHUNK * half;
     for (int64_t t = 0; t < n; t++) {
         const float *cs = cos0 + t * half, *sn = sin0 + t * half;

@@ -27,6 +27,7 @@ typedef struct {
     float attn_softcap;   /* scores become cap*tanh(score/cap) before the softmax; 0 for none */
     float final_softcap;  /* the same on the logits */
     int64_t n_rope;       /* RoPE frequency tables; each layer picks one (lmp_layer.rope) */
+    int64_t rope_dim;     /* RoPE rotates the first rope_dim (even) dims of each head: head_dim unless partial */
     int qk_norm_full;     /* q/k norms span the whole projection (OLMo 2), not each head */
 } lmp_config;
 
@@ -51,7 +52,7 @@ typedef struct {
     lmp_weight lm_head;      /* a copy of embed when the file has no lm_head (tied) */
     const float *final_norm; /* [dim] */
     lmp_layer *layers;       /* [n_layers] */
-    float *inv_freq;         /* [n_rope, head_dim/2], owned */
+    float *inv_freq;         /* [n_rope, rope_dim/2], owned */
     int64_t n_ctx;
 
     /* run state, allocated once by lmp_state_alloc */
@@ -64,7 +65,7 @@ typedef struct {
     float *proj;            /* o_proj / down_proj output [CHUNK, dim] */
     float *gate, *up;       /* [CHUNK, ffn_dim] */
     float *scores;          /* [threads, n_ctx] softmax rows, one per thread */
-    float *rope_cos, *rope_sin; /* [n_rope, CHUNK, head_dim/2] for the chunk's positions */
+    float *rope_cos, *rope_sin; /* [n_rope, CHUNK, rope_dim/2] for the chunk's positions */
     int8_t *act_q;          /* q8_0 activations [CHUNK, max cols], NULL without q8_0 weights */
     float *act_d;           /* their scales [CHUNK, max cols / 32] */
 } lmp_model;

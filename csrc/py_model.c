@@ -138,6 +138,12 @@ static int parse_config(PyObject *cfg, lmp_config *c) {
     if (cfg_opt_float(cfg, "final_softcap", 0.0, 0.0, 1e6, &v)) return -1;
     c->final_softcap = (float)v;
     c->n_rope = 1;
+    if (cfg_opt_float(cfg, "rope_dim", (double)c->head_dim, 2.0, (double)c->head_dim, &v)) return -1;
+    c->rope_dim = (int64_t)v;
+    if ((double)c->rope_dim != v || c->rope_dim % 2 != 0) {
+        PyErr_SetString(PyExc_ValueError, "config: 'rope_dim' must be an even integer");
+        return -1;
+    }
     if (cfg_opt_float(cfg, "qk_norm_full", 0.0, 0.0, 1.0, &v)) return -1;
     c->qk_norm_full = v != 0.0;
     if (c->n_heads % c->n_kv_heads != 0) {
@@ -509,9 +515,9 @@ static PyObject *model_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         /* one or more tables of head_dim/2 frequencies: [n_rope, head_dim/2] */
         Py_buffer fb;
         if (get_typed_buffer(inv_freq, &fb, 'f', 0, "inv_freq")) goto fail;
-        int64_t half = m->cfg.head_dim / 2, nf = (int64_t)(fb.len / 4);
+        int64_t half = m->cfg.rope_dim / 2, nf = (int64_t)(fb.len / 4);
         if (nf < half || nf % half != 0 || nf / half > 64) {
-            PyErr_Format(PyExc_ValueError, "inv_freq must hold 1 to 64 tables of head_dim/2 = %lld floats, got %lld",
+            PyErr_Format(PyExc_ValueError, "inv_freq must hold 1 to 64 tables of rope_dim/2 = %lld floats, got %lld",
                          (long long)half, (long long)nf);
             PyBuffer_Release(&fb);
             goto fail;
@@ -648,7 +654,7 @@ PyTypeObject LmpModel_Type = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Model(buffer, config, weights, inv_freq, n_ctx, threads=1): a decoder model over the bytes of a "
               ".lmp file (weights: slot -> (offset, nbytes, dtype, shape), or a list of one per layer; inv_freq: "
-              "float32 RoPE tables [n, head_dim/2]), with an f32 KV cache of n_ctx positions and a pool of "
+              "float32 RoPE tables [n, rope_dim/2]), with an f32 KV cache of n_ctx positions and a pool of "
               "`threads` threads.",
     .tp_methods = model_methods,
     .tp_getset = model_getset,

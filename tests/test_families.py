@@ -68,6 +68,14 @@ def _no_softcaps(model):
         layer.self_attn.attn_logit_softcapping = None
 
 
+def _full_rotary(model):
+    """Phi-3 with RoPE over whole heads: the inv_freq of the full head_dim, in place."""
+    rot = model.model.rotary_emb
+    hd = model.config.hidden_size // model.config.num_attention_heads
+    theta = model.config.rope_parameters["rope_theta"]
+    rot.inv_freq = 1.0 / theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)
+
+
 def _local_rope_as_global(model):
     rot = model.model.rotary_emb
     rot.sliding_attention_inv_freq.copy_(rot.full_attention_inv_freq)
@@ -110,6 +118,13 @@ CASES = {
     "olmo2-mqa-tied-bf16": (
         "olmo2", dict(num_key_value_heads=1, tie=True, dtype="bfloat16"), None,
         ("tensor", "model.layers.1.post_attention_layernorm.weight", 1.2)),
+    "phi3-partial-rotary-window16": (
+        "phi3", dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+                     sliding_window=16), _full_rotary,
+        ("tensor", "model.layers.0.self_attn.qkv_proj.weight", 1.1)),
+    "phi3-tied-bf16": (
+        "phi3", dict(tie=True, dtype="bfloat16", num_key_value_heads=4), None,
+        ("tensor", "model.layers.1.mlp.gate_up_proj.weight", 0.9)),
     "gemma3-local-global-rope": (
         "gemma3_text", dict(head_dim=32, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
                             rope_parameters=GEMMA3_ROPE, query_pre_attn_scalar=32, tie=True),
@@ -239,7 +254,7 @@ BASE_HF = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, inter
     ("mistral", dict(hidden_act="gelu"), "model_type 'mistral': hidden_act 'gelu'"),
     ("mistral", dict(attention_bias=True), "model_type 'mistral': attention_bias=true"),
     ("mistral", dict(sliding_window=-4), "sliding_window"),
-    ("mistral", dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "model_type 'mistral': rope scaling type 'yarn'"),
+    ("mistral", dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "model_type 'mistral': rope scaling type 'yarn' is not"),
     ("qwen2", dict(hidden_act="gelu"), "model_type 'qwen2': hidden_act 'gelu'"),
     ("qwen2", dict(use_sliding_window=True, sliding_window=8, layer_types=["chunked_attention"] * 2),
      "model_type 'qwen2': layer type 'chunked_attention'"),
@@ -249,6 +264,10 @@ BASE_HF = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, inter
     ("gemma3_text", dict(rope_parameters={"full_attention": {"rope_type": "yarn", "factor": 8.0}}),
      "model_type 'gemma3_text': rope scaling type 'yarn'"),
     ("olmo2", dict(attention_bias=True), "model_type 'olmo2': attention_bias=true"),
+    ("phi3", dict(rope_scaling={"type": "longrope", "short_factor": [1.0], "long_factor": [2.0]}),
+     "model_type 'phi3': rope scaling type 'longrope' is not supported"),
+    ("phi3", dict(rope_scaling={"type": "su", "short_factor": [1.0], "long_factor": [2.0]}),
+     "model_type 'phi3': rope scaling type 'su' is not supported"),
     ("falcon", dict(), "unsupported model_type 'falcon'"),
 ])
 def test_unsupported_features_are_refused(model_type, change, match):
@@ -267,3 +286,27 @@ def test_refusal_on_the_command_line(family_checkpoint, tmp_path, run_lmpack):
     assert r.returncode != 0 and not (tmp_path / "out.lmp").exists()
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "model_type 'mistral'" in lines[0], r.stderr
+
+
+def test_phi3_fused_tensors_are_split_as_row_views(family_checkpoint):
+    """qkv_proj and gate_up_proj reach the file as q/k/v and gate/up, each a row range viewed in
+    the source's map (no copy of the fused tensor), holding exactly the fused tensor's rows."""
+    from safetensors.numpy import load_file
+
+    from lmpack.convert.detect import open_source
+
+    ck = family_checkpoint("phi3", rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                    "partial_rotary_factor": 0.5}, sliding_window=16)
+    raw = load_file(ck.path / "model.safetensors")
+    src = open_source(ck.path)
+    try:
+        names = [s.name for s in src.tensor_specs()]
+        assert not any("qkv_proj" in n or "gate_up_proj" in n for n in names)
+        q, k, v = (src.load(f"model.layers.1.self_attn.{p}_proj.weight") for p in "qkv")
+        gate, up = (src.load(f"model.layers.1.mlp.{p}_proj.weight") for p in ("gate", "up"))
+        assert not q.flags.owndata and not up.flags.owndata  # views of the map
+        np.testing.assert_array_equal(np.concatenate([q, k, v]), raw["model.layers.1.self_attn.qkv_proj.weight"])
+        np.testing.assert_array_equal(np.concatenate([gate, up]), raw["model.layers.1.mlp.gate_up_proj.weight"])
+        assert q.shape == (128, 128) and k.shape == v.shape == (64, 128) and gate.shape == (320, 128)
+    finally:
+        src.close()

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
+from lmpack.convert.source import (FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, split_fused,
+                                   tokenizer_path)
 from lmpack.errors import LmpackError
 from lmpack.formats import arch
 from lmpack.formats.config import ModelConfig
@@ -108,12 +109,21 @@ class HFSafetensorsSource(FolderSource):
     def _check_tensors(self) -> list[TensorSpec]:
         found = {name: (f.entries[name].shape, f.dtype_of(name) or f.entries[name].dtype, str(f.path))
                  for name, f in self._where.items()}
+        found, self._parts = split_fused(self._config, found)
         return check_tensor_set(self._config, found, self.folder, "config.json")
 
     def load(self, name: str) -> np.ndarray:
+        if name in self._parts:  # a row range of a fused tensor: a view of the map
+            fused, r0, r1, _ = self._parts[name]
+            return self._where[fused].load(fused)[r0:r1]
         return self._where[name].load(name)
 
     def release(self, name: str) -> None:
+        if name in self._parts:  # the fused tensor's pages go once its last part is written
+            fused, _, _, last = self._parts[name]
+            if last:
+                self._where[fused].release(fused)
+            return
         self._where[name].release(name)
 
     def close(self) -> None:

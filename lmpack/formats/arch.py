@@ -135,6 +135,9 @@ class Family:
     acts: tuple[str, ...] = ("silu",)
     gemma_style: bool = False  # RMSNorm by (1 + w), embeddings times sqrt(dim)
     qk_norm_full: bool = False  # q/k norms span the whole projection, not each head
+    # Source tensors that hold several of ours stacked by rows (per layer): fused name, and the
+    # parts in row order with their row counts (a dims() symbol). Converted as row ranges.
+    fused: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
     def tensors(self, cfg) -> list[tuple[str, TensorDef]]:
         """(full name, definition) of every tensor a file for `cfg` holds, in file order."""
@@ -149,6 +152,20 @@ class Family:
         """len(self.tensors(cfg)), without building the names (for a cheap first check)."""
         top = sum(_present(t, cfg) for t in _TOP_FIRST + _TOP_LAST)
         return top + cfg.n_layers * sum(_present(t, cfg) for t in self.layer)
+
+
+def fused_parts(cfg) -> dict[str, tuple[str, int, int]]:
+    """For each tensor a source stores fused with others: name -> (fused source name, first row,
+    end row)."""
+    d = dims(cfg)
+    out = {}
+    for fused, parts in family(cfg.architecture).fused:
+        for i in range(cfg.n_layers):
+            r0 = 0
+            for part, rows in parts:
+                out[f"{LAYER_PREFIX}{i}.{part}"] = (f"{LAYER_PREFIX}{i}.{fused}", r0, r0 + d[rows])
+                r0 += d[rows]
+    return out
 
 
 def _present(t: TensorDef, cfg) -> bool:
@@ -298,6 +315,24 @@ def _olmo2(cfg: dict, where: str, model_type: str) -> dict:
     return {}
 
 
+def _phi3(cfg: dict, where: str, model_type: str) -> dict:
+    """Phi-3 / Phi-3.5 / Phi-4-mini: Llama's block with fused qkv_proj and gate_up_proj (split at
+    conversion), RoPE on the first partial_rotary_factor of each head, an optional window on every
+    layer. longrope ("su") scaling is refused: its per-frequency factors switch with the length."""
+    # (hf_rope, run before this for every family, is where that refusal happens)
+    _no_biases(cfg, where, model_type)
+    params = _merged_rope(cfg, where)  # longrope/su scaling is refused by hf_rope already
+    factor = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+        raise LmpackError(f"{where}: field 'partial_rotary_factor' must be in (0, 1], got {factor!r}")
+    heads, dim = cfg.get("num_attention_heads"), cfg.get("hidden_size")
+    out: dict = {"sliding_window": _window(cfg, where, model_type)}
+    if factor != 1 and isinstance(heads, int) and isinstance(dim, int) and heads > 0:
+        head_dim = cfg.get("head_dim") or dim // heads
+        out["rope_dim"] = int(head_dim * factor)
+    return out
+
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("llama", ("llama",), _LLAMA_LAYER, _llama),
     Family("mistral", ("mistral",), _LLAMA_LAYER, _mistral),
@@ -306,6 +341,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("gemma2", ("gemma2",), _GEMMA2_LAYER, _gemma2, ("gelu_pytorch_tanh",), gemma_style=True),
     Family("gemma3", ("gemma3_text",), _GEMMA3_LAYER, _gemma3, ("gelu_pytorch_tanh",), gemma_style=True),
     Family("olmo2", ("olmo2",), _OLMO2_LAYER, _olmo2, qk_norm_full=True),
+    Family("phi3", ("phi3",), _LLAMA_LAYER, _phi3, fused=(
+        ("self_attn.qkv_proj.weight", (("self_attn.q_proj.weight", "q_dim"), ("self_attn.k_proj.weight", "kv_dim"),
+                                       ("self_attn.v_proj.weight", "kv_dim"))),
+        ("mlp.gate_up_proj.weight", (("mlp.gate_proj.weight", "ffn_dim"), ("mlp.up_proj.weight", "ffn_dim"))),
+    )),
 )}
 
 
@@ -341,7 +381,8 @@ def hf_rope(params: dict, cfg: dict, where: str, model_type: str) -> tuple[float
         if "factor" not in params:
             raise LmpackError(f"{where}: linear rope scaling is missing 'factor'")
         return theta, {"type": "linear", "factor": params["factor"]}
-    raise _refuse(where, model_type, f"rope scaling type '{kind}' (supported: llama3, linear)")
+    raise LmpackError(f"{where}: model_type '{model_type}': rope scaling type '{kind}' is not supported "
+                      f"(lmpack runs default, llama3 and linear)")
 
 
 def _merged_rope(cfg: dict, where: str) -> dict:
@@ -417,6 +458,8 @@ def core_config(cfg) -> dict[str, Any]:
         out.update(norm_offset=1.0, act=1, embed_scale=math.sqrt(cfg.dim))
     if fam.qk_norm_full:
         out["qk_norm_full"] = 1
+    if cfg.rope_dim is not None:
+        out["rope_dim"] = cfg.rope_dim
     if cfg.query_pre_attn_scalar is not None:
         out["attn_scale"] = cfg.query_pre_attn_scalar ** -0.5
     if cfg.attn_softcap is not None:

@@ -22,7 +22,8 @@ ROPE_SCALING_KEYS = {
 
 
 FEATURE_DEFAULTS: dict[str, Any] = {"sliding_window": None, "layer_types": None, "rope_local_theta": None,
-                                    "query_pre_attn_scalar": None, "attn_softcap": None, "final_softcap": None}
+                                    "query_pre_attn_scalar": None, "attn_softcap": None, "final_softcap": None,
+                                    "rope_dim": None}
 LAYER_TYPES = ("full", "sliding")
 
 
@@ -51,6 +52,7 @@ class ModelConfig:
     query_pre_attn_scalar: float | None = None  # q.k scale is its -1/2 power (Gemma); None: head_dim's
     attn_softcap: float | None = None  # attention scores become cap*tanh(s/cap) (Gemma 2)
     final_softcap: float | None = None  # the same on the logits
+    rope_dim: int | None = None  # RoPE rotates the first rope_dim dims of each head (Phi-3); None: all
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, kept verbatim
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,6 +122,7 @@ class ModelConfig:
             query_pre_attn_scalar=get("query_pre_attn_scalar", float, None, optional=True),
             attn_softcap=get("attn_softcap", float, None, optional=True),
             final_softcap=get("final_softcap", float, None, optional=True),
+            rope_dim=get("rope_dim", int, None, optional=True),
             extra={k: v for k, v in d.items() if k not in known},
         )
         cfg.validate(where)
@@ -152,6 +155,8 @@ class ModelConfig:
             value = getattr(self, key)
             if value is not None and not 0 < value <= 1e9:
                 raise LmpackError(f"{where}: field '{key}' must be positive, got {value}")
+        if self.rope_dim is not None and not (0 < self.rope_dim <= self.head_dim and self.rope_dim % 2 == 0):
+            raise LmpackError(f"{where}: field 'rope_dim' must be even and in [2, head_dim], got {self.rope_dim}")
         if self.sliding_window is not None and not 0 < self.sliding_window <= MAX_DIM:
             raise LmpackError(f"{where}: field 'sliding_window' out of range: {self.sliding_window}")
         if self.layer_types is not None:

@@ -30,7 +30,7 @@ DEFAULT_MAX_CONTEXT = 4096  # the KV cache is sized from this, not from a 128k m
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     """Per-pair RoPE inverse frequencies in float32, as transformers computes them."""
-    d = cfg.head_dim
+    d = cfg.rope_dim or cfg.head_dim  # the rotated dims of a head
     exponent = np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / np.float32(d)
     inv = (np.float32(1.0) / (np.float32(cfg.rope_theta) ** exponent)).astype(np.float32)
     rs = cfg.rope_scaling
@@ -49,7 +49,7 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
 
 
 def rope_tables(cfg: ModelConfig) -> np.ndarray:
-    """The C core's RoPE tables [n, head_dim/2]: the model's; then, for families whose sliding
+    """The C core's RoPE tables [n, rotated dims/2]: the model's; then, for families whose sliding
     layers have their own base (Gemma 3), that base unscaled (arch.core_config's layer_rope)."""
     tables = [rope_inv_freq(cfg)]
     if cfg.rope_local_theta is not None:

@@ -58,7 +58,7 @@ def inv_freq(cfg) -> np.ndarray:
     """RoPE inverse frequencies (float32, as the model was trained with) from the config alone:
     base^(-2i/d), then the config's scaling. Written here from the papers' formulas, in float64
     rounded once, so a scaling bug in the runtime's own table cannot also hide here."""
-    d = cfg.head_dim
+    d = cfg.rope_dim or cfg.head_dim  # Phi-3 rotates only the first rope_dim dims of a head
     base = np.float64(cfg.rope_theta) ** (-np.arange(0, d, 2, dtype=np.float64) / d)
     rs = cfg.rope_scaling
     if rs is not None and rs["type"] == "linear":
@@ -81,10 +81,14 @@ def rope_tables(n: int, inv_freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """x [n, heads, head_dim]: rotates the pairs (x[i], x[i + head_dim/2]) of each head."""
-    half = x.shape[-1] // 2
-    rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return (x * cos[:, None, :] + rotated * sin[:, None, :]).astype(np.float32)
+    """x [n, heads, head_dim]: rotates the pairs (x[i], x[i + r/2]) of the first r dims of each
+    head, r = cos.shape[-1] (all of them unless the rotation is partial); the rest pass through."""
+    r = cos.shape[-1]
+    xr, rest = x[..., :r], x[..., r:]
+    half = r // 2
+    rotated = np.concatenate([-xr[..., half:], xr[..., :half]], axis=-1)
+    out = xr * cos[:, None, :] + rotated * sin[:, None, :]
+    return np.concatenate([out, rest], axis=-1).astype(np.float32)
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0, scale: float | None = None,
