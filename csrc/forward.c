@@ -43,22 +43,28 @@ void lmp_state_free(lmp_model *m) {
     lmp_pool_destroy(m->pool);
     m->pool = NULL;
     float **fs[] = {&m->kcache, &m->vcache, &m->h, &m->xn, &m->q, &m->att, &m->proj, &m->gate,
-                    &m->up, &m->scores, &m->rope_cos, &m->rope_sin, &m->act_d};
+                    &m->up, &m->scores, &m->rope_cos, &m->rope_sin, &m->act_d, &m->rlog, &m->xg,
+                    &m->moe, &m->route_w};
     for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++) {
         free(*fs[i]);
         *fs[i] = NULL;
     }
     free(m->act_q);
     m->act_q = NULL;
+    free(m->route_tok);
+    m->route_tok = NULL;
 }
 
 static int any_q8(const lmp_model *m) {
     if (m->embed.dtype == LMP_Q8_0 || m->lm_head.dtype == LMP_Q8_0) return 1;
     for (int64_t l = 0; l < m->cfg.n_layers; l++) {
         const lmp_layer *L = &m->layers[l];
-        const lmp_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        const lmp_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down, &L->router};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
             if (ws[i]->dtype == LMP_Q8_0) return 1;
+        for (int64_t e = 0; e < m->cfg.n_experts; e++)
+            if (L->x_gate[e].dtype == LMP_Q8_0 || L->x_up[e].dtype == LMP_Q8_0 || L->x_down[e].dtype == LMP_Q8_0)
+                return 1;
     }
     return 0;
 }
@@ -92,6 +98,14 @@ int lmp_state_alloc(lmp_model *m, int threads) {
     m->rope_sin = zalloc(c->n_rope * C * (c->rope_dim / 2), sizeof(float));
     int ok = m->kcache && m->vcache && m->h && m->xn && m->q && m->att && m->proj && m->gate && m->up &&
              m->scores && m->rope_cos && m->rope_sin;
+    if (ok && c->n_experts) {
+        m->rlog = zalloc(C * c->n_experts, sizeof(float));
+        m->xg = zalloc(C * c->dim, sizeof(float));
+        m->moe = zalloc(C * c->dim, sizeof(float));
+        m->route_tok = zalloc(C * c->n_experts, sizeof(int32_t));
+        m->route_w = zalloc(C * c->n_experts, sizeof(float));
+        ok = m->rlog && m->xg && m->moe && m->route_tok && m->route_w;
+    }
     if (ok && any_q8(m)) {
         m->act_q = zalloc(C * maxcols, sizeof(int8_t));
         m->act_d = zalloc(C * (maxcols / LMP_QK + 1), sizeof(float));
@@ -337,11 +351,99 @@ static void add_bias(float *x, const float *b, int64_t n, int64_t cols) {
     for (int64_t t = 0; t < n; t++) add_rows(x + t * cols, b, cols);
 }
 
+/* The MLP's gate times its up projection, in place in m->gate: SwiGLU or GeGLU. */
+static void glu(lmp_model *m, int64_t count) {
+    if (m->cfg.act == LMP_ACT_GELU_TANH) {
+        /* gelu(g) = g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))), torch's tanh form */
+        const float k0 = 0.7978845608028654f, k1 = 0.044715f;
+        for (int64_t i = 0; i < count; i++) {
+            float g = m->gate[i];
+            m->gate[i] = 0.5f * g * (1.0f + tanhf(k0 * (g + k1 * g * g * g))) * m->up[i];
+        }
+    } else {
+        for (int64_t i = 0; i < count; i++) {
+            float g = m->gate[i];
+            m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
+        }
+    }
+}
+
+/* The dense MLP on n rows x [n, dim] into m->proj. */
+static void mlp(lmp_model *m, const lmp_kernels *k, const lmp_weight *gate, const lmp_weight *up,
+                const lmp_weight *down, const float *x, int64_t n) {
+    const int64_t dim = m->cfg.dim, ffn = m->cfg.ffn_dim;
+    {
+        const lmp_weight *ws[2] = {gate, up};
+        float *ys[2] = {m->gate, m->up};
+        const int64_t ld[2] = {ffn, ffn};
+        matmuls(m, k, x, dim, n, 2, ws, ys, ld);
+    }
+    glu(m, n * ffn);
+    const lmp_weight *ws[1] = {down};
+    float *ys[1] = {m->proj};
+    const int64_t ld[1] = {dim};
+    matmuls(m, k, m->gate, ffn, n, 1, ws, ys, ld);
+}
+
+/* The mixture of experts on n rows x [n, dim] into m->moe: each token takes the top
+ * n_experts_used experts by router softmax (ties to the lower index), weighted by their
+ * probabilities renormalised to sum 1 (HF Mixtral). Tokens are grouped by expert, so each chosen
+ * expert runs once over all its tokens (a GEMM in a prompt) and an expert no token chose is never
+ * read: a generated token reads n_experts_used experts' rows, not all of them. */
+static void moe(lmp_model *m, const lmp_kernels *k, const lmp_layer *L, const float *x, int64_t n) {
+    const int64_t dim = m->cfg.dim, E = m->cfg.n_experts, K = m->cfg.n_experts_used;
+    {
+        const lmp_weight *ws[1] = {&L->router};
+        float *ys[1] = {m->rlog};
+        const int64_t ld[1] = {E};
+        matmuls(m, k, x, dim, n, 1, ws, ys, ld);
+    }
+    int64_t count[LMP_MAX_EXPERTS] = {0};
+    for (int64_t t = 0; t < n; t++) {
+        float *p = m->rlog + t * E;
+        float mx = p[0], sum = 0.0f;
+        for (int64_t e = 1; e < E; e++) mx = p[e] > mx ? p[e] : mx;
+        for (int64_t e = 0; e < E; e++) sum += p[e] = expf(p[e] - mx);
+        for (int64_t e = 0; e < E; e++) p[e] /= sum;
+        int64_t chosen[LMP_MAX_EXPERTS];
+        unsigned char taken[LMP_MAX_EXPERTS] = {0};
+        float wsum = 0.0f;
+        for (int64_t j = 0; j < K; j++) {
+            int64_t best = -1;
+            for (int64_t e = 0; e < E; e++)
+                if (!taken[e] && (best < 0 || p[e] > p[best])) best = e;
+            taken[best] = 1;
+            chosen[j] = best;
+            wsum += p[best];
+        }
+        for (int64_t j = 0; j < K; j++) {
+            const int64_t e = chosen[j];
+            m->route_tok[e * LMP_CHUNK + count[e]] = (int32_t)t;
+            m->route_w[e * LMP_CHUNK + count[e]] = p[e] / wsum;
+            count[e]++;
+        }
+    }
+    memset(m->moe, 0, (size_t)(n * dim) * sizeof(float));
+    for (int64_t e = 0; e < E; e++) { /* in expert order, as HF adds them */
+        const int64_t nt = count[e];
+        if (!nt) continue;
+        const int32_t *tok = m->route_tok + e * LMP_CHUNK;
+        for (int64_t i = 0; i < nt; i++) memcpy(m->xg + i * dim, x + tok[i] * dim, (size_t)dim * sizeof(float));
+        mlp(m, k, &L->x_gate[e], &L->x_up[e], &L->x_down[e], m->xg, nt);
+        for (int64_t i = 0; i < nt; i++) {
+            const float w = m->route_w[e * LMP_CHUNK + i];
+            float *o = m->moe + tok[i] * dim;
+            const float *y = m->proj + i * dim;
+            for (int64_t d = 0; d < dim; d++) o[d] += y[d] * w;
+        }
+    }
+}
+
 /* Runs one chunk of n <= LMP_CHUNK tokens at positions p0.. through every layer; leaves the
  * residual stream of its tokens in m->h. */
 static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens, int64_t n, int64_t p0) {
     const lmp_config *c = &m->cfg;
-    const int64_t dim = c->dim, hd = c->head_dim, ffn = c->ffn_dim;
+    const int64_t dim = c->dim, hd = c->head_dim;
     const int64_t kv_dim = c->n_kv_heads * hd, q_dim = c->n_heads * hd;
     const int64_t layer_stride = m->n_ctx * kv_dim;
 
@@ -400,33 +502,15 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
             rmsnorm(m->xn, m->h, L->ffn_norm, n, dim, c->norm_eps, c->norm_offset);
             xf = m->xn;
         }
-        {
-            const lmp_weight *ws[2] = {&L->w_gate, &L->w_up};
-            float *ys[2] = {m->gate, m->up};
-            const int64_t ld[2] = {ffn, ffn};
-            matmuls(m, k, xf, dim, n, 2, ws, ys, ld);
-        }
-        if (c->act == LMP_ACT_GELU_TANH) {
-            /* GeGLU: gelu(g) = g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))), torch's tanh form */
-            const float k0 = 0.7978845608028654f, k1 = 0.044715f;
-            for (int64_t i = 0; i < n * ffn; i++) {
-                float g = m->gate[i];
-                m->gate[i] = 0.5f * g * (1.0f + tanhf(k0 * (g + k1 * g * g * g))) * m->up[i];
-            }
+        float *ffn_out = m->proj;
+        if (c->n_experts) {
+            moe(m, k, L, xf, n);
+            ffn_out = m->moe;
         } else {
-            for (int64_t i = 0; i < n * ffn; i++) {
-                float g = m->gate[i];
-                m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
-            }
+            mlp(m, k, &L->w_gate, &L->w_up, &L->w_down, xf, n);
         }
-        {
-            const lmp_weight *ws[1] = {&L->w_down};
-            float *ys[1] = {m->proj};
-            const int64_t ld[1] = {dim};
-            matmuls(m, k, m->gate, ffn, n, 1, ws, ys, ld);
-        }
-        if (L->post_ffn_norm) rmsnorm(m->proj, m->proj, L->post_ffn_norm, n, dim, c->norm_eps, c->norm_offset);
-        add_rows(m->h, m->proj, n * dim);
+        if (L->post_ffn_norm) rmsnorm(ffn_out, ffn_out, L->post_ffn_norm, n, dim, c->norm_eps, c->norm_offset);
+        add_rows(m->h, ffn_out, n * dim);
     }
 }
 

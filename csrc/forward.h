@@ -14,6 +14,8 @@
 
 /* Tokens per pass through the layers: bounds the scratch memory whatever the prompt length. */
 #define LMP_CHUNK 64
+/* Experts per MoE layer at most (lmpack/formats/arch.py MAX_EXPERTS). */
+#define LMP_MAX_EXPERTS 256
 
 enum lmp_act { LMP_ACT_SILU = 0, LMP_ACT_GELU_TANH = 1 }; /* the MLP's gate: SwiGLU or GeGLU */
 
@@ -29,6 +31,8 @@ typedef struct {
     int64_t n_rope;       /* RoPE frequency tables; each layer picks one (lmp_layer.rope) */
     int64_t rope_dim;     /* RoPE rotates the first rope_dim (even) dims of each head: head_dim unless partial */
     int qk_norm_full;     /* q/k norms span the whole projection (OLMo 2), not each head */
+    int64_t n_experts;    /* MoE: experts per layer, 0 for a dense MLP */
+    int64_t n_experts_used; /* MoE: experts each token takes (top-k) */
 } lmp_config;
 
 /* One block's weights. Which slots a family fills is lmpack/formats/arch.py's table; py_model.c
@@ -40,7 +44,9 @@ typedef struct {
     const float *q_norm, *k_norm; /* optional RMSNorm of q and k before RoPE: of each head [head_dim],
                                    * or with qk_norm_full of the whole projection [heads*head_dim] */
     const float *ffn_norm;  /* [dim], before the MLP; absent in post-norm blocks */
-    lmp_weight w_gate, w_up, w_down;
+    lmp_weight w_gate, w_up, w_down; /* the dense MLP */
+    lmp_weight router;               /* MoE: [n_experts, dim] */
+    lmp_weight *x_gate, *x_up, *x_down; /* MoE: [n_experts] experts, each shaped like the dense MLP */
     const float *post_attn_norm, *post_ffn_norm; /* optional RMSNorm of the attention / MLP output [dim] */
     int64_t window;         /* a query attends to the last `window` positions, itself included; 0: all */
     int64_t rope;           /* its RoPE table, < n_rope */
@@ -52,6 +58,7 @@ typedef struct {
     lmp_weight lm_head;      /* a copy of embed when the file has no lm_head (tied) */
     const float *final_norm; /* [dim] */
     lmp_layer *layers;       /* [n_layers] */
+    lmp_weight *experts;     /* MoE: [n_layers, 3, n_experts] that layers[].x_* point into, owned */
     float *inv_freq;         /* [n_rope, rope_dim/2], owned */
     int64_t n_ctx;
 
@@ -66,6 +73,10 @@ typedef struct {
     float *gate, *up;       /* [CHUNK, ffn_dim] */
     float *scores;          /* [threads, n_ctx] softmax rows, one per thread */
     float *rope_cos, *rope_sin; /* [n_rope, CHUNK, rope_dim/2] for the chunk's positions */
+    float *rlog;            /* MoE: router logits, then probabilities [CHUNK, n_experts] */
+    float *xg, *moe;        /* MoE: one expert's gathered input rows, and the mixture [CHUNK, dim] */
+    int32_t *route_tok;     /* MoE: per expert, the chunk's tokens that chose it [n_experts, CHUNK] */
+    float *route_w;         /* MoE: and their weights [n_experts, CHUNK] */
     int8_t *act_q;          /* q8_0 activations [CHUNK, max cols], NULL without q8_0 weights */
     float *act_d;           /* their scales [CHUNK, max cols / 32] */
 } lmp_model;

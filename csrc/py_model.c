@@ -146,6 +146,19 @@ static int parse_config(PyObject *cfg, lmp_config *c) {
     }
     if (cfg_opt_float(cfg, "qk_norm_full", 0.0, 0.0, 1.0, &v)) return -1;
     c->qk_norm_full = v != 0.0;
+    double ne, nu;
+    if (cfg_opt_float(cfg, "n_experts", 0.0, 0.0, LMP_MAX_EXPERTS, &ne) ||
+        cfg_opt_float(cfg, "n_experts_used", 0.0, 0.0, LMP_MAX_EXPERTS, &nu))
+        return -1;
+    c->n_experts = (int64_t)ne;
+    c->n_experts_used = (int64_t)nu;
+    if ((double)c->n_experts != ne || (double)c->n_experts_used != nu ||
+        (c->n_experts && (c->n_experts < 2 || c->n_experts_used < 1 || c->n_experts_used > c->n_experts)) ||
+        (!c->n_experts && c->n_experts_used)) {
+        PyErr_Format(PyExc_ValueError, "config: n_experts must be 0 or an integer in [2, %d] and n_experts_used "
+                     "an integer in [1, n_experts]", LMP_MAX_EXPERTS);
+        return -1;
+    }
     if (c->n_heads % c->n_kv_heads != 0) {
         PyErr_Format(PyExc_ValueError, "config: n_heads (%lld) is not a multiple of n_kv_heads (%lld)",
                      (long long)c->n_heads, (long long)c->n_kv_heads);
@@ -295,11 +308,15 @@ static int load_slot(const tensor_src *src, PyObject *entry, const char *slot, i
 }
 
 /* The shape of a slot, in config dimensions. */
-enum { D_VEC = -1, D_DIM, D_VOCAB, D_FFN, D_HD, D_Q, D_KV, D_QN, D_KN };
+enum { D_VEC = -1, D_DIM, D_VOCAB, D_FFN, D_HD, D_Q, D_KV, D_QN, D_KN, D_EXPERTS };
+
+/* When a slot must be present: always, as the family's table says, in dense models only, in
+ * mixture-of-experts models only. A slot of the other kind must then be absent. */
+enum { OPTIONAL = 0, REQUIRED = 1, DENSE = 2, MOE = 3 };
 
 typedef struct {
     const char *name;
-    int required; /* else optional: present or absent, as the family's table says */
+    int required; /* OPTIONAL, REQUIRED, DENSE or MOE */
     int rows;     /* D_VEC for a vector [cols] */
     int cols;
     size_t off;   /* of the field in lmp_model (model-wide) or lmp_layer (per layer) */
@@ -324,12 +341,21 @@ static const slot_def LAYER_SLOTS[] = {
     {"k_norm", 0, D_VEC, D_KN, offsetof(lmp_layer, k_norm)},
     {"post_attn_norm", 0, D_VEC, D_DIM, offsetof(lmp_layer, post_attn_norm)},
     {"ffn_norm", 0, D_VEC, D_DIM, offsetof(lmp_layer, ffn_norm)},
-    {"w_gate", 1, D_FFN, D_DIM, offsetof(lmp_layer, w_gate)},
-    {"w_up", 1, D_FFN, D_DIM, offsetof(lmp_layer, w_up)},
-    {"w_down", 1, D_DIM, D_FFN, offsetof(lmp_layer, w_down)},
+    {"w_gate", DENSE, D_FFN, D_DIM, offsetof(lmp_layer, w_gate)},
+    {"w_up", DENSE, D_FFN, D_DIM, offsetof(lmp_layer, w_up)},
+    {"w_down", DENSE, D_DIM, D_FFN, offsetof(lmp_layer, w_down)},
+    {"router", MOE, D_EXPERTS, D_DIM, offsetof(lmp_layer, router)},
     {"post_ffn_norm", 0, D_VEC, D_DIM, offsetof(lmp_layer, post_ffn_norm)},
 };
 
+/* One entry per layer and expert (layer-major); `off` is that of the lmp_weight array pointer. */
+static const slot_def EXPERT_SLOTS[] = {
+    {"x_gate", MOE, D_FFN, D_DIM, offsetof(lmp_layer, x_gate)},
+    {"x_up", MOE, D_FFN, D_DIM, offsetof(lmp_layer, x_up)},
+    {"x_down", MOE, D_DIM, D_FFN, offsetof(lmp_layer, x_down)},
+};
+
+#define N_EXPERT_SLOTS ((int)(sizeof EXPERT_SLOTS / sizeof EXPERT_SLOTS[0]))
 #define N_MODEL_SLOTS ((int)(sizeof MODEL_SLOTS / sizeof MODEL_SLOTS[0]))
 #define N_LAYER_SLOTS ((int)(sizeof LAYER_SLOTS / sizeof LAYER_SLOTS[0]))
 
@@ -343,6 +369,7 @@ static int64_t dim_of(const lmp_config *c, int d) {
     case D_KV: return c->n_kv_heads * c->head_dim;
     case D_QN: return c->qk_norm_full ? c->n_heads * c->head_dim : c->head_dim;
     case D_KN: return c->qk_norm_full ? c->n_kv_heads * c->head_dim : c->head_dim;
+    case D_EXPERTS: return c->n_experts;
     default: return -1;
     }
 }
@@ -398,6 +425,7 @@ static int load_weights(ModelObject *self, PyObject *cfg, PyObject *weights) {
         int known = 0;
         for (int i = 0; i < N_MODEL_SLOTS; i++) known |= strcmp(name, MODEL_SLOTS[i].name) == 0;
         for (int i = 0; i < N_LAYER_SLOTS; i++) known |= strcmp(name, LAYER_SLOTS[i].name) == 0;
+        for (int i = 0; i < N_EXPERT_SLOTS; i++) known |= strcmp(name, EXPERT_SLOTS[i].name) == 0;
         if (!known) {
             PyErr_Format(PyExc_ValueError, "weight '%.200s': not a slot of the forward pass", name);
             return -1;
@@ -421,6 +449,18 @@ static int load_weights(ModelObject *self, PyObject *cfg, PyObject *weights) {
         PyErr_NoMemory();
         return -1;
     }
+    if (c->n_experts) { /* three arrays of n_experts weights per layer, in one block */
+        m->experts = calloc((size_t)(c->n_layers * 3 * c->n_experts), sizeof *m->experts);
+        if (!m->experts) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (int64_t l = 0; l < c->n_layers; l++) {
+            m->layers[l].x_gate = m->experts + (l * 3 + 0) * c->n_experts;
+            m->layers[l].x_up = m->experts + (l * 3 + 1) * c->n_experts;
+            m->layers[l].x_down = m->experts + (l * 3 + 2) * c->n_experts;
+        }
+    }
     if (layer_ints(cfg, "layer_window", m, offsetof(lmp_layer, window)) ||
         layer_ints(cfg, "layer_rope", m, offsetof(lmp_layer, rope)))
         return -1;
@@ -430,21 +470,39 @@ static int load_weights(ModelObject *self, PyObject *cfg, PyObject *weights) {
                          (long long)l, (long long)m->layers[l].rope, (long long)c->n_rope);
             return -1;
         }
-    for (int i = 0; i < N_LAYER_SLOTS; i++) {
-        const slot_def *d = &LAYER_SLOTS[i];
+    for (int i = 0; i < N_LAYER_SLOTS + N_EXPERT_SLOTS; i++) {
+        const int expert = i >= N_LAYER_SLOTS;
+        const slot_def *d = expert ? &EXPERT_SLOTS[i - N_LAYER_SLOTS] : &LAYER_SLOTS[i];
         PyObject *list = PyDict_GetItemString(weights, d->name);
+        const int wanted = d->required == REQUIRED || (d->required == DENSE && !c->n_experts) ||
+                           (d->required == MOE && c->n_experts);
         if (!list) {
-            if (!d->required) continue;
+            if (!wanted) continue;
             PyErr_Format(PyExc_ValueError, "weight '%s': missing", d->name);
             return -1;
         }
-        if (!PyList_Check(list) || PyList_GET_SIZE(list) != c->n_layers) {
-            PyErr_Format(PyExc_ValueError, "weight '%s': expected a list of n_layers = %lld entries", d->name,
-                         (long long)c->n_layers);
+        if (!wanted && d->required != OPTIONAL) {
+            PyErr_Format(PyExc_ValueError, "weight '%s': not part of a %s model", d->name,
+                         c->n_experts ? "mixture-of-experts" : "dense");
             return -1;
         }
-        for (int64_t l = 0; l < c->n_layers; l++)
-            if (slot_into(&src, d, PyList_GET_ITEM(list, l), l, c, (char *)&m->layers[l])) return -1;
+        const int64_t per = expert ? c->n_experts : 1;
+        if (!PyList_Check(list) || PyList_GET_SIZE(list) != c->n_layers * per) {
+            PyErr_Format(PyExc_ValueError, "weight '%s': expected a list of %s = %lld entries", d->name,
+                         expert ? "n_layers*n_experts" : "n_layers", (long long)(c->n_layers * per));
+            return -1;
+        }
+        for (int64_t l = 0; l < c->n_layers; l++) {
+            if (!expert) {
+                if (slot_into(&src, d, PyList_GET_ITEM(list, l), l, c, (char *)&m->layers[l])) return -1;
+                continue;
+            }
+            lmp_weight *ws = *(lmp_weight **)((char *)&m->layers[l] + d->off);
+            for (int64_t e = 0; e < per; e++)
+                if (load_slot(&src, PyList_GET_ITEM(list, l * per + e), d->name, l * per + e, dim_of(c, d->rows),
+                              dim_of(c, d->cols), &ws[e], NULL))
+                    return -1;
+        }
     }
     return 0;
 }
@@ -482,6 +540,7 @@ static int get_typed_buffer(PyObject *obj, Py_buffer *b, char kind, int writable
 static void model_dealloc(ModelObject *self) {
     if (self->has_state) lmp_state_free(&self->m);
     free(self->m.layers);
+    free(self->m.experts);
     free(self->m.inv_freq);
     free(self->copy);
     if (self->has_view) PyBuffer_Release(&self->view);

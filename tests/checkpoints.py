@@ -338,6 +338,7 @@ FAMILY_BASE = dict(hidden_size=128, intermediate_size=320, num_hidden_layers=2, 
                    num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5)
 # Families whose RMSNorm multiplies by (1 + w): their norm weights are centred on 0, not 1.
 CENTRED_NORMS = ("gemma2", "gemma3_text")
+MOE_SHARED = 0.9  # the part of each expert's variance common to all experts
 
 
 def make_family_checkpoint(tmp_path: Path, model_type: str, *, tokenizer: Path, dtype: str = "float32",
@@ -365,6 +366,11 @@ def make_family_checkpoint(tmp_path: Path, model_type: str, *, tokenizer: Path, 
                 p.copy_(0.3 * torch.randn_like(p))
             elif p.dim() == 1:
                 p.copy_(centre + 0.3 * torch.randn_like(p))
+            elif p.dim() == 3:
+                # MoE experts [n_experts, ...]: sharing a common part, as experts upcycled from one
+                # dense MLP do. Independent random experts make every near-tie of the router that
+                # a rounding flips a jump far beyond anything a trained MoE shows.
+                p.copy_(MOE_SHARED ** 0.5 * p[:1] + (1 - MOE_SHARED) ** 0.5 * p)
     tdtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
     stored = model.to(tdtype)
     if dtype != "float32":

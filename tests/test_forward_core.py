@@ -530,6 +530,11 @@ def test_bad_tensor_sets():
     (dict(layer_window=[0]), "'layer_window' must be a list of n_layers = 2"),
     (dict(layer_window=[0, -1]), "'layer_window'\\[1\\] must be an integer"),
     (dict(layer_window=(0, 0)), "layer_window"),
+    (dict(n_experts=1, n_experts_used=1), "n_experts must be"),
+    (dict(n_experts_used=1), "n_experts must be"),
+    (dict(n_experts=4, n_experts_used=2), "'w_gate': not part of a mixture-of-experts"),  # over dense weights
+    (dict(rope_dim=33), "rope_dim"),
+    (dict(attn_softcap=-1.0), "attn_softcap"),
 ])
 def test_bad_config(change, match):
     p = small()

@@ -19,6 +19,7 @@ from lmpack.errors import LmpackError
 # The one limit on every config dimension, and on n_heads*head_dim, shared with csrc/py_model.c
 # (LMP_MAX_DIM): products of two such numbers fit an int64 with room to spare.
 MAX_DIM = 1 << 24
+MAX_EXPERTS = 256  # also csrc/py_model.c LMP_MAX_EXPERTS
 
 LAYER_PREFIX = "model.layers."
 
@@ -32,6 +33,8 @@ class TensorDef:
     slot: str
     shape: tuple[str, ...]
     when: str | None = None  # a key of CONDITIONS; None: always present
+    per_expert: bool = False  # one per expert: `name` holds "{e}", the C slot takes n_layers*n_experts
+    exact: bool = False  # stays in the source's precision when a file is quantized (MoE routers)
 
 
 # Conditions under which an optional tensor is part of a file.
@@ -115,6 +118,17 @@ _OLMO2_LAYER = (
     *_MLP,
     TensorDef("post_feedforward_layernorm.weight", "post_ffn_norm", ("dim",)),
 )
+# Mixtral: Llama's attention; the MLP is a router over n_experts SwiGLU experts, of which each
+# token takes the top n_experts_used, weighted by their renormalised softmax.
+_MIXTRAL_LAYER = (
+    TensorDef("input_layernorm.weight", "attn_norm", ("dim",)),
+    *_ATTN,
+    TensorDef("post_attention_layernorm.weight", "ffn_norm", ("dim",)),
+    TensorDef("block_sparse_moe.gate.weight", "router", ("n_experts", "dim"), exact=True),
+    TensorDef("block_sparse_moe.experts.{e}.w1.weight", "x_gate", ("ffn_dim", "dim"), per_expert=True),
+    TensorDef("block_sparse_moe.experts.{e}.w2.weight", "x_down", ("dim", "ffn_dim"), per_expert=True),
+    TensorDef("block_sparse_moe.experts.{e}.w3.weight", "x_up", ("ffn_dim", "dim"), per_expert=True),
+)
 _TOP_FIRST = (TensorDef("model.embed_tokens.weight", "embed", ("vocab_size", "dim")),)
 _TOP_LAST = (
     TensorDef("model.norm.weight", "final_norm", ("dim",)),
@@ -144,14 +158,16 @@ class Family:
         out = [(t.name, t) for t in _TOP_FIRST if _present(t, cfg)]
         layer = [t for t in self.layer if _present(t, cfg)]
         for i in range(cfg.n_layers):
-            out += [(f"{LAYER_PREFIX}{i}.{t.name}", t) for t in layer]
+            for t in layer:
+                names = [t.name.format(e=e) for e in range(cfg.n_experts)] if t.per_expert else [t.name]
+                out += [(f"{LAYER_PREFIX}{i}.{name}", t) for name in names]
         out += [(t.name, t) for t in _TOP_LAST if _present(t, cfg)]
         return out
 
     def tensor_count(self, cfg) -> int:
         """len(self.tensors(cfg)), without building the names (for a cheap first check)."""
         top = sum(_present(t, cfg) for t in _TOP_FIRST + _TOP_LAST)
-        return top + cfg.n_layers * sum(_present(t, cfg) for t in self.layer)
+        return top + cfg.n_layers * sum((cfg.n_experts if t.per_expert else 1) for t in self.layer if _present(t, cfg))
 
 
 def fused_parts(cfg) -> dict[str, tuple[str, int, int]]:
@@ -176,7 +192,7 @@ def dims(cfg) -> dict[str, int]:
     """The shape symbols of TensorDef.shape for `cfg`."""
     return {
         "dim": cfg.dim, "vocab_size": cfg.vocab_size, "ffn_dim": cfg.ffn_dim, "head_dim": cfg.head_dim,
-        "q_dim": cfg.n_heads * cfg.head_dim, "kv_dim": cfg.n_kv_heads * cfg.head_dim,
+        "q_dim": cfg.n_heads * cfg.head_dim, "kv_dim": cfg.n_kv_heads * cfg.head_dim, "n_experts": cfg.n_experts,
     }
 
 
@@ -333,6 +349,16 @@ def _phi3(cfg: dict, where: str, model_type: str) -> dict:
     return out
 
 
+def _mixtral(cfg: dict, where: str, model_type: str) -> dict:
+    """Mixtral: Mistral's attention (window included) with a top-k mixture of SwiGLU experts."""
+    _no_biases(cfg, where, model_type)
+    n, k = cfg.get("num_local_experts"), cfg.get("num_experts_per_tok")
+    for key, v in (("num_local_experts", n), ("num_experts_per_tok", k)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise LmpackError(f"{where}: field '{key}' must be an integer, got {v!r}")
+    return {"sliding_window": _window(cfg, where, model_type), "n_experts": n, "n_experts_used": k}
+
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("llama", ("llama",), _LLAMA_LAYER, _llama),
     Family("mistral", ("mistral",), _LLAMA_LAYER, _mistral),
@@ -341,6 +367,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("gemma2", ("gemma2",), _GEMMA2_LAYER, _gemma2, ("gelu_pytorch_tanh",), gemma_style=True),
     Family("gemma3", ("gemma3_text",), _GEMMA3_LAYER, _gemma3, ("gelu_pytorch_tanh",), gemma_style=True),
     Family("olmo2", ("olmo2",), _OLMO2_LAYER, _olmo2, qk_norm_full=True),
+    Family("mixtral", ("mixtral",), _MIXTRAL_LAYER, _mixtral),
     Family("phi3", ("phi3",), _LLAMA_LAYER, _phi3, fused=(
         ("self_attn.qkv_proj.weight", (("self_attn.q_proj.weight", "q_dim"), ("self_attn.k_proj.weight", "kv_dim"),
                                        ("self_attn.v_proj.weight", "kv_dim"))),
@@ -460,6 +487,8 @@ def core_config(cfg) -> dict[str, Any]:
         out["qk_norm_full"] = 1
     if cfg.rope_dim is not None:
         out["rope_dim"] = cfg.rope_dim
+    if cfg.n_experts:
+        out.update(n_experts=cfg.n_experts, n_experts_used=cfg.n_experts_used)
     if cfg.query_pre_attn_scalar is not None:
         out["attn_scale"] = cfg.query_pre_attn_scalar ** -0.5
     if cfg.attn_softcap is not None:
@@ -478,9 +507,18 @@ def core_weights(cfg, entries: dict[str, Any]) -> dict[str, Any]:
         if _present(t, cfg):
             out[t.slot] = entries[t.name]
     for t in fam.layer:
-        if _present(t, cfg):
-            out[t.slot] = [entries[f"{LAYER_PREFIX}{i}.{t.name}"] for i in range(cfg.n_layers)]
+        if _present(t, cfg):  # per-expert slots: layer-major, n_experts entries per layer
+            names = [t.name.format(e=e) for e in range(cfg.n_experts)] if t.per_expert else [t.name]
+            out[t.slot] = [entries[f"{LAYER_PREFIX}{i}.{name}"] for i in range(cfg.n_layers) for name in names]
     return out
+
+
+def keeps_precision(name: str) -> bool:
+    """Whether a file's tensor stays in its source precision when quantized: a MoE router, whose
+    top-k choice a rounding could flip (llama.cpp keeps it too)."""
+    i = layer_of(name)
+    suffix = name.split(".", 3)[3] if i is not None and name.count(".") >= 3 else None
+    return any(t.exact and t.name == suffix for f in FAMILIES.values() for t in f.layer)
 
 
 def layer_of(name: str) -> int | None:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lmpack.errors import LmpackError
-from lmpack.formats.arch import MAX_DIM, expected_tensors, family
+from lmpack.formats.arch import MAX_DIM, MAX_EXPERTS, expected_tensors, family
 
 __all__ = ["ModelConfig", "expected_tensors"]
 CHAT_FORMATS = ("llama2",)
@@ -23,7 +23,7 @@ ROPE_SCALING_KEYS = {
 
 FEATURE_DEFAULTS: dict[str, Any] = {"sliding_window": None, "layer_types": None, "rope_local_theta": None,
                                     "query_pre_attn_scalar": None, "attn_softcap": None, "final_softcap": None,
-                                    "rope_dim": None}
+                                    "rope_dim": None, "n_experts": 0, "n_experts_used": 0}
 LAYER_TYPES = ("full", "sliding")
 
 
@@ -53,6 +53,8 @@ class ModelConfig:
     attn_softcap: float | None = None  # attention scores become cap*tanh(s/cap) (Gemma 2)
     final_softcap: float | None = None  # the same on the logits
     rope_dim: int | None = None  # RoPE rotates the first rope_dim dims of each head (Phi-3); None: all
+    n_experts: int = 0  # MoE: experts per layer (0: a dense MLP)
+    n_experts_used: int = 0  # MoE: experts each token takes (top-k)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, kept verbatim
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +125,8 @@ class ModelConfig:
             attn_softcap=get("attn_softcap", float, None, optional=True),
             final_softcap=get("final_softcap", float, None, optional=True),
             rope_dim=get("rope_dim", int, None, optional=True),
+            n_experts=get("n_experts", int, 0),
+            n_experts_used=get("n_experts_used", int, 0),
             extra={k: v for k, v in d.items() if k not in known},
         )
         cfg.validate(where)
@@ -155,6 +159,10 @@ class ModelConfig:
             value = getattr(self, key)
             if value is not None and not 0 < value <= 1e9:
                 raise LmpackError(f"{where}: field '{key}' must be positive, got {value}")
+        if self.n_experts or self.n_experts_used:
+            if not (2 <= self.n_experts <= MAX_EXPERTS and 1 <= self.n_experts_used <= self.n_experts):
+                raise LmpackError(f"{where}: n_experts must be in [2, {MAX_EXPERTS}] and n_experts_used in "
+                                  f"[1, n_experts], got {self.n_experts} and {self.n_experts_used}")
         if self.rope_dim is not None and not (0 < self.rope_dim <= self.head_dim and self.rope_dim % 2 == 0):
             raise LmpackError(f"{where}: field 'rope_dim' must be even and in [2, head_dim], got {self.rope_dim}")
         if self.sliding_window is not None and not 0 < self.sliding_window <= MAX_DIM:

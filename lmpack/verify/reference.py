@@ -169,8 +169,10 @@ def reference_logits(source: Source, ids: Sequence[int],
         out = w.linear(attention(q, k, v, cfg.window(i), scale, cfg.attn_softcap), t["wo"])
         h = h + (norm(out, t["post_attn_norm"]) if "post_attn_norm" in t else out)
         x = norm(h, t["ffn_norm"]) if "ffn_norm" in t else h
-        gated = act(w.linear(x, t["w_gate"])) * w.linear(x, t["w_up"])
-        out = w.linear(gated, t["w_down"])
+        if cfg.n_experts:
+            out = _moe(w, x, t, cfg)
+        else:
+            out = w.linear(act(w.linear(x, t["w_gate"])) * w.linear(x, t["w_up"]), t["w_down"])
         h = h + (norm(out, t["post_ffn_norm"]) if "post_ffn_norm" in t else out)
         if progress:
             progress(i + 1, cfg.n_layers)
@@ -183,12 +185,32 @@ def reference_logits(source: Source, ids: Sequence[int],
 
 def _slot_names(cfg) -> dict:
     """Which source tensor plays each part of the block, from the family table: model-wide slots
-    to full names, and "layer" to the per-layer slots' names after `model.layers.{i}.`."""
+    to full names, and "layer" to the per-layer slots' names after `model.layers.{i}.` (with
+    "{e}" for the expert in per-expert ones)."""
     fam = arch.family(cfg.architecture)
-    out: dict = {"layer": {}}
+    out: dict = {"layer": {t.slot: t.name for t in fam.layer if t.when is None or arch.CONDITIONS[t.when](cfg)}}
     for name, t in fam.tensors(cfg):
         if arch.layer_of(name) is None:
             out[t.slot] = name
-        elif arch.layer_of(name) == 0:
-            out["layer"][t.slot] = name.split(".", 3)[3]
+    return out
+
+
+def _moe(w: _Weights, x: np.ndarray, t: dict, cfg) -> np.ndarray:
+    """Mixture of experts (Mixtral): each row's top-k experts by router softmax, their outputs
+    summed with the top-k probabilities renormalised to 1. Each expert runs on its rows only."""
+    probs = w.linear(x, t["router"]).astype(np.float64)
+    probs = np.exp(probs - probs.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    top = np.argsort(-probs, axis=-1, kind="stable")[:, :cfg.n_experts_used]
+    weight = np.take_along_axis(probs, top, axis=-1)
+    weight /= weight.sum(axis=-1, keepdims=True)
+    out = np.zeros_like(x)
+    for e in range(cfg.n_experts):
+        rows, slot = np.nonzero(top == e)
+        if rows.size == 0:
+            continue
+        xe = x[rows]
+        name = {k: t[k].replace("{e}", str(e)) for k in ("x_gate", "x_up", "x_down")}
+        y = w.linear(silu(w.linear(xe, name["x_gate"])) * w.linear(xe, name["x_up"]), name["x_down"])
+        out[rows] += (y * weight[rows, slot][:, None]).astype(np.float32)
     return out
