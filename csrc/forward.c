@@ -44,7 +44,7 @@ void lmp_state_free(lmp_model *m) {
     m->pool = NULL;
     float **fs[] = {&m->kcache, &m->vcache, &m->h, &m->xn, &m->q, &m->att, &m->proj, &m->gate,
                     &m->up, &m->scores, &m->rope_cos, &m->rope_sin, &m->act_d, &m->rlog, &m->xg,
-                    &m->moe, &m->route_w};
+                    &m->moe, &m->route_w, &m->kring, &m->vring};
     for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++) {
         free(*fs[i]);
         *fs[i] = NULL;
@@ -71,11 +71,24 @@ static int any_q8(const lmp_model *m) {
 
 int lmp_state_alloc(lmp_model *m, int threads) {
     const lmp_config *c = &m->cfg;
-    int64_t kv_dim, q_dim, per_layer, kv_n, n_scores;
+    int64_t kv_dim, q_dim, kv_n = 0, n_scores;
     if (!mul64(c->n_kv_heads, c->head_dim, &kv_dim) || !mul64(c->n_heads, c->head_dim, &q_dim) ||
-        !mul64(m->n_ctx, kv_dim, &per_layer) || !mul64(per_layer, c->n_layers, &kv_n) ||
         !mul64(threads, m->n_ctx, &n_scores))
         return -1;
+    /* A sliding layer keeps only the rows its queries can still see: a chunk's first token looks
+     * back window - 1 positions while the chunk writes LMP_CHUNK rows ahead of it. */
+    m->has_ring = 0;
+    for (int64_t l = 0; l < c->n_layers; l++) {
+        lmp_layer *L = &m->layers[l];
+        const int64_t w = L->window;
+        L->cache_len = w && w + LMP_CHUNK - 1 < m->n_ctx ? w + LMP_CHUNK - 1 : m->n_ctx;
+        m->has_ring |= L->cache_len < m->n_ctx;
+        int64_t rows;
+        if (!mul64(L->cache_len, kv_dim, &rows) || kv_n > INT64_MAX - rows) return -1;
+        L->cache_off = kv_n;
+        kv_n += rows;
+    }
+    m->kv_end = 0;
     int64_t maxcols = c->dim;
     if (q_dim > maxcols) maxcols = q_dim;
     if (c->ffn_dim > maxcols) maxcols = c->ffn_dim;
@@ -98,6 +111,11 @@ int lmp_state_alloc(lmp_model *m, int threads) {
     m->rope_sin = zalloc(c->n_rope * C * (c->rope_dim / 2), sizeof(float));
     int ok = m->kcache && m->vcache && m->h && m->xn && m->q && m->att && m->proj && m->gate && m->up &&
              m->scores && m->rope_cos && m->rope_sin;
+    if (ok && m->has_ring) {
+        m->kring = zalloc(C * kv_dim, sizeof(float));
+        m->vring = zalloc(C * kv_dim, sizeof(float));
+        ok = m->kring && m->vring;
+    }
     if (ok && c->n_experts) {
         m->rlog = zalloc(C * c->n_experts, sizeof(float));
         m->xg = zalloc(C * c->dim, sizeof(float));
@@ -292,7 +310,8 @@ static void matmuls(lmp_model *m, const lmp_kernels *k, const float *x, int64_t 
 typedef struct {
     const lmp_model *m;
     const lmp_kernels *k;
-    const float *kc, *vc; /* this layer's caches, position 0 */
+    const float *kc, *vc; /* this layer's caches, row 0 */
+    int64_t len;          /* their rows: position p is in row p % len (a ring when len < n_ctx) */
     int64_t p0;           /* position of the chunk's first token */
     float scale;
     int64_t n;            /* tokens in the chunk */
@@ -316,8 +335,34 @@ static void att_task(void *ctx, int64_t task, int thread) {
         npos = j->window;
     }
     const float *qh = m->q + t * q_dim + h * hd;
-    const float *kc = j->kc + first * kv_dim, *vc = j->vc + first * kv_dim;
+    const int64_t row0 = first % j->len;
+    /* rows [row0, row0 + npos) of the cache, unless they wrap around the end of a ring */
+    const int wraps = row0 + npos > j->len;
+    const float *kc = j->kc + row0 * kv_dim, *vc = j->vc + row0 * kv_dim;
     float *s = m->scores + (int64_t)thread * m->n_ctx;
+    if (wraps) { /* two runs of rows: scores over both, one softmax, then the V sum */
+        const int64_t n1 = j->len - row0;
+        float mx = -INFINITY;
+        for (int64_t p = 0; p < npos; p++) {
+            const float *kr = p < n1 ? kc + p * kv_dim : j->kc + (p - n1) * kv_dim;
+            s[p] = j->k->dot_f32(qh, kr + kvh * hd, hd) * j->scale;
+            if (j->softcap) s[p] = tanhf(s[p] / j->softcap) * j->softcap;
+            if (s[p] > mx) mx = s[p];
+        }
+        float sum = 0.0f;
+        for (int64_t p = 0; p < npos; p++) {
+            s[p] = expf(s[p] - mx);
+            sum += s[p];
+        }
+        float inv = 1.0f / sum;
+        float *o = m->att + t * q_dim + h * hd;
+        memset(o, 0, (size_t)hd * sizeof(float));
+        for (int64_t p = 0; p < npos; p++) {
+            const float *vr = p < n1 ? vc + p * kv_dim : j->vc + (p - n1) * kv_dim;
+            j->k->axpy_f32(s[p] * inv, vr + kvh * hd, o, hd);
+        }
+        return;
+    }
     if (j->k->attend_f32 && !j->softcap) { /* the fused kernel: no call per position */
         j->k->attend_f32(qh, kc + kvh * hd, vc + kvh * hd, kv_dim, npos, hd, j->scale, s, m->att + t * q_dim + h * hd);
         return;
@@ -445,7 +490,6 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
     const lmp_config *c = &m->cfg;
     const int64_t dim = c->dim, hd = c->head_dim;
     const int64_t kv_dim = c->n_kv_heads * hd, q_dim = c->n_heads * hd;
-    const int64_t layer_stride = m->n_ctx * kv_dim;
 
     for (int64_t t = 0; t < n; t++) embed_row(&m->embed, tokens[t], m->h + t * dim);
     if (c->embed_scale != 1.0f)
@@ -454,8 +498,10 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
 
     for (int64_t l = 0; l < c->n_layers; l++) {
         const lmp_layer *L = &m->layers[l];
-        float *kc = m->kcache + l * layer_stride, *vc = m->vcache + l * layer_stride;
-        float *kn = kc + p0 * kv_dim, *vn = vc + p0 * kv_dim; /* the chunk's own cache rows */
+        float *kc = m->kcache + L->cache_off, *vc = m->vcache + L->cache_off;
+        /* the chunk's K/V rows: straight in the cache, or staged for a ring's slots */
+        const int ring = L->cache_len < m->n_ctx;
+        float *kn = ring ? m->kring : kc + p0 * kv_dim, *vn = ring ? m->vring : vc + p0 * kv_dim;
 
         /* the attention's input: the normed residual stream, or the stream itself (post-norm blocks) */
         const float *xa = m->h;
@@ -480,8 +526,14 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
         if (L->k_norm) rmsnorm(kn, kn, L->k_norm, n * kv_dim / kn_len, kn_len, c->norm_eps, c->norm_offset);
         rope_rows(m, L->rope, m->q, n, c->n_heads, q_dim);
         rope_rows(m, L->rope, kn, n, c->n_kv_heads, kv_dim);
+        if (ring)
+            for (int64_t t = 0; t < n; t++) {
+                const int64_t row = (p0 + t) % L->cache_len;
+                memcpy(kc + row * kv_dim, kn + t * kv_dim, (size_t)kv_dim * sizeof(float));
+                memcpy(vc + row * kv_dim, vn + t * kv_dim, (size_t)kv_dim * sizeof(float));
+            }
 
-        att_job aj = {m, k, kc, vc, p0, c->attn_scale, n, L->window, c->attn_softcap};
+        att_job aj = {m, k, kc, vc, L->cache_len, p0, c->attn_scale, n, L->window, c->attn_softcap};
         const int64_t seen = L->window && L->window < p0 + n ? L->window : p0 + n;
         if ((double)(n * c->n_heads * hd) * (double)seen < (double)SERIAL_WORK) {
             for (int64_t i = 0; i < n * c->n_heads; i++) att_task(&aj, i, 0);
@@ -514,7 +566,13 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
     }
 }
 
+int lmp_can_start(const lmp_model *m, int64_t pos) {
+    return !m->has_ring || pos == 0 || (pos <= m->kv_end && pos >= m->kv_end - LMP_CHUNK);
+}
+
 void lmp_forward(lmp_model *m, const int32_t *tokens, int64_t ntok, int64_t pos, float *out, int all_logits) {
+    if (pos == 0) m->kv_end = 0;
+    if (pos + ntok > m->kv_end) m->kv_end = pos + ntok;
     /* fetched per call: set_kernel_path may switch tables between calls */
     const lmp_kernels *k = lmp_active_kernels();
     const lmp_config *c = &m->cfg;

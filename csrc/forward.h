@@ -50,6 +50,9 @@ typedef struct {
     const float *post_attn_norm, *post_ffn_norm; /* optional RMSNorm of the attention / MLP output [dim] */
     int64_t window;         /* a query attends to the last `window` positions, itself included; 0: all */
     int64_t rope;           /* its RoPE table, < n_rope */
+    /* its KV cache rows, set by lmp_state_alloc: n_ctx rows, or for a sliding layer whose window
+     * is well inside the context a ring of window + LMP_CHUNK - 1 rows (position p in row p % len) */
+    int64_t cache_len, cache_off;
 } lmp_layer;
 
 typedef struct {
@@ -64,7 +67,10 @@ typedef struct {
 
     /* run state, allocated once by lmp_state_alloc */
     lmp_pool *pool;
-    float *kcache, *vcache; /* [n_layers, n_ctx, n_kv_heads*head_dim] each */
+    float *kcache, *vcache; /* per layer [cache_len, n_kv_heads*head_dim], at cache_off */
+    int64_t kv_end;         /* one past the highest position written since position 0 was */
+    int has_ring;           /* some layer's cache is a ring */
+    float *kring, *vring;   /* a ring layer's chunk K/V rows before they go to their slots [CHUNK, kv_dim] */
     float *h;               /* residual stream [CHUNK, dim] */
     float *xn;              /* normalized input [CHUNK, dim] */
     float *q;               /* queries [CHUNK, n_heads*head_dim] */
@@ -88,7 +94,11 @@ void lmp_state_free(lmp_model *m);
 
 /* Runs tokens[0..ntok) at positions pos.., writing their K/V into the cache, and stores the
  * logits: out[ntok, vocab] if all_logits, else out[vocab] for the last token. Requires
- * ntok >= 1, 0 <= pos, pos + ntok <= n_ctx and every id in [0, vocab). */
+ * ntok >= 1, 0 <= pos, pos + ntok <= n_ctx, every id in [0, vocab), and with ring caches
+ * pos == 0 or kv_end - LMP_CHUNK <= pos <= kv_end (lmp_can_start). */
+/* Whether a run may start at pos: a ring cache still holds the window before pos only if pos is
+ * at most LMP_CHUNK positions behind the furthest one written (and not past it). */
+int lmp_can_start(const lmp_model *m, int64_t pos);
 void lmp_forward(lmp_model *m, const int32_t *tokens, int64_t ntok, int64_t pos, float *out, int all_logits);
 
 #endif

@@ -660,6 +660,11 @@ static PyObject *model_forward(ModelObject *self, PyObject *args, PyObject *kwds
                      (long long)ntok, (long long)m->n_ctx);
         goto fail_t;
     }
+    if (!lmp_can_start(m, (int64_t)pos)) {
+        PyErr_Format(PyExc_ValueError, "pos %lld: a sliding-window cache holds positions up to %lld and can go back "
+                     "at most %d of them (start again from 0)", pos, (long long)m->kv_end, LMP_CHUNK);
+        goto fail_t;
+    }
     for (int64_t i = 0; i < ntok; i++)
         if (tok[i] < 0 || tok[i] >= m->cfg.vocab_size) {
             PyErr_Format(PyExc_ValueError, "token id %d at index %lld is outside the vocabulary [0, %lld)", tok[i],

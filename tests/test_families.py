@@ -376,3 +376,30 @@ def test_mixtral_reads_only_the_chosen_experts(family_checkpoint, converted, tmp
     dtypes = {t.name: t.dtype for t in q8._reader.tensors}
     assert dtypes["model.layers.0.block_sparse_moe.gate.weight"] == "f32"
     assert dtypes["model.layers.0.block_sparse_moe.experts.0.w1.weight"] == "q8_0"
+
+
+@pytest.mark.parametrize("model_type,kwargs", [
+    ("mistral", dict(sliding_window=16, head_dim=64)),
+    ("gemma3_text", dict(head_dim=32, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+                         rope_parameters=GEMMA3_ROPE, query_pre_attn_scalar=32, tie=True)),
+], ids=["mistral", "gemma3"])
+def test_sliding_layers_keep_a_ring_cache(model_type, kwargs, family_checkpoint, converted):
+    """A sliding layer's cache holds window + 63 rows, reused round the ring: 200 positions (past
+    the ring several times over, prompt chunks and single tokens alike) still give transformers'
+    logits, and a run may go back at most 64 positions."""
+    ck = family_checkpoint(model_type, **kwargs)
+    ids = token_ids(ck.vocab_size, n=200, seed=5)
+    ref = ck.reference_logits(ids)
+    m = lmpack.load(converted(ck), threads=2, max_context=256)
+    full = m.logits(ids)
+    assert rel_err(full, ref) < F32_TOL
+    rows = [m.forward(ids[:150], 0, all_logits=True)]
+    rows += [m.forward([t], 150 + i) for i, t in enumerate(ids[150:])]
+    assert rel_err(np.concatenate(rows), ref) < F32_TOL
+    # going back 64 positions re-runs them over the window still in the ring
+    np.testing.assert_array_equal(m.forward(ids[136:], 136, all_logits=True), full[136:])
+    with pytest.raises(LmpackError, match="sliding-window cache"):
+        m.forward(ids[100:], 100)
+    with pytest.raises(LmpackError, match="sliding-window cache"):
+        m.forward([5], 201)  # past what was written
+    np.testing.assert_array_equal(m.logits(ids[:20]), full[:20])  # position 0 always starts afresh
