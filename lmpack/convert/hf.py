@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
+from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set
+from lmpack.convert.tokenizer_files import read_tokenizer, with_tokenizer
 from lmpack.errors import LmpackError
 from lmpack.formats.config import ModelConfig
 from lmpack.formats.safetensors import SafetensorsFile
@@ -152,8 +153,9 @@ class HFSafetensorsSource(FolderSource):
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self._config = read_hf_config(self.folder)
-        self._tokenizer = tokenizer_path(self.folder)
+        config = read_hf_config(self.folder)
+        self._tokenizer = read_tokenizer(self.folder)
+        self._config = with_tokenizer(config, self._tokenizer, str(self.folder / "config.json"))
         paths = shard_files(self.folder, "model.safetensors.index.json", "model.safetensors", "model*.safetensors")
         self.files = [SafetensorsFile(p) for p in paths]
         self._where: dict[str, SafetensorsFile] = {}

@@ -40,6 +40,11 @@ class ModelConfig:
     architecture: str = "llama"
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, kept verbatim
 
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Every id generation stops at (config.json's, generation_config.json's and the tokenizer's EOS)."""
+        return list(self.eos_ids)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")
