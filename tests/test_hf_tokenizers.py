@@ -1,0 +1,182 @@
+"""tokenizer.json models end to end against transformers' AutoTokenizer on the same folder: each
+family's tokenizer (Llama 3, Qwen2, SmolLM2, Mistral tekken, Gemma, Phi-3) trained at test time,
+converted with a tiny model, then encode/decode/chat-template ids, EOS ids, sampling defaults
+and logits compared with transformers."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import hf_tokenizers as H
+import lmpack
+
+AWKWARD = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    " leading space",
+    "   three leading spaces",
+    "multiple   spaces    inside  ",
+    "line one\nline two\n\n\nline five\r\n",
+    "\n\n",
+    " ",
+    "",
+    "tabs\tand\t\ttabs",
+    "numbers 1234567890 and 3.14159, x=42, 2024-12-31",
+    "café naïve résumé über Straße señor",
+    "Ελληνικά и русский",
+    "日本語のテキストです。中文字符测试 한국어",
+    "emoji 🙂🚀🎉🦙 👍🏽 family 👨‍👩‍👧",
+    "def f(x):\n    return x ** 2  # square\n",
+    "I'm sure it's fine; we'll see, they've gone. YOU'RE RIGHT",
+    "<|im_start|>user hello<|im_end|> [INST] hi [/INST] <s></s> <|eot_id|> <start_of_turn>",
+    "<|begin_of_text|><|start_header_id|>",
+    "\u00a0non-breaking\u2009thin space, ﬁ ligature, e\u0301 combining",
+]
+
+CONVERSATIONS = {
+    "user": [{"role": "user", "content": "Hi there!"}],
+    "system": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is 2+2?"}],
+    "turns": [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "An apple 🍎."},
+              {"role": "user", "content": "And a color?\n  "}],
+    "system-turns": [{"role": "system", "content": "Answer in French."},
+                     {"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Bonjour !"},
+                     {"role": "user", "content": "How are you?"}],
+}
+
+# Embedding rows per family: some padded past the tokenizer (as Qwen pads to a multiple of 128).
+PAD = {"llama3": 0, "qwen2": 37, "smollm2": 0, "mistral-tekken": 5, "gemma": 0, "phi3": 11}
+
+
+@pytest.fixture(scope="session")
+def family(request, tmp_path_factory, hf_checkpoint, converted):
+    cache = {}
+
+    def build(name):
+        if name not in cache:
+            tok_dir = H.FAMILIES[name](tmp_path_factory.mktemp("tok") / name)
+            ref = H.auto_tokenizer(tok_dir)
+            n = H.n_tokens(tok_dir)
+            gen = json.loads((tok_dir / "generation_config.json").read_text())
+            eos = gen.get("eos_token_id")
+            special = {"bos_token_id": gen.get("bos_token_id") or 0,
+                       "eos_token_id": eos[0] if isinstance(eos, list) else eos}
+            ckpt = hf_checkpoint(tokenizer=None, tokenizer_files=tok_dir, vocab=n + PAD[name], special_ids=special,
+                                 dims=dict(dim=64, n_heads=2, ffn_dim=160), tie=(name == "gemma"))
+            m = lmpack.load(converted(ckpt), threads=1)
+            cache[name] = (ref, m, ckpt, tok_dir)
+        return cache[name]
+
+    return build
+
+
+FAMILIES = list(H.FAMILIES)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_encode_decode_equal_transformers(family, name):
+    ref, m, _, _ = family(name)
+    assert m.tokenizer.kind == "tokenizers"
+    for text in AWKWARD:
+        for bos in (True, False):
+            want = ref(text, add_special_tokens=bos)["input_ids"]
+            assert m.tokenizer.encode(text, bos=bos) == want, (name, text, bos)
+        ids = ref(text)["input_ids"]
+        assert m.tokenizer.decode(ids) == ref.decode(ids, skip_special_tokens=True), (name, text)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_bos_rule(family, name):
+    ref, m, _, _ = family(name)
+    ids = m.tokenizer.encode("hello", bos=True)
+    adds_bos = name in ("llama3", "mistral-tekken", "gemma")  # Qwen, SmolLM2 and Phi-3 add none
+    assert (ids[0] == ref.bos_token_id) == adds_bos
+    assert m.tokenizer.encode("hello", bos=False) == ref("hello", add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_chat_template_ids_equal_transformers(family, name):
+    ref, m, _, _ = family(name)
+    for key, conv in CONVERSATIONS.items():
+        for gen_prompt in (True, False):
+            try:
+                want = ref.apply_chat_template(conv, add_generation_prompt=gen_prompt, tokenize=True)
+            except Exception as e:  # Gemma's template refuses a system message; so must lmpack's
+                with pytest.raises(lmpack.LmpackError, match=str(e)[:20]):
+                    m.tokenizer.apply_chat_template(conv, add_generation_prompt=gen_prompt)
+                continue
+            want = want["input_ids"] if hasattr(want, "keys") else want
+            assert m.tokenizer.apply_chat_template(conv, add_generation_prompt=gen_prompt) == want, (name, key)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_eos_ids_and_generation_defaults(family, name):
+    _, m, _, tok_dir = family(name)
+    gen = json.loads((tok_dir / "generation_config.json").read_text())
+    eos = gen["eos_token_id"] if isinstance(gen["eos_token_id"], list) else [gen["eos_token_id"]]
+    assert set(eos) <= set(m.config.eos_token_ids)
+    assert m.tokenizer.eos_ids == frozenset(m.config.eos_token_ids)
+    expected = {k: gen[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty", "do_sample") if k in gen}
+    assert m.generation_defaults == expected
+
+
+@pytest.mark.parametrize("name", ["llama3", "qwen2", "gemma"])
+def test_logits_of_chat_ids_match_transformers(family, name):
+    ref, m, ckpt, _ = family(name)
+    ids = m.tokenizer.apply_chat_template(CONVERSATIONS["turns"], add_generation_prompt=True)
+    got = m.logits(ids)
+    want = ckpt.reference_logits(ids)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-4 * float(np.std(want)) + 1e-5)
+
+
+def test_padded_vocabulary_decodes_every_id(family):
+    _, m, _, _ = family("qwen2")
+    assert m.config.vocab_size > m.tokenizer.vocab_size
+    # ids past the tokenizer's own (padding rows) decode to nothing instead of failing
+    assert m.tokenizer.decode([m.config.vocab_size - 1, m.tokenizer.encode("hi", bos=False)[0]]) == "hi"
+
+
+def test_generation_stops_at_any_eos(family):
+    _, m, _, _ = family("llama3")
+    eos = sorted(m.config.eos_token_ids)
+    assert len(eos) >= 3
+    prompt = m.tokenizer.encode("Hello", bos=True)
+    # Make each EOS id the argmax in turn by steering with a logit bias through the sampler.
+    for e in eos:
+        class Forced:
+            def __call__(self, logits):
+                return e
+
+            def see(self, ids):
+                pass
+
+        out = list(m.continue_from(prompt, 0, Forced(), 8))
+        assert out == [] and m.last_stats.stopped_by == "eos" and m.last_stats.generated_tokens == 0
+
+
+def test_generate_uses_model_rule_for_prompt(family):
+    ref, m, ckpt, _ = family("qwen2")
+    want_ids = ref("The cat", add_special_tokens=True)["input_ids"]
+    greedy = ckpt.reference_greedy(want_ids, 6)
+    # Qwen's generation_config sets repetition_penalty 1.05; the plain greedy oracle has none
+    text = "".join(m.generate("The cat", max_tokens=6, temperature=0, repetition_penalty=1.0))
+    eos = set(m.config.eos_token_ids)
+    cut = next((i for i, t in enumerate(greedy) if t in eos), len(greedy))
+    assert text == ref.decode(greedy[:cut], skip_special_tokens=True)
+    assert m.last_stats.prompt_tokens == len(want_ids)
+
+
+def test_repetition_penalty_and_top_k_match_transformers_greedy(family):
+    import torch
+
+    ref, m, ckpt, _ = family("llama3")
+    ids = ref("The cat", add_special_tokens=True)["input_ids"]
+    with torch.no_grad():
+        out = ckpt.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                  do_sample=False, max_new_tokens=8, repetition_penalty=1.3, eos_token_id=[],
+                                  pad_token_id=0)
+    want = out[0, len(ids):].tolist()
+    got = []
+    list(m.continue_from(ids, 0, m.sampler(temperature=0, repetition_penalty=1.3), 8, stop_at_eos=False, generated=got))
+    assert got == want
