@@ -180,3 +180,62 @@ def test_repetition_penalty_and_top_k_match_transformers_greedy(family):
     got = []
     list(m.continue_from(ids, 0, m.sampler(temperature=0, repetition_penalty=1.3), 8, stop_at_eos=False, generated=got))
     assert got == want
+
+
+@pytest.mark.parametrize("name", ["llama3", "mistral-tekken", "qwen2"])
+def test_chat_session_feeds_only_what_changed(family, name):
+    from lmpack.runtime.chat import ChatSession
+
+    ref, m, _, _ = family(name)
+    s = ChatSession(m, system="Be brief.")
+    assert s.format == "template"
+    list(s.reply("Hello there", max_tokens=4, temperature=0))
+    first_prompt = m.last_stats.prompt_tokens
+    list(s.reply("And then?", max_tokens=4, temperature=0))
+    # The cache holds exactly the conversation as transformers renders it, up to the new reply.
+    rendered = ref.apply_chat_template(s.messages[:-1], add_generation_prompt=True, tokenize=True)
+    rendered = rendered["input_ids"] if hasattr(rendered, "keys") else rendered
+    assert s.history[:len(rendered)] == rendered
+    incremental = m.forward(s._pending, s.pos)[-1]
+    fresh = m.logits(s.history + s._pending)[-1]
+    np.testing.assert_allclose(incremental, fresh, rtol=0, atol=1e-4 * float(np.std(fresh)))
+    if name != "mistral-tekken":  # templates that keep earlier turns as they were: only the new suffix is fed
+        assert m.last_stats.prompt_tokens < len(rendered) - first_prompt + 2
+    else:  # Mistral moves the system prompt to the last user turn: re-fed from the first changed id
+        assert m.last_stats.prompt_tokens < len(rendered)
+
+
+def test_chat_template_without_system_role_refuses_system_prompt(family):
+    from lmpack.runtime.chat import ChatSession
+
+    _, m, _, _ = family("gemma")
+    with pytest.raises(lmpack.LmpackError, match="takes no system prompt.*System role not supported"):
+        ChatSession(m, system="Be brief.")
+    s = ChatSession(m)
+    list(s.reply("Hi", max_tokens=2, temperature=0))
+    assert s.history[:len(m.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}]))] == \
+        m.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}])
+
+
+def test_cli_chat_and_run_say_which_sampling(family, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import lmpack_pythonpath
+
+    _, m, _, _ = family("llama3")
+    env = {**os.environ, "PYTHONPATH": lmpack_pythonpath()}
+    p = subprocess.run([sys.executable, "-m", "lmpack", "chat", str(m.path), "-n", "3", "--seed", "1",
+                        "--system", "Be [bold]brief[/bold]."], input="hello\nagain\n",
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "the model's chat template" in p.stderr
+    assert "sampling: temperature 0.6, top_p 0.9 (from the model's generation_config: temperature, top_p)" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "lmpack", "run", str(m.path), "-p", "Hi", "-n", "3", "--temp", "0"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "sampling: greedy" in p.stderr and "generation_config" not in p.stderr.split("sampling:")[1].splitlines()[0]
+    p = subprocess.run([sys.executable, "-m", "lmpack", "inspect", str(m.path)], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert p.returncode == 0 and "<|begin_of_text|>" in p.stdout and "tokenizers" in p.stdout

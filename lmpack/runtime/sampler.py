@@ -36,14 +36,16 @@ def sampling_options(generation: dict[str, Any] | None, **given: Any) -> tuple[d
 def describe(opts: dict[str, Any], source: dict[str, str]) -> str:
     """One line naming the sampling a run uses and where it came from."""
     if opts["temperature"] == 0:
-        parts = ["greedy"]
+        parts, shown = ["greedy"], ["temperature"]
     else:
-        parts = [f"temperature {opts['temperature']:g}", f"top_p {opts['top_p']:g}"]
+        parts, shown = [f"temperature {opts['temperature']:g}", f"top_p {opts['top_p']:g}"], ["temperature", "top_p"]
         if opts["top_k"]:
             parts.append(f"top_k {opts['top_k']}")
+            shown.append("top_k")
     if opts["repetition_penalty"] != 1:
         parts.append(f"repetition_penalty {opts['repetition_penalty']:g}")
-    from_model = [k for k, s in source.items() if s == "model"]
+        shown.append("repetition_penalty")
+    from_model = [k for k in shown if source[k] == "model"]
     origin = f" (from the model's generation_config: {', '.join(from_model)})" if from_model else ""
     return "sampling: " + ", ".join(parts) + origin
 
