@@ -16,12 +16,15 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from lmpack.errors import LmpackError
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    # Help texts quote chat formats ([INST] ... [/INST]) and paths: print them as written, never as markup.
+    rich_markup_mode=None,
     help="Convert LLM checkpoints into one memory-mappable .lmp file, and run it on the CPU.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -29,8 +32,13 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 1) -> "typer.Exit":
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    say_error(message)
     return typer.Exit(code)
+
+
+def say_error(message: str) -> None:
+    """`error: message` on stderr; the message (paths, tensor names, model text) is never markup."""
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
 
 
 def handles_errors(fn):
@@ -104,7 +112,7 @@ def convert(
 
     out = run_convert(src, output, dtype=dtype, keep=tuple(keep or ()), progress=True, threads=threads,
                       kind=kind, rope_scaling_factor=rope_scaling_factor)
-    err.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    err.print(Text(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"), highlight=False)
 
 
 @app.command()
@@ -131,7 +139,7 @@ def quantize(
                   description="quantizing")
     finally:
         source.close()
-    err.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    err.print(Text(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"), highlight=False)
 
 
 @app.command()
@@ -201,7 +209,7 @@ def demo(
         full, q8 = folder / "model.lmp", folder / "model-q8_0.lmp"
 
         err.rule("[bold]1. convert")
-        err.print(f"{source} -> {full}", highlight=False)
+        err.print(Text(f"{source} -> {full}"), highlight=False)
         run_convert(source, full, progress=True, threads=threads)
         err.print(f"{full.stat().st_size / 1e6:.2f} MB")
 
@@ -233,15 +241,15 @@ def demo(
                   highlight=False, soft_wrap=True)
         m.close()
         if out_dir:
-            err.print(f"kept {full} and {q8}", highlight=False)
+            err.print(Text(f"kept {full} and {q8}"), highlight=False)
 
 
 def _say_sampling(m, **given) -> None:
     """One stderr line: the sampling a run uses and which options came from the model."""
     from lmpack.runtime.sampler import describe, sampling_options
 
-    err.print(f"[dim]{describe(*sampling_options(m.generation_defaults, **given))}[/]", highlight=False,
-              soft_wrap=True, markup=True)
+    err.print(Text(describe(*sampling_options(m.generation_defaults, **given)), style="dim"), highlight=False,
+              soft_wrap=True)
 
 
 def _core_path() -> str:
@@ -255,20 +263,19 @@ def _core_path() -> str:
 @without_blas_threads
 def inspect(file: Path = typer.Argument(..., help="The .lmp file to describe.")):
     """Show a file's config, tokenizer, provenance and tensor directory."""
-    from rich.text import Text
-
     from lmpack.formats.lmp import LmpReader
 
     out = Console()
     with LmpReader(file) as r:
         cfg = r.config.to_dict()
-        t = Table(title=f"{file} — lmpack format v{r.header.get('version')}, {r.file_size / 1e6:.2f} MB", show_header=False)
+        t = Table(title=Text(f"{file} — lmpack format v{r.header.get('version')}, {r.file_size / 1e6:.2f} MB"),
+                  show_header=False)
         t.add_column("key", style="bold")
         t.add_column("value")
         for k, v in cfg.items():
-            t.add_row(k, str(v))
+            t.add_row(Text(k), Text(str(v)))
         tok = r.tokenizer_entry
-        t.add_row("tokenizer", f"{r.tokenizer_kind}, {tok.nbytes} bytes")
+        t.add_row("tokenizer", Text(f"{r.tokenizer_kind}, {tok.nbytes} bytes"))
         fields = r.tokenizer_fields
         if fields.get("special_tokens"):
             t.add_row("special_tokens", Text(", ".join(f"{k}={v!r}" for k, v in fields["special_tokens"].items())))
@@ -283,17 +290,17 @@ def inspect(file: Path = typer.Argument(..., help="The .lmp file to describe."))
         prov = r.header.get("provenance", {})
         for k in ("source_kind", "dtype", "lmpack_version", "created"):
             if k in prov:
-                t.add_row(k, str(prov[k]))
+                t.add_row(k, Text(str(prov[k])))
         files = prov.get("source_files") or []
         if files:
-            t.add_row("source_files", ", ".join(f"{f.get('name')} ({f.get('size', 0) / 1e6:.1f} MB)" for f in files[:8]) +
-                      (f" and {len(files) - 8} more" if len(files) > 8 else ""))
+            t.add_row("source_files", Text(", ".join(f"{f.get('name')} ({f.get('size', 0) / 1e6:.1f} MB)" for f in files[:8]) +
+                      (f" and {len(files) - 8} more" if len(files) > 8 else "")))
         out.print(t)
         tt = Table(title=f"{len(r.tensors)} tensors")
         for col in ("name", "dtype", "shape", "bytes", "offset", "crc32c"):
             tt.add_column(col, justify="right" if col in ("bytes", "offset") else "left")
         for e in r.tensors:
-            tt.add_row(e.name, e.dtype, "x".join(map(str, e.shape)), f"{e.nbytes:,}", f"{e.offset:,}", e.crc32c)
+            tt.add_row(Text(e.name), e.dtype, "x".join(map(str, e.shape)), f"{e.nbytes:,}", f"{e.offset:,}", e.crc32c)
         out.print(tt)
 
 
@@ -318,7 +325,8 @@ def chat(
     """Talk to a model: one line per turn, replies stream; the KV cache is kept across turns.
 
     Uses the chat template embedded from the model folder (rendered as transformers renders it), else
-    the Llama 2 [INST] format for Llama 2 chat models, otherwise continues your text. Ctrl-C stops a reply; Ctrl-C or Ctrl-D at the prompt, or /exit, ends; /reset starts over.
+    [INST] ... [/INST] for Llama 2 chat models, otherwise continues your text. Ctrl-C stops a reply;
+    Ctrl-C or Ctrl-D at the prompt, or /exit, ends; /reset starts over.
     """
     from lmpack.runtime.chat import ChatSession, ContextFull
     from lmpack.runtime.model import load
@@ -330,8 +338,8 @@ def chat(
     m.sampler(temperature, top_p, seed, top_k, repetition_penalty)  # bad options fail before the first prompt
     interactive = sys.stdin.isatty()
     mode = {"template": "the model's chat template", "llama2": "chat format llama2", None: "plain continuation"}
-    err.print(f"[dim]{file.name}: {mode.get(session.format, session.format)}, context {m.n_ctx} tokens. "
-              f"/reset starts over, /exit or Ctrl-D ends.[/]", highlight=False)
+    err.print(Text(f"{file.name}: {mode.get(session.format, session.format)}, context {m.n_ctx} tokens. "
+                   f"/reset starts over, /exit or Ctrl-D ends.", style="dim"), highlight=False)
     _say_sampling(m, temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
     turn_seed = seed
     while True:
@@ -412,14 +420,13 @@ def verify(
                                                    ("max_kl_token", max_kl_token), ("max_ppl_diff", max_ppl_diff))
            if v is not None and not v >= 0]
     if bad or (threads is not None and threads < 1):
-        err.print(f"[bold red]error:[/] {bad[0] if bad else '--threads'} must be "
-                  f"{'a number >= 0' if bad else 'at least 1'}", highlight=False)
+        say_error(f"{bad[0] if bad else '--threads'} must be {'a number >= 0' if bad else 'at least 1'}")
         raise SystemExit(2)
     try:
         result = run_verify(file, against=against, prompt=prompt, text_file=text_file, max_tokens=max_tokens,
                             thresholds=overrides, threads=threads, progress=not as_json and err.is_terminal)
     except UsageError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        say_error(str(e))
         raise SystemExit(2) from None
     if as_json:
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")

@@ -124,3 +124,40 @@ def check_tensor_set(config: ModelConfig, found: dict[str, tuple[tuple[int, ...]
     if extra:
         raise LmpackError(f"{folder}: unexpected tensor '{extra[0]}' (beyond what {config_file} describes)")
     return specs
+
+
+
+
+def load_sentencepiece(path: Path):
+    """The sentencepiece model in `path`, or an LmpackError that says what the file is instead.
+
+    Checked when a conversion starts, so a wrong file (Llama 3's tiktoken ranks, Mistral's tekken
+    JSON under the old name) is refused with one line rather than embedded and failing at load."""
+    import sentencepiece as spm
+
+    from lmpack.errors import LmpackError
+
+    data = Path(path).read_bytes()
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.LoadFromSerializedProto(data)
+        ok = sp.get_piece_size() > 0
+    except Exception:  # sentencepiece raises RuntimeError/OSError with C++ text
+        ok = False
+    if not ok:
+        raise LmpackError(f"{path}: not a sentencepiece model ({_looks_like(data)})")
+    return sp
+
+
+def _looks_like(data: bytes) -> str:
+    """A short guess at what a file that is not a sentencepiece model holds, for the message."""
+    head = data[:4096].lstrip()
+    if not head:
+        return "the file is empty"
+    if head[:1] in (b"{", b"["):
+        return "it is JSON, such as a tokenizer.json or Mistral's tekken.json"
+    first = head.split(b"\n", 1)[0].split(b" ")
+    if len(first) == 2 and first[1].strip().isdigit() and first[0] and all(
+            c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=" for c in first[0]):
+        return "it is a tiktoken BPE ranks file, like Llama 3's"
+    return "unrecognised contents"

@@ -201,20 +201,12 @@ def _tokenizers_json(path: Path, cfg: dict[str, Any], specials: dict[str, str]):
     return tok
 
 
-def _sentencepiece(path: Path, data: bytes):
-    import sentencepiece as spm
+def _sentencepiece(path: Path):
+    """The sentencepiece model, or one line saying what the file is instead (a tiktoken file in an HF
+    folder needs that folder's tokenizer.json, or Meta's original/ folder)."""
+    from lmpack.convert.source import load_sentencepiece
 
-    from lmpack.convert.tiktoken import looks_like_tiktoken
-
-    sp = spm.SentencePieceProcessor()
-    try:
-        sp.LoadFromSerializedProto(data)
-    except Exception:
-        if looks_like_tiktoken(data):
-            raise LmpackError(f"{path}: a tiktoken file, not a sentencepiece model (convert the folder with "
-                              f"its tokenizer.json, or Meta's original/ folder for Llama 3)") from None
-        raise LmpackError(f"{path}: not a sentencepiece model") from None
-    return sp
+    return load_sentencepiece(path)
 
 
 def read_tokenizer(folder: str | Path, meta_llama3: bool | None = None) -> TokenizerFiles:
@@ -249,7 +241,7 @@ def read_tokenizer(folder: str | Path, meta_llama3: bool | None = None) -> Token
             ids = {k: tok.token_to_id(v) for k, v in specials.items()}
             gen_eos = [*gen_eos, *(i for i in map(tok.token_to_id, END_OF_GENERATION) if i is not None)]
         else:
-            sp = _sentencepiece(tm, data)
+            sp = _sentencepiece(tm)
             kind, blob = "sentencepiece", data
             n_ids = sp.get_piece_size()
             for key, sp_id in (("bos_token", sp.bos_id()), ("eos_token", sp.eos_id()), ("unk_token", sp.unk_id())):
