@@ -239,3 +239,113 @@ def test_cli_chat_and_run_say_which_sampling(family, tmp_path):
     p = subprocess.run([sys.executable, "-m", "lmpack", "inspect", str(m.path)], capture_output=True, text=True,
                        timeout=120, env=env)
     assert p.returncode == 0 and "<|begin_of_text|>" in p.stdout and "tokenizers" in p.stdout
+
+
+@pytest.mark.parametrize("name", ["llama3", "qwen2", "gemma"])
+def test_verify_checks_tokenizer_and_against_source(family, name, run_lmpack):
+    _, m, ckpt, _ = family(name)
+    v = run_lmpack("verify", m.path, "--against", ckpt.path, "--json", "-n", "24")
+    assert v.returncode == 0, v.stdout + v.stderr
+    checks = json.loads(v.stdout)["checks"]
+    assert checks["tokenizer"]["status"] == "pass"
+    assert checks["tokenizer"]["summary"].startswith("tokenizers, ") and "1 chat template" in checks["tokenizer"]["summary"]
+    assert checks["config"]["status"] == "pass" and checks["logits"]["status"] == "pass"
+
+
+def test_verify_fails_a_broken_template_or_wrong_eos(family, tmp_path, run_lmpack):
+    import checkpoints
+
+    _, m, _, _ = family("qwen2")
+
+    def broken_template(h):
+        h["tokenizer"]["chat_template"] = "{% for m in messages %}{{ m.content }"
+
+    def wrong_eos(h):
+        h["tokenizer"]["special_tokens"]["eos_token"] = "<|im_start|>"
+
+    for mutate, says in ((broken_template, "chat template"), (wrong_eos, "eos_token")):
+        bad = checkpoints.write_lmp_with_header(m.path, tmp_path / f"{says}.lmp", mutate)
+        v = run_lmpack("verify", bad, "--json")
+        assert v.returncode == 1
+        tok = json.loads(v.stdout)["checks"]["tokenizer"]
+        assert tok["status"] == "fail" and says in json.dumps(tok), tok
+
+
+def _bad_folder(family, tmp_path, name="qwen2"):
+    import checkpoints
+
+    _, _, ckpt, _ = family(name)
+    return checkpoints.copy_checkpoint(ckpt.path, tmp_path / "src")
+
+
+def _assert_refused(run_lmpack, src, tmp_path, says: str):
+    out = tmp_path / "out.lmp"
+    p = run_lmpack("convert", src, "-o", out)
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], p.stderr
+    assert not out.exists() and [f.name for f in tmp_path.iterdir()] == ["src"]
+
+
+@pytest.mark.parametrize("case", ["not-json", "not-loadable", "template-syntax", "template-list", "vocab-too-large",
+                                  "config-not-json", "bad-generation"])
+def test_bad_tokenizer_input_is_one_line_and_no_file(family, tmp_path, run_lmpack, case):
+    src = _bad_folder(family, tmp_path)
+    cfg_path = src / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if case == "not-json":
+        (src / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+        says = "tokenizer.json"
+    elif case == "not-loadable":
+        doc = json.loads((src / "tokenizer.json").read_text())
+        doc["model"]["type"] = "NoSuchModel"
+        (src / "tokenizer.json").write_text(json.dumps(doc))
+        says = "not a tokenizer.json the tokenizers library loads"
+    elif case == "template-syntax":
+        cfg["chat_template"] = "{% for message in messages %}{{ message.content }}"
+        cfg_path.write_text(json.dumps(cfg))
+        says = "chat template syntax error on line 1"
+    elif case == "template-list":
+        cfg["chat_template"] = [{"name": "default", "template": "{{ x "}]
+        cfg_path.write_text(json.dumps(cfg))
+        says = "default chat template syntax error"
+    elif case == "vocab-too-large":
+        config = json.loads((src / "config.json").read_text())
+        config.update(vocab_size=100, bos_token_id=0, eos_token_id=1)  # only the tokenizer is too large
+        (src / "config.json").write_text(json.dumps(config))
+        says = "tokens but the model only 100 embedding rows"
+    elif case == "config-not-json":
+        cfg_path.write_text("{not json")
+        says = "tokenizer_config.json: not valid JSON"
+    else:
+        (src / "generation_config.json").write_text(json.dumps({"temperature": "hot"}))
+        says = "generation_config.json: temperature must be"
+    _assert_refused(run_lmpack, src, tmp_path, says)
+
+
+def test_tokenizer_json_wins_over_tokenizer_model(family, tmp_path, sp_model_path):
+    from lmpack.convert import convert
+
+    src = _bad_folder(family, tmp_path, "llama3")
+    (src / "tokenizer.model").write_bytes(sp_model_path.read_bytes())
+    out = convert(src, tmp_path / "both.lmp")
+    with lmpack.load(out) as m:
+        assert m.tokenizer.kind == "tokenizers"
+    (src / "tokenizer.model").write_text("IQ== 0\n")  # a tiktoken file beside tokenizer.json is not read
+    convert(src, tmp_path / "both2.lmp")
+
+
+def test_quantize_keeps_tokenizer_fields(family, tmp_path):
+    from lmpack.convert.lmp_source import LmpSource
+    from lmpack.convert.pipeline import run
+
+    _, m, _, _ = family("llama3")
+    src = LmpSource(m.path)
+    try:
+        out = run(src, tmp_path / "q8.lmp", dtype="q8_0")
+    finally:
+        src.close()
+    with lmpack.load(out) as q:
+        assert q.tokenizer.chat_template == m.tokenizer.chat_template
+        assert q.generation_defaults == m.generation_defaults
+        assert q.tokenizer.encode("hello world") == m.tokenizer.encode("hello world")
