@@ -245,6 +245,9 @@ def _via_transformers(folder: Path, cls_name: str, spm_pieces: dict, user_define
     """A sentencepiece model made into tokenizer.json by transformers' own class, then saved."""
     import tempfile
 
+    import pytest
+
+    pytest.importorskip("google.protobuf")  # transformers reads sentencepiece protos with it
     import transformers
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -300,3 +303,72 @@ def auto_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder))
+
+
+def llama3_specials(llama31: bool = True) -> list[str]:
+    """Meta's 256 Llama 3 special tokens in id order (3.1 names more of them than 3.0)."""
+    if llama31:
+        named = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                 "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>",
+                 "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+        return named + [f"<|reserved_special_token_{i}|>" for i in range(3, 3 + 256 - len(named))]
+    named = ["<|begin_of_text|>", "<|end_of_text|>"] + [f"<|reserved_special_token_{i}|>" for i in range(4)] + \
+        ["<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>"]
+    return named + [f"<|reserved_special_token_{i}|>" for i in range(5, 5 + 256 - len(named))]
+
+
+def llama3_tiktoken(folder: Path, llama31: bool = True) -> Path:
+    """Meta's Llama 3 tokenizer.model (tiktoken ranks, from a byte-level BPE trained here) and,
+    beside it, the HF twin's tokenizer.json made by transformers' own TikTokenConverter."""
+    import base64
+
+    import pytest
+
+    pytest.importorskip("tiktoken")  # transformers' TikTokenConverter reads the ranks with it
+    from tokenizers import processors
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    trained = _byte_level(LLAMA3_PATTERN, [], 700)
+    chars = {c: b for b, c in _gpt2_chars().items()}
+    vocab = trained.get_vocab()
+    lines = [base64.b64encode(bytes(chars[c] for c in tok)).decode() + f" {rank}"
+             for tok, rank in sorted(vocab.items(), key=lambda kv: kv[1])]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.model").write_text("\n".join(lines) + "\n")
+    specials = llama3_specials(llama31)
+    tok = TikTokenConverter(vocab_file=str(folder / "tokenizer.model"), pattern=LLAMA3_PATTERN,
+                            extra_special_tokens=specials).converted()
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                       pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
+                                                       special_tokens=[("<|begin_of_text|>", bos)])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
+        "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": True}))
+    return folder
+
+
+def _gpt2_chars() -> dict[int, str]:
+    """GPT-2's byte -> printable character map (as in its encoder.py), written out for the tests."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    out, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + n)
+            n += 1
+    return out
+
+
+def tiktoken_encoding(folder: Path, llama31: bool = True):
+    """tiktoken itself on the same ranks file, with Llama 3's pattern and special tokens."""
+    import pytest
+
+    tiktoken = pytest.importorskip("tiktoken")
+    from tiktoken.load import load_tiktoken_bpe
+
+    ranks = load_tiktoken_bpe(str(folder / "tokenizer.model"))
+    return tiktoken.Encoding("llama3-test", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={s: len(ranks) + i for i, s in enumerate(llama3_specials(llama31))})
