@@ -349,3 +349,25 @@ def test_quantize_keeps_tokenizer_fields(family, tmp_path):
         assert q.tokenizer.chat_template == m.tokenizer.chat_template
         assert q.generation_defaults == m.generation_defaults
         assert q.tokenizer.encode("hello world") == m.tokenizer.encode("hello world")
+
+
+@pytest.mark.parametrize("name,flags", [("qwen2", {"add_bos_token": True, "bos_token": "<|endoftext|>"}),
+                                        ("llama3", {"add_bos_token": False}),
+                                        ("mistral-tekken", {"add_eos_token": True})])
+def test_add_bos_flags_follow_transformers(family, tmp_path, name, flags):
+    """Whatever transformers makes of add_bos_token/add_eos_token beside a tokenizer.json, lmpack does too."""
+    from lmpack.convert.tokenizer_files import read_tokenizer
+    from lmpack.runtime.tokenizer import open_tokenizer
+
+    _, _, _, tok_dir = family(name)
+    folder = tmp_path / name
+    folder.mkdir()
+    for p in tok_dir.iterdir():
+        (folder / p.name).write_bytes(p.read_bytes())
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**cfg, **flags}))
+    ref = H.auto_tokenizer(folder)
+    tf = read_tokenizer(folder)
+    tok = open_tokenizer(tf.kind, tf.blob, tf.bos_id or 0, tf.eos_ids, tf.n_ids, tf.header)
+    for text in ("hello world", ""):
+        assert tok.encode(text, bos=True) == ref(text)["input_ids"]

@@ -7,9 +7,9 @@ transformers makes at load time, so the runtime only replays it:
   fast tokenizer does; a sentencepiece `tokenizer.model` alone is embedded as it is; Meta Llama 3's
   tiktoken `tokenizer.model` (Meta folders) becomes the equivalent byte-level BPE (tiktoken.py).
 - `tokenizer_config.json` (and, without `added_tokens_decoder` there, `special_tokens_map.json`)
-  names the special tokens; an explicit `add_bos_token`/`add_eos_token` (or a tokenizer.json without
-  a post-processor) rewrites the post-processor to `[bos] $A [eos]` as transformers does; named special
-  tokens the vocabulary lacks are added.
+  names the special tokens; named special tokens the vocabulary lacks are added. Whether BOS/EOS
+  surround the text is the tokenizer.json post-processor's business (transformers ignores
+  `add_bos_token` when there is a tokenizer.json); for a sentencepiece model, `add_bos_token` says.
 - The chat template comes from `chat_template.jinja`, else `tokenizer_config.json` `chat_template`
   (a string, or a list of named templates), plus `additional_chat_templates/*.jinja`; each must compile.
 - `generation_config.json` gives extra EOS ids and the sampling defaults.
@@ -161,7 +161,7 @@ def generation_defaults(folder: Path) -> tuple[dict[str, Any], list[int], int | 
 
 def _tokenizers_json(path: Path, cfg: dict[str, Any], specials: dict[str, str]):
     """The tokenizer.json loaded with `tokenizers`, with transformers' load-time changes applied."""
-    from tokenizers import AddedToken, Tokenizer, processors
+    from tokenizers import AddedToken, Tokenizer
 
     try:
         tok = Tokenizer.from_str(_text(path))
@@ -186,16 +186,9 @@ def _tokenizers_json(path: Path, cfg: dict[str, Any], specials: dict[str, str]):
             wanted.append(AddedToken(text, special=True, normalized=False))
     if wanted:
         tok.add_special_tokens(wanted)
-    # transformers rebuilds the post-processor when the config says add_bos_token/add_eos_token
-    # (or tokenizer.json has none): BOS/EOS around the text, each only if its token exists.
-    if "add_bos_token" in cfg or "add_eos_token" in cfg or tok.post_processor is None:
-        bos, eos = specials.get("bos_token"), specials.get("eos_token")
-        add_bos = bool(cfg.get("add_bos_token", False)) and bos is not None
-        add_eos = bool(cfg.get("add_eos_token", False)) and eos is not None
-        single = f"{bos + ':0 ' if add_bos else ''}$A:0{' ' + eos + ':0' if add_eos else ''}"
-        pair = f"{single}{' ' + bos + ':1' if add_bos else ''} $B:1{' ' + eos + ':1' if add_eos else ''}"
-        pairs = ([(bos, tok.token_to_id(bos))] if add_bos else []) + ([(eos, tok.token_to_id(eos))] if add_eos else [])
-        tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=pairs)
+    # BOS/EOS come from tokenizer.json's post-processor alone: with a tokenizer.json, transformers
+    # drops tokenizer_config.json's add_bos_token/add_eos_token (files written by transformers
+    # agree with them anyway), and adds nothing around the text when there is no post-processor.
     split = cfg.get("split_special_tokens", False)
     tok.encode_special_tokens = bool(split)
     return tok
