@@ -83,8 +83,9 @@ class SentencePieceTokenizer(Tokenizer):
         return [self.bos_id, *ids] if bos and self.add_bos else ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        n = self.vocab_size
-        return self._sp.decode([i for i in map(int, ids) if 0 <= i < n])
+        """Text of `ids`; ids of embedding rows that have no piece (a vocabulary padded to a round
+        size) decode to nothing, since a model can sample them."""
+        return self._sp.decode(_in_range(ids, self.vocab_size))
 
     def piece(self, token_id: int) -> str:
         token_id = int(token_id)
@@ -120,12 +121,20 @@ class HFTokenizer(Tokenizer):
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=bool(bos))]
 
     def decode(self, ids: Iterable[int]) -> str:
-        n = self.vocab_size
-        text = self._tok.decode([i for i in map(int, ids) if 0 <= i < n], skip_special_tokens=True)
+        text = self._tok.decode(_in_range(ids, self.vocab_size), skip_special_tokens=True)
         return _clean_up(text) if self._clean_up else text
 
     def piece(self, token_id: int) -> str:
         return self._tok.id_to_token(int(token_id)) or ""
+
+
+def _in_range(ids: Iterable[int], n: int) -> list[int]:
+    """`ids` without those outside 0..n-1 (padding rows); the common case, all in range, costs two
+    C-speed passes (min, max) rather than a Python loop per token."""
+    ids = ids if type(ids) is list else list(ids)
+    if ids and (min(ids) < 0 or max(ids) >= n):
+        return [i for i in ids if 0 <= i < n]
+    return ids
 
 
 def _clean_up(text: str) -> str:
