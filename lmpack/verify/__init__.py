@@ -176,7 +176,7 @@ def _faithfulness(result: VerifyResult, reader, against: Path, prompt, text_file
         cfg = source.config()
         ids = _prompt_ids(source.tokenizer(), cfg.bos_id, prompt, text_file, max_tokens)
         if len(ids) < 2:
-            raise UsageError("the prompt must give at least two tokens")
+            raise UsageError("the prompt must give at least one token after the first (BOS, where the model adds one)")
         result.prompt_tokens = ids
         with bars.phase("reference forward", cfg.n_layers) as advance:
             ref = reference.reference_logits(source, ids, (lambda done, total: advance(1)) if advance else None)
