@@ -105,6 +105,13 @@ PHI3_TEMPLATE = ("{% for message in messages %}{% if message['role'] == 'system'
                  "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}"
                  "{% endif %}")
 
+OLMO2_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}{{ '<|system|>\n' + "
+                  "message['content'] + '\n' }}{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + "
+                  "'\n' }}{% elif message['role'] == 'assistant' %}{% if not loop.last %}{{ '<|assistant|>\n'  + "
+                  "message['content'] + eos_token + '\n' }}{% else %}{{ '<|assistant|>\n'  + message['content'] + "
+                  "eos_token }}{% endif %}{% endif %}{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}"
+                  "{% endif %}{% endfor %}")
+
 _CODE = [
     "def f(x):\n    return x ** 2  # square\n",
     "for (int i = 0; i < n; ++i) { sum += a[i]; }\n",
@@ -227,6 +234,23 @@ def mistral_tekken(folder: Path) -> Path:
     }, {"bos_token_id": 1, "eos_token_id": 2})
 
 
+def olmo2(folder: Path) -> Path:
+    """GPT-2-style byte-level BPE (GPT-2's own regex), as OLMo 2's cl100k-derived tokenizer runs it."""
+    from tokenizers import AddedToken, pre_tokenizers, processors
+
+    tok = _byte_level(None, [], 700)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.add_special_tokens([AddedToken(n, special=True, normalized=False)
+                            for n in ("<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>")])
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    eot = tok.token_to_id("<|endoftext|>")
+    return _write(folder, tok, {
+        "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>", "unk_token": None,
+        "chat_template": OLMO2_TEMPLATE, "clean_up_tokenization_spaces": False, "model_max_length": 4096,
+        "tokenizer_class": "GPT2Tokenizer",
+    }, {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": tok.token_to_id("<|pad|>")})
+
+
 def _spm_model(path: Path, pieces: dict, user_defined: list[str], vocab_size: int = 500) -> Path:
     import sentencepiece as spm
 
@@ -288,7 +312,7 @@ def phi3(folder: Path) -> Path:
                              {"bos_token_id": 1, "eos_token_id": [2, 3, 5], "pad_token_id": 2})
 
 
-FAMILIES = {"llama3": llama3, "qwen2": qwen2, "smollm2": smollm2, "mistral-tekken": mistral_tekken,
+FAMILIES = {"llama3": llama3, "qwen2": qwen2, "smollm2": smollm2, "olmo2": olmo2, "mistral-tekken": mistral_tekken,
             "gemma": gemma, "phi3": phi3}
 
 

@@ -1,5 +1,5 @@
 """tokenizer.json models end to end against transformers' AutoTokenizer on the same folder: each
-family's tokenizer (Llama 3, Qwen2, SmolLM2, Mistral tekken, Gemma, Phi-3) trained at test time,
+family's tokenizer (Llama 3, Qwen2, SmolLM2, OLMo 2, Mistral tekken, Gemma, Phi-3) trained at test time,
 converted with a tiny model, then encode/decode/chat-template ids, EOS ids, sampling defaults
 and logits compared with transformers."""
 from __future__ import annotations
@@ -46,7 +46,7 @@ CONVERSATIONS = {
 }
 
 # Embedding rows per family: some padded past the tokenizer (as Qwen pads to a multiple of 128).
-PAD = {"llama3": 0, "qwen2": 37, "smollm2": 0, "mistral-tekken": 5, "gemma": 0, "phi3": 11}
+PAD = {"llama3": 0, "qwen2": 37, "smollm2": 0, "olmo2": 3, "mistral-tekken": 5, "gemma": 0, "phi3": 11}
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +90,7 @@ def test_encode_decode_equal_transformers(family, name):
 def test_bos_rule(family, name):
     ref, m, _, _ = family(name)
     ids = m.tokenizer.encode("hello", bos=True)
-    adds_bos = name in ("llama3", "mistral-tekken", "gemma")  # Qwen, SmolLM2 and Phi-3 add none
+    adds_bos = name in ("llama3", "mistral-tekken", "gemma")  # Qwen, SmolLM2, OLMo 2 and Phi-3 add none
     assert (ids[0] == ref.bos_token_id) == adds_bos
     assert m.tokenizer.encode("hello", bos=False) == ref("hello", add_special_tokens=False)["input_ids"]
 
@@ -371,3 +371,41 @@ def test_add_bos_flags_follow_transformers(family, tmp_path, name, flags):
     tok = open_tokenizer(tf.kind, tf.blob, tf.bos_id or 0, tf.eos_ids, tf.n_ids, tf.header)
     for text in ("hello world", ""):
         assert tok.encode(text, bos=True) == ref(text)["input_ids"]
+
+
+def test_files_without_the_new_header_fields_still_load(tiny_lmp, tmp_path):
+    """A file from before tokenizer fields and generation defaults existed: sentencepiece, BOS added."""
+    import checkpoints
+
+    def strip(h):
+        h["tokenizer"] = {k: h["tokenizer"][k] for k in ("kind", "offset", "nbytes", "crc32c")}
+        h.pop("generation", None)
+
+    old = checkpoints.write_lmp_with_header(tiny_lmp, tmp_path / "old.lmp", strip)
+    with lmpack.load(old) as m, lmpack.load(tiny_lmp) as new:
+        assert m.tokenizer.encode("the cat") == new.tokenizer.encode("the cat")
+        assert m.tokenizer.encode("the cat")[0] == m.config.bos_id
+        assert m.tokenizer.chat_template is None and m.generation_defaults == {}
+
+
+@pytest.mark.parametrize("field,value,says", [
+    ("kind", "tiktoken", "unsupported tokenizer"),
+    ("chat_template", 5, "tokenizer.chat_template is int"),
+    ("special_tokens", {"bos_token": 1}, "tokenizer.special_tokens"),
+    ("add_bos", "yes", "tokenizer.add_bos"),
+    ("generation", {"temperature": "hot"}, "generation.temperature"),
+    ("generation", {"top_k": -1}, "generation.top_k"),
+    ("generation", [], "generation is not an object"),
+])
+def test_bad_tokenizer_header_fields_are_refused(tiny_lmp, tmp_path, field, value, says):
+    import checkpoints
+
+    def mutate(h):
+        if field == "generation":
+            h["generation"] = value
+        else:
+            h["tokenizer"][field] = value
+
+    bad = checkpoints.write_lmp_with_header(tiny_lmp, tmp_path / "bad.lmp", mutate)
+    with pytest.raises(lmpack.LmpackError, match=says):
+        lmpack.load(bad)
