@@ -409,3 +409,41 @@ def test_bad_tokenizer_header_fields_are_refused(tiny_lmp, tmp_path, field, valu
     bad = checkpoints.write_lmp_with_header(tiny_lmp, tmp_path / "bad.lmp", mutate)
     with pytest.raises(lmpack.LmpackError, match=says):
         lmpack.load(bad)
+
+
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
+    "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+    "{% for message in loop_messages %}{% if loop.index0 == 0 and system_message != false %}{% set content = "
+    "'<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = "
+    "message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + "
+    "' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}")
+
+
+@pytest.mark.parametrize("legacy", [None, True, False])
+@pytest.mark.parametrize("which", ["trained", "llama2"])
+def test_sentencepiece_chat_template_ids_equal_transformers(tmp_path, sp_model_path, which, legacy):
+    """A folder with only tokenizer.model and Llama 2's template: transformers' ids, both legacy modes."""
+    from lmpack.convert.tokenizer_files import read_tokenizer
+    from lmpack.runtime.tokenizer import open_tokenizer
+
+    import checkpoints
+
+    path = sp_model_path if which == "trained" else checkpoints.LLAMA2_TOKENIZER
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    (tmp_path / "tokenizer.model").write_bytes(path.read_bytes())
+    cfg = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
+           "tokenizer_class": "LlamaTokenizer", "chat_template": LLAMA2_TEMPLATE}
+    if legacy is not None:
+        cfg["legacy"] = legacy
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    ref = H.auto_tokenizer(tmp_path)
+    tf = read_tokenizer(tmp_path)
+    tok = open_tokenizer(tf.kind, tf.blob, tf.bos_id, tf.eos_ids, tf.n_ids, tf.header)
+    assert tok.kind == "sentencepiece"
+    for key, conv in CONVERSATIONS.items():
+        want = ref.apply_chat_template(conv, add_generation_prompt=True, tokenize=True)
+        want = want["input_ids"] if hasattr(want, "keys") else want
+        assert tok.apply_chat_template(conv) == want, key

@@ -244,6 +244,9 @@ def read_tokenizer(folder: str | Path, meta_llama3: bool | None = None) -> Token
             ids = {k: i for k, i in ids.items() if sp.id_to_piece(i) == specials[k]}
             add_bos = cfg.get("add_bos_token", True)
             header["add_bos"] = bool(add_bos) and "bos_token" in ids
+            # transformers' sentencepiece tokenizers (legacy=False, its default) put no "▁" before
+            # text that follows a special token; legacy=True ones do (Llama 2's "<s>▁[INST]")
+            header["legacy"] = bool(cfg.get("legacy", False))
     else:
         raise LmpackError(f"{folder}: no tokenizer.json or tokenizer.model")
     header["special_tokens"] = specials

@@ -36,7 +36,7 @@ PAGE = 4096
 MAX_HEADER = 64 << 20
 TOKENIZER_KINDS = ("sentencepiece", "tokenizers")
 # Optional fields of the header's `tokenizer` section and of its `generation` section (FORMAT.md).
-TOKENIZER_FIELDS = {"add_bos": bool, "clean_up_tokenization_spaces": bool, "chat_template": str,
+TOKENIZER_FIELDS = {"add_bos": bool, "legacy": bool, "clean_up_tokenization_spaces": bool, "chat_template": str,
                     "special_tokens": dict, "chat_templates": dict}
 GENERATION_FIELDS = {"temperature": float, "top_p": float, "top_k": int, "repetition_penalty": float,
                      "do_sample": bool}

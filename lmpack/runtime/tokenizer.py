@@ -76,7 +76,14 @@ class SentencePieceTokenizer(Tokenizer):
         if self._sp.get_piece_size() > vocab_size:
             raise LmpackError(f"tokenizer has {self._sp.get_piece_size()} pieces but the model only {vocab_size}")
         self.add_bos = (fields or {}).get("add_bos", True)
+        self.legacy = (fields or {}).get("legacy", False)
         self.vocab_size = self._sp.get_piece_size()
+        # Special tokens a chat template writes as text ("<s>", "</s>") that are single pieces.
+        self._specials = {}
+        for text in self.special_tokens.values():
+            i = self._sp.piece_to_id(text)
+            if self._sp.id_to_piece(i) == text:
+                self._specials[text] = i
 
     def encode(self, text: str, bos: bool = True) -> list[int]:
         ids = self._sp.encode(text)
@@ -87,9 +94,32 @@ class SentencePieceTokenizer(Tokenizer):
         size) decode to nothing, since a model can sample them."""
         return self._sp.decode(_in_range(ids, self.vocab_size))
 
-    def piece(self, token_id: int) -> str:
-        token_id = int(token_id)
-        return self._sp.id_to_piece(token_id) if 0 <= token_id < self.vocab_size else ""
+    def _encode_plain(self, text: str) -> list[int]:
+        """As transformers encodes a rendered chat: special-token text becomes the special token;
+        the text after one gets sentencepiece's leading "▁" only for legacy tokenizers."""
+        import re
+
+        if not self._specials:
+            return self._sp.encode(text)
+        pattern = "|".join(re.escape(t) for t in sorted(self._specials, key=len, reverse=True))
+        ids: list[int] = []
+        pos, first = 0, True
+        for m in re.finditer(pattern, text):
+            ids += self._segment(text[pos:m.start()], first)
+            ids.append(self._specials[m.group()])
+            pos, first = m.end(), False
+        return ids + self._segment(text[pos:], first)
+
+    def _segment(self, text: str, first: bool) -> list[int]:
+        if not text:
+            return []
+        if first or self.legacy:
+            return self._sp.encode(text)
+        # No dummy prefix: encode behind a newline (which takes the prefix and joins no piece with
+        # the text after it) and drop the newline's ids.
+        newline = self._sp.encode("\n")
+        ids = self._sp.encode("\n" + text)
+        return ids[len(newline):] if ids[:len(newline)] == newline else self._sp.encode(text)
 
 
 class HFTokenizer(Tokenizer):
