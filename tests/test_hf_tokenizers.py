@@ -447,3 +447,24 @@ def test_sentencepiece_chat_template_ids_equal_transformers(tmp_path, sp_model_p
         want = ref.apply_chat_template(conv, add_generation_prompt=True, tokenize=True)
         want = want["input_ids"] if hasattr(want, "keys") else want
         assert tok.apply_chat_template(conv) == want, key
+
+
+def test_streamed_pieces_join_to_the_decoded_text(family):
+    """Byte-level tokens split characters (emoji, CJK): the stream holds them back and the pieces
+    always join to exactly what decoding all ids at once gives."""
+    import random
+
+    from lmpack.runtime.tokenizer import StreamDecoder
+
+    _, m, _, _ = family("qwen2")
+    tok = m.tokenizer
+    anchor = tok.encode("Hello", bos=False)
+    emoji = tok.encode("🦙 日本語 🙂", bos=False)
+    rng = random.Random(0)
+    for trial in range(200):
+        ids = [rng.randrange(m.config.vocab_size) for _ in range(rng.randint(0, 12))]
+        if trial % 2:
+            ids = emoji[:rng.randint(0, len(emoji))] + ids
+        d = StreamDecoder(tok, anchor)
+        text = "".join(d.push(i) for i in ids) + d.flush()
+        assert text == tok.decode(anchor + ids)[len(tok.decode(anchor)):], ids

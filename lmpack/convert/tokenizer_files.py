@@ -150,6 +150,8 @@ def generation_defaults(folder: Path) -> tuple[dict[str, Any], list[int], int | 
             (not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int))
         if not ok or (kind is not bool and not value >= 0):
             raise LmpackError(f"{where}: {key} must be a non-negative {kind.__name__}, got {value!r}")
+        if (key == "top_p" and not 0 < value <= 1) or (key == "repetition_penalty" and not value > 0):
+            raise LmpackError(f"{where}: {key} {value!r} is out of range")
         defaults[key] = value
     eos = gen.get("eos_token_id")
     eos_ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
