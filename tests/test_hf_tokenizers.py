@@ -287,7 +287,8 @@ def _assert_refused(run_lmpack, src, tmp_path, says: str):
     assert not out.exists() and [f.name for f in tmp_path.iterdir()] == ["src"]
 
 
-@pytest.mark.parametrize("case", ["not-json", "not-loadable", "template-syntax", "template-list", "vocab-too-large",
+@pytest.mark.parametrize("case", ["not-json", "not-loadable", "template-syntax", "template-list", "template-render",
+                                  "vocab-too-large",
                                   "config-not-json", "bad-generation"])
 def test_bad_tokenizer_input_is_one_line_and_no_file(family, tmp_path, run_lmpack, case):
     src = _bad_folder(family, tmp_path)
@@ -309,6 +310,10 @@ def test_bad_tokenizer_input_is_one_line_and_no_file(family, tmp_path, run_lmpac
         cfg["chat_template"] = [{"name": "default", "template": "{{ x "}]
         cfg_path.write_text(json.dumps(cfg))
         says = "default chat template syntax error"
+    elif case == "template-render":
+        cfg["chat_template"] = "{{ messages[5]['content'] }}"
+        cfg_path.write_text(json.dumps(cfg))
+        says = "chat template: "
     elif case == "vocab-too-large":
         config = json.loads((src / "config.json").read_text())
         config.update(vocab_size=100, bos_token_id=0, eos_token_id=1)  # only the tokenizer is too large
@@ -468,3 +473,18 @@ def test_streamed_pieces_join_to_the_decoded_text(family):
         d = StreamDecoder(tok, anchor)
         text = "".join(d.push(i) for i in ids) + d.flush()
         assert text == tok.decode(anchor + ids)[len(tok.decode(anchor)):], ids
+
+
+def test_template_that_refuses_by_its_own_exception_converts(family, tmp_path):
+    from lmpack.convert import convert
+
+    src = _bad_folder(family, tmp_path, "qwen2")
+    cfg = json.loads((src / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = ("{% if messages[0]['role'] != 'system' %}{{ raise_exception('a system message "
+                            "comes first') }}{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    (src / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with lmpack.load(convert(src, tmp_path / "out.lmp")) as m:
+        with pytest.raises(lmpack.LmpackError, match="a system message comes first"):
+            m.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+        assert m.tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]) \
+            == m.tokenizer.encode("su", bos=False)

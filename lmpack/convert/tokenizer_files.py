@@ -95,9 +95,10 @@ def special_tokens(folder: Path, cfg: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def chat_templates(folder: Path, cfg: dict[str, Any]) -> tuple[str | None, dict[str, str]]:
-    """(default template, named templates) as transformers finds them; each one compiles."""
-    from lmpack.formats.chat_template import compile_template
+def chat_templates(folder: Path, cfg: dict[str, Any], specials: dict[str, str]) -> tuple[str | None, dict[str, str]]:
+    """(default template, named templates) as transformers finds them; each one compiles and renders
+    a one-message conversation."""
+    from lmpack.formats.chat_template import check_template
 
     default, named = None, {}
     value = cfg.get("chat_template")
@@ -123,7 +124,7 @@ def chat_templates(folder: Path, cfg: dict[str, Any]) -> tuple[str | None, dict[
         if source is None:
             continue
         try:
-            compile_template(source)
+            check_template(source, specials)
         except LmpackError as e:
             raise LmpackError(f"{where}: {name} {e}") from None
     return default, named
@@ -210,7 +211,7 @@ def read_tokenizer(folder: str | Path, meta_llama3: bool | None = None) -> Token
     folder = Path(folder)
     cfg = _json(folder / "tokenizer_config.json") or {}
     specials = special_tokens(folder, cfg)
-    default, named = chat_templates(folder, cfg)
+    default, named = chat_templates(folder, cfg, specials)
     gen, gen_eos, gen_bos = generation_defaults(folder)
     header: dict[str, Any] = {}
     tj, tm = folder / "tokenizer.json", folder / "tokenizer.model"

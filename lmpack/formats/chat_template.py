@@ -5,7 +5,9 @@ the environment transformers documents for chat templates: `trim_blocks` and `ls
 the loop controls (`break`/`continue`), a `tojson` filter that does not HTML-escape, the globals
 `raise_exception`, `strftime_now`, `dict` and `namespace`, and a `{% generation %}` block that
 renders its body. The special tokens (`bos_token`, `eos_token`, ...) and `add_generation_prompt`
-are template variables. `compile_template` is what `convert` runs to refuse a broken template.
+are template variables. `check_template` is what `convert` and `verify` run to refuse a broken
+template: it must compile and render a one-message conversation (or refuse it by its own
+`raise_exception`, which is the template working as written).
 """
 from __future__ import annotations
 
@@ -38,8 +40,11 @@ def _environment():
         def _body(self, caller):
             return caller()
 
+    class Raised(jinja2.exceptions.TemplateError):
+        """What a template's own raise_exception() raises: it refuses this conversation."""
+
     def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
+        raise Raised(message)
 
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         # jinja's own tojson escapes <, >, & and ' for HTML, which would change the prompt text
@@ -78,9 +83,15 @@ def _environment():
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                         extensions=[GenerationBlock, jinja2.ext.loopcontrols])
+    env.raised = Raised
     env.filters["tojson"] = tojson
     env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now, dict=Dict(), namespace=Namespace)
     return env
+
+
+class TemplateRefused(LmpackError):
+    """The template itself refused the conversation (its raise_exception), e.g. a system message
+    for a model without a system role."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -143,7 +154,18 @@ def render(source: str, messages: Any, add_generation_prompt: bool = True,
     try:
         return template.render(messages=check_messages(messages), tools=None, documents=None,
                                add_generation_prompt=bool(add_generation_prompt), **(variables or {}))
+    except environment().raised as e:
+        raise TemplateRefused(f"chat template: {e}") from None
     except jinja2.TemplateError as e:
         raise LmpackError(f"chat template: {e}") from None
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
         raise LmpackError(f"chat template failed: {type(e).__name__}: {e}") from None
+
+
+def check_template(source: str, variables: dict[str, Any] | None = None) -> None:
+    """Raise LmpackError unless `source` compiles and renders `[user]` with a generation prompt."""
+    compile_template(source)
+    try:
+        render(source, [{"role": "user", "content": "Hello"}], True, variables)
+    except TemplateRefused:
+        pass

@@ -149,15 +149,13 @@ def check_tokenizer(reader: LmpReader, check: Check) -> None:
                        "<tokenizer>")
     templates = {"default": fields.get("chat_template"), **(fields.get("chat_templates") or {})}
     rendered = 0
-    from lmpack.formats.chat_template import compile_template, render
+    from lmpack.formats.chat_template import check_template
 
     for name, source in templates.items():
         if source is None:
             continue
         try:
-            compile_template(source)
-            if name == "default":
-                render(source, [{"role": "user", "content": "Hello"}], True, specials)
+            check_template(source, specials)
             rendered += 1
         except LmpackError as e:
             check.fail(f"chat template {name!r}: {e}", "<tokenizer>")
