@@ -488,3 +488,29 @@ def test_template_that_refuses_by_its_own_exception_converts(family, tmp_path):
             m.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
         assert m.tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]) \
             == m.tokenizer.encode("su", bos=False)
+
+
+QWEN3_LIKE = """{%- for message in messages %}
+{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\\n\\n</think>\\n\\n' }}
+    {%- endif %}
+{%- endif %}"""
+
+
+def test_template_keyword_arguments_as_in_transformers(family, tmp_path):
+    from lmpack.convert import convert
+
+    src = _bad_folder(family, tmp_path, "qwen2")
+    cfg = json.loads((src / "tokenizer_config.json").read_text())
+    (src / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": QWEN3_LIKE}))
+    ref = H.auto_tokenizer(src)
+    conv = CONVERSATIONS["turns"]
+    with lmpack.load(convert(src, tmp_path / "out.lmp")) as m:
+        for kwargs in ({}, {"enable_thinking": False}, {"enable_thinking": True}):
+            want = ref.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, **kwargs)
+            want = want["input_ids"] if hasattr(want, "keys") else want
+            assert m.tokenizer.apply_chat_template(conv, **kwargs) == want, kwargs

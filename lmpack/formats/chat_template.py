@@ -152,8 +152,11 @@ def render(source: str, messages: Any, add_generation_prompt: bool = True,
 
     template = compile_template(source)
     try:
-        return template.render(messages=check_messages(messages), tools=None, documents=None,
-                               add_generation_prompt=bool(add_generation_prompt), **(variables or {}))
+        context = {"tools": None, "documents": None, **_plain(dict(variables or {}))}
+        for key in ("messages", "add_generation_prompt"):  # given as arguments, not variables
+            context.pop(key, None)
+        return template.render(**context, messages=check_messages(messages),
+                               add_generation_prompt=bool(add_generation_prompt))
     except environment().raised as e:
         raise TemplateRefused(f"chat template: {e}") from None
     except jinja2.TemplateError as e:

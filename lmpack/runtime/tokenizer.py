@@ -42,20 +42,23 @@ class Tokenizer:
         return self.encode(text, bos=False)
 
     # -- chat templates
-    def render_chat(self, messages: Any, add_generation_prompt: bool = True, template: str | None = None) -> str:
-        """The conversation as text through the model's chat template (or a named one)."""
+    def render_chat(self, messages: Any, add_generation_prompt: bool = True, template: str | None = None,
+                    **template_kwargs: Any) -> str:
+        """The conversation as text through the model's chat template (or a named one, or a template
+        given as text); extra keyword arguments are template variables (e.g. `enable_thinking`), as in
+        transformers, and override the special tokens of the same name."""
         from lmpack.formats.chat_template import render
 
         source = self.chat_templates.get(template, template) if template is not None else self.chat_template
         if source is None:
             raise LmpackError("this model has no chat template (its folder shipped none)")
-        return render(source, messages, add_generation_prompt, self.special_tokens)
+        return render(source, messages, add_generation_prompt, {**self.special_tokens, **template_kwargs})
 
-    def apply_chat_template(self, messages: Any, add_generation_prompt: bool = True,
-                            template: str | None = None) -> list[int]:
+    def apply_chat_template(self, messages: Any, add_generation_prompt: bool = True, template: str | None = None,
+                            **template_kwargs: Any) -> list[int]:
         """The conversation's ids, as transformers' `apply_chat_template(..., tokenize=True)` gives them:
         the rendered text encoded without adding BOS/EOS (the template writes its own)."""
-        return self._encode_plain(self.render_chat(messages, add_generation_prompt, template))
+        return self._encode_plain(self.render_chat(messages, add_generation_prompt, template, **template_kwargs))
 
 
 class SentencePieceTokenizer(Tokenizer):
