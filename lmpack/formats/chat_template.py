@@ -133,15 +133,25 @@ def _plain(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
+REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
 def check_messages(messages: Any) -> list[dict]:
-    """The conversation as a list of dicts without None values (as transformers passes it)."""
+    """The conversation as a list of dicts without None values, reasoning aliased (as transformers
+    passes it to the template)."""
     if not isinstance(messages, (list, tuple)) or not messages:
         raise LmpackError("a conversation must be a non-empty list of messages")
     out = []
     for m in messages:
         if not isinstance(m, dict):
             raise LmpackError(f"a chat message must be a dict with 'role' and 'content', got {type(m).__name__}")
-        out.append({k: v for k, v in _plain(m).items() if v is not None})
+        m = {k: v for k, v in _plain(m).items() if v is not None}
+        # A reply's reasoning under any of its names is seen under all of them, as transformers
+        # does: templates read `reasoning_content` (Qwen3) or `thinking` (gpt-oss).
+        reasoning = next((m[k] for k in REASONING_FIELDS if k in m), None)
+        if reasoning is not None:
+            m = {"thinking": reasoning, **m, "reasoning_content": reasoning}
+        out.append(m)
     return out
 
 
