@@ -168,7 +168,7 @@ def _legacy_config(folder: Path) -> None:
 def make_hf_checkpoint(
     tmp_path: Path,
     *,
-    tokenizer: Path,
+    tokenizer: Path | None,
     dtype: str = "float32",
     n_kv_heads: int | None = None,
     tie: bool = False,
@@ -180,10 +180,14 @@ def make_hf_checkpoint(
     rope_theta: float = 10000.0,
     max_position_embeddings: int = 512,
     dims: dict | None = None,
+    tokenizer_files: Path | None = None,
+    special_ids: dict | None = None,
 ) -> HFCheckpoint:
     """Save a random-weight LlamaForCausalLM to `tmp_path` as an HF folder and return it with its oracle.
 
     `dims` overrides TINY (dim, n_layers, n_heads, ffn_dim) and may add head_dim.
+    `tokenizer_files` is a folder whose files (tokenizer.json, tokenizer_config.json, ...) are copied
+    in instead of a sentencepiece `tokenizer`; `special_ids` overrides bos_token_id/eos_token_id.
     `dtype` is the checkpoint's storage dtype; the returned model is float32 and holds the same
     (rounded) numbers. `shards` > 1 writes model-0000K-of-0000N.safetensors plus the index.
     Norm weights are randomised too (transformers initialises them to 1, which would hide a runtime
@@ -210,6 +214,7 @@ def make_hf_checkpoint(
         eos_token_id=2,
         attn_implementation="eager",
     )
+    kwargs.update(special_ids or {})
     if "head_dim" in d:  # an explicit head_dim, not dim / n_heads (q_proj is then not square)
         kwargs["head_dim"] = d["head_dim"]
     params = {"rope_type": "default", "rope_theta": rope_theta}
@@ -241,7 +246,12 @@ def make_hf_checkpoint(
         # Slightly above total/shards so the largest tensor still fits and we get `shards` files.
         save_kwargs["max_shard_size"] = int(total / shards * 1.15)
     stored.save_pretrained(folder, safe_serialization=True, **save_kwargs)
-    (folder / "tokenizer.model").write_bytes(Path(tokenizer).read_bytes())
+    if tokenizer is not None:
+        (folder / "tokenizer.model").write_bytes(Path(tokenizer).read_bytes())
+    if tokenizer_files is not None:
+        for p in Path(tokenizer_files).iterdir():
+            if p.is_file():
+                (folder / p.name).write_bytes(p.read_bytes())
     if legacy_config:
         _legacy_config(folder)
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from lmpack.convert.source import (FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, split_fused,
-                                   tokenizer_path)
+from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, split_fused
+from lmpack.convert.tokenizer_files import read_tokenizer, with_tokenizer
 from lmpack.errors import LmpackError
 from lmpack.formats import arch
 from lmpack.formats.config import ModelConfig
@@ -89,8 +89,9 @@ class HFSafetensorsSource(FolderSource):
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self._config = read_hf_config(self.folder)
-        self._tokenizer = tokenizer_path(self.folder, self._config.vocab_size)
+        config = read_hf_config(self.folder)
+        self._tokenizer = read_tokenizer(self.folder)
+        self._config = with_tokenizer(config, self._tokenizer, str(self.folder / "config.json"))
         paths = shard_files(self.folder, "model.safetensors.index.json", "model.safetensors", "model*.safetensors")
         self.files = [SafetensorsFile(p) for p in paths]
         self._where: dict[str, SafetensorsFile] = {}

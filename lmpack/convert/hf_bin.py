@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from lmpack.convert.hf import IGNORED_SUFFIXES, read_hf_config, shard_files
-from lmpack.convert.source import (FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, split_fused,
-                                   tokenizer_path)
+from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, split_fused
+from lmpack.convert.tokenizer_files import read_tokenizer, with_tokenizer
 from lmpack.errors import LmpackError
 from lmpack.formats.torchzip import TorchFile, TorchTensor
 
@@ -46,8 +46,9 @@ class HFBinSource(FolderSource):
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self._config = read_hf_config(self.folder)
-        self._tokenizer = tokenizer_path(self.folder, self._config.vocab_size)
+        config = read_hf_config(self.folder)
+        self._tokenizer = read_tokenizer(self.folder)
+        self._config = with_tokenizer(config, self._tokenizer, str(self.folder / "config.json"))
         weight_map = read_bin_index(self.folder)
         paths = shard_files(self.folder, BIN_INDEX, BIN_SINGLE, BIN_PATTERN)
         self.files: list[TorchFile] = []

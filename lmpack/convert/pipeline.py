@@ -71,7 +71,9 @@ def run(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[str
         "source_files": [{"name": f.name, "size": f.size} for f in source.info.files],
         "dtype": stored.pop() if len(stored) == 1 else "mixed",
     }
-    writer = LmpWriter(out, config, source.tokenizer_bytes(), plan, provenance)
+    tok = source.tokenizer()
+    writer = LmpWriter(out, config, tok.blob, plan, provenance, tokenizer_kind=tok.kind,
+                       tokenizer_fields=tok.header, generation=tok.generation)
     total = sum(e.nbytes for e in writer.entries)
     bar = _progress(description) if progress else None
     with bar or contextlib.nullcontext(), writer:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from lmpack.formats.config import ModelConfig
+
+if TYPE_CHECKING:
+    from lmpack.convert.tokenizer_files import TokenizerFiles
 
 # Source dtypes a reader may produce. numpy has no bfloat16, so bf16 data travels as np.uint16
 # holding the raw bits; `TensorSpec.dtype` says how to read the array.
@@ -52,8 +55,11 @@ class Source(Protocol):
     def config(self) -> ModelConfig:
         """The model config, validated; raises LmpackError naming the missing field."""
 
+    def tokenizer(self) -> "TokenizerFiles":
+        """The tokenizer to embed, with its special tokens, chat template and sampling defaults."""
+
     def tokenizer_bytes(self) -> bytes:
-        """The original sentencepiece `tokenizer.model` bytes."""
+        """The embedded tokenizer's bytes (`tokenizer().blob`)."""
 
     def tensor_specs(self) -> list[TensorSpec]:
         """Every tensor the file will hold (canonical names), without reading data."""
@@ -77,14 +83,17 @@ class FolderSource:
     tokenizer file and checked its tensor set: the three Source accessors over that state."""
 
     _config: ModelConfig
-    _tokenizer: Path
+    _tokenizer: "TokenizerFiles"
     _specs: list[TensorSpec]
 
     def config(self) -> ModelConfig:
         return self._config
 
+    def tokenizer(self) -> "TokenizerFiles":
+        return self._tokenizer
+
     def tokenizer_bytes(self) -> bytes:
-        return self._tokenizer.read_bytes()
+        return self._tokenizer.blob
 
     def tensor_specs(self) -> list[TensorSpec]:
         return list(self._specs)
@@ -174,18 +183,3 @@ def _looks_like(data: bytes) -> str:
             c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=" for c in first[0]):
         return "it is a tiktoken BPE ranks file, like Llama 3's"
     return "unrecognised contents"
-
-
-def tokenizer_path(folder: Path, vocab_size: int | None = None) -> Path:
-    """The sentencepiece model beside a checkpoint, checked to load and, given the model's
-    vocabulary size, to have no more pieces than the embedding has rows (fewer is fine: padded
-    embeddings are common); an LmpackError otherwise."""
-    from lmpack.errors import LmpackError
-
-    path = Path(folder) / "tokenizer.model"
-    if not path.is_file():
-        raise LmpackError(f"{folder}: no tokenizer.model (a sentencepiece model is required)")
-    pieces = load_sentencepiece(path).get_piece_size()
-    if vocab_size is not None and pieces > vocab_size:
-        raise LmpackError(f"{path}: {pieces} pieces but the model has only {vocab_size} embedding rows")
-    return path

@@ -57,6 +57,11 @@ class ModelConfig:
     n_experts_used: int = 0  # MoE: experts each token takes (top-k)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, kept verbatim
 
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Every id generation stops at (config.json's, generation_config.json's and the tokenizer's EOS)."""
+        return list(self.eos_ids)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")

@@ -22,8 +22,8 @@ from lmpack.errors import LmpackError
 from lmpack.formats import arch
 from lmpack.formats.config import ModelConfig
 from lmpack.formats.lmp import LmpReader
-from lmpack.runtime.sampler import Sampler
-from lmpack.runtime.tokenizer import StreamDecoder, Tokenizer
+from lmpack.runtime.sampler import Sampler, sampling_options
+from lmpack.runtime.tokenizer import StreamDecoder, open_tokenizer
 
 DEFAULT_MAX_CONTEXT = 4096  # the KV cache is sized from this, not from a 128k max_position_embeddings
 
@@ -87,7 +87,8 @@ class Model:
         self._reader = LmpReader(self.path)
         cfg = self.config = self._reader.config
         try:
-            self.tokenizer = Tokenizer(self._reader.tokenizer_bytes, cfg.bos_id, cfg.eos_ids, cfg.vocab_size)
+            self.tokenizer = open_tokenizer(self._reader.tokenizer_kind, self._reader.tokenizer_bytes, cfg.bos_id,
+                                            cfg.eos_ids, cfg.vocab_size, self._reader.tokenizer_fields)
         except LmpackError as e:
             raise LmpackError(f"{self.path}: {e} (lmpack verify checks the file)") from None
         self.threads = default_threads() if threads is None else threads
@@ -102,6 +103,8 @@ class Model:
                                      rope_tables(cfg), self.n_ctx, self.threads)
         except (ValueError, MemoryError) as e:
             raise LmpackError(f"{self.path}: {e}") from None
+        # Sampling defaults from the source's generation_config.json (docs/FORMAT.md, "generation").
+        self.generation_defaults = dict(self._reader.generation)
         self.last_stats = GenerationStats()
 
     # -- the forward pass
@@ -126,16 +129,29 @@ class Model:
         return self.forward(ids, 0, all_logits=True)
 
     # -- text generation
-    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, temperature: float = 0.8,
-                 top_p: float = 0.95, seed: int | None = None, stop_at_eos: bool = True) -> Iterator[str]:
-        """Stream text pieces continuing `prompt` (text gets BOS prepended; ids are used as given).
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, temperature: float | None = None,
+                 top_p: float | None = None, seed: int | None = None, stop_at_eos: bool = True,
+                 top_k: int | None = None, repetition_penalty: float | None = None) -> Iterator[str]:
+        """Stream text pieces continuing `prompt` (text is encoded with the model's own BOS rule; ids
+        are used as given).
 
-        Greedy at temperature 0. Stops at an EOS id, after max_tokens, or when the context is full;
+        Sampling options left as None take the model's generation_config.json defaults, else
+        temperature 0.8, top_p 0.95, no top-k, no repetition penalty (`sampling_options`); greedy at
+        temperature 0. Stops at any EOS id, after max_tokens, or when the context is full;
         `last_stats` then holds token counts and timings."""
         ids = self.tokenizer.encode(prompt, bos=True) if isinstance(prompt, str) else [int(i) for i in prompt]
         if not ids:
-            raise LmpackError("empty prompt (encode with bos=True to start from BOS)")
-        return self.continue_from(ids, 0, Sampler(temperature, top_p, seed), max_tokens, stop_at_eos)
+            raise LmpackError("empty prompt (this model's tokenizer adds no BOS token: give some text)"
+                              if isinstance(prompt, str) and prompt == "" else "empty prompt")
+        return self.continue_from(ids, 0, self.sampler(temperature, top_p, seed, top_k, repetition_penalty),
+                                  max_tokens, stop_at_eos)
+
+    def sampler(self, temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
+                top_k: int | None = None, repetition_penalty: float | None = None) -> Sampler:
+        """A Sampler with the given options, the model's defaults for the others (see `sampling_options`)."""
+        opts, _ = sampling_options(self.generation_defaults, temperature=temperature, top_p=top_p, top_k=top_k,
+                                   repetition_penalty=repetition_penalty)
+        return Sampler(seed=seed, **opts)
 
     def continue_from(self, ids: list[int], pos: int, sampler: Sampler, max_tokens: int,
                       stop_at_eos: bool = True, generated: list[int] | None = None) -> Iterator[str]:
@@ -143,6 +159,7 @@ class Model:
         max_tokens. Each sampled id is appended to `generated` (if given) as it is produced; the
         last one is not yet in the cache, so a caller that goes on must feed it first."""
         stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
+        sampler.see(ids)
         t0 = time.perf_counter()
         logits = self.forward(ids, pos)[-1]
         stats.prompt_seconds = time.perf_counter() - t0
@@ -153,6 +170,7 @@ class Model:
         try:
             for i in range(max_tokens):
                 token = sampler(logits)
+                sampler.see((token,))
                 if generated is not None:
                     generated.append(token)
                 if stop_at_eos and token in self.tokenizer.eos_ids:

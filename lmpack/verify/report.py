@@ -17,7 +17,7 @@ CHECKS = ("structure", "checksums", "tokenizer", "values", "config", "tensors", 
 CHECK_TITLES = {  # what each check establishes (docs/VERIFY.md has the details)
     "structure": "preamble, header, directory, bounds and shapes are valid",
     "checksums": "the CRC-32C of the tokenizer and of every tensor match",
-    "tokenizer": "the tokenizer loads and fits the vocabulary",
+    "tokenizer": "the tokenizer loads, fits the vocabulary, round-trips; templates render",
     "values": "floats are finite, q8_0 scales finite and quants in [-127, 127]",
     "config": "config and tokenizer equal the source's",
     "tensors": "every tensor is the source's, cast exactly or within the Q8_0 bound",
