@@ -16,6 +16,7 @@ import numpy as np
 
 from lmpack.convert.source import Source, TensorSpec
 from lmpack.errors import LmpackError
+from lmpack.formats.arch import keeps_precision
 from lmpack.formats.dtypes import FLOAT_DTYPES, cast, numpy_dtype
 from lmpack.formats.lmp import LmpWriter
 
@@ -24,10 +25,11 @@ CAST_CHUNK_BYTES = 16 << 20
 
 
 def target_dtype(spec: TensorSpec, dtype: str, keep: Sequence[str] = ()) -> str:
-    """The stored dtype of one tensor: norms are f32; `keep` patterns keep the source precision."""
+    """The stored dtype of one tensor: norms are f32; `keep` patterns, and the tensors the family
+    table marks exact (MoE routers), keep the source precision."""
     if len(spec.shape) == 1:
         return "f32"
-    if dtype == "auto" or any(fnmatch.fnmatchcase(spec.name, p) for p in keep):
+    if dtype == "auto" or any(fnmatch.fnmatchcase(spec.name, p) for p in keep) or keeps_precision(spec.name):
         return spec.dtype
     if dtype == "q8_0" and spec.shape[-1] % 32:
         raise LmpackError(f"tensor '{spec.name}' has {spec.shape[-1]} columns, not a multiple of 32: "
@@ -45,19 +47,19 @@ def cast_chunks(x: np.ndarray, src: str, dst: str) -> Iterator[memoryview]:
         yield memoryview(out).cast("B")
 
 
-def check_runnable(config, tokenizer: bytes, where: str) -> None:
+def check_runnable(config, tok, where: str) -> None:
     """Refuse, before writing, what would make a file that loads but cannot run: a tokenizer that
-    does not load, or RoPE parameters whose frequencies are not finite positive float32 numbers
-    (rope_theta 1e-300, a scaling factor of 5e-324)."""
-    from lmpack.runtime.model import rope_inv_freq
-    from lmpack.runtime.tokenizer import Tokenizer
+    the runtime cannot open with this config, or RoPE parameters whose frequencies are not finite
+    positive float32 numbers (rope_theta 1e-300, a scaling factor of 5e-324)."""
+    from lmpack.runtime.model import rope_tables
+    from lmpack.runtime.tokenizer import open_tokenizer
 
     try:
-        Tokenizer(tokenizer, config.bos_id, config.eos_ids, config.vocab_size)
+        open_tokenizer(tok.kind, tok.blob, config.bos_id, config.eos_ids, config.vocab_size, tok.header)
     except LmpackError as e:
         raise LmpackError(f"{where}: the tokenizer cannot be used ({e})") from None
     with np.errstate(all="ignore"):
-        inv = rope_inv_freq(config)
+        inv = rope_tables(config)
     if not (np.isfinite(inv).all() and (inv > 0).all()):
         raise LmpackError(f"rope_theta {config.rope_theta} with rope_scaling {config.rope_scaling} gives RoPE "
                           f"frequencies that are not finite positive float32 numbers")
@@ -101,9 +103,10 @@ def run(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[str
         "source_files": [{"name": f.name, "size": f.size} for f in source.info.files],
         "dtype": stored.pop() if len(stored) == 1 else "mixed",
     }
-    tokenizer = source.tokenizer_bytes()
-    check_runnable(config, tokenizer, str(getattr(source, "_tokenizer", None) or f"{source.info.kind} source"))
-    writer = LmpWriter(out, config, tokenizer, plan, provenance)
+    tok = source.tokenizer()
+    check_runnable(config, tok, str(getattr(source, "folder", None) or f"{source.info.kind} source"))
+    writer = LmpWriter(out, config, tok.blob, plan, provenance, tokenizer_kind=tok.kind,
+                       tokenizer_fields=tok.header, generation=tok.generation)
     total = sum(e.nbytes for e in writer.entries)
     bar = _progress(description) if progress else None
     with _quiet_on_failure(bar), writer:
@@ -125,7 +128,8 @@ def run(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[str
 
 # Files beside a checkpoint that a source reads besides its shards.
 _SIDE_FILES = ("config.json", "params.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-               "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+               "generation_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
+               "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def input_paths(source: Source) -> list[Path]:
@@ -135,9 +139,9 @@ def input_paths(source: Source) -> list[Path]:
     if folder is not None:
         paths += [Path(folder) / f.name for f in source.info.files]
         paths += [Path(folder) / name for name in _SIDE_FILES]
-    for attr in ("_tokenizer",):
-        if getattr(source, attr, None) is not None:
-            paths.append(Path(getattr(source, attr)))
+    tokenizer = getattr(source, "_tokenizer", None)
+    if isinstance(tokenizer, (str, Path)):
+        paths.append(Path(tokenizer))
     reader = getattr(source, "_reader", None)
     if reader is not None:
         paths.append(Path(reader.path))
