@@ -12,7 +12,8 @@ Targets, each a reader with its own seed input built from a tiny random-weight c
   pickle       the same archive with only its `data.pkl` damaged (re-zipped, so the pickle is reached)
   meta         a Meta folder whose `params.json` is damaged (JSON-aware)
   config       an HF folder whose `config.json` is damaged (JSON-aware)
-  tokconfig    an HF folder whose `tokenizer_config.json` or `tokenizer.model` is damaged
+  tokconfig    an HF folder whose `tokenizer_config.json`, `generation_config.json` or `tokenizer.model`
+               is damaged
 Folder targets run the whole conversion to a `.lmp` in a scratch folder.
 
 Every case runs in a worker process with a 10 s watchdog (a case over it is a hang: the worker is
@@ -312,6 +313,8 @@ def make_case(target: str, seeds: Path, work: Path, rng: random.Random) -> Path:
     if target == "tokconfig" and rng.random() < 0.3:
         _replace(folder / "tokenizer.model", mutate_bytes((folder / "tokenizer.model").read_bytes(), rng))
         return folder
+    if target == "tokconfig" and rng.random() < 0.4 and (folder / "generation_config.json").is_file():
+        json_file = (json_file[0], "generation_config.json")
     path = folder / json_file[1]
     doc = json.loads(path.read_text())
     _replace(path, dump_json(mutate_json_value(doc, rng), rng))
