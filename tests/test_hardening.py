@@ -555,3 +555,36 @@ def test_failed_conversion_prints_only_the_error(tiny_hf, tmp_path, run_lmpack):
     save_file(sd, str(src / "model.safetensors"))
     assert_clean_failure(run_lmpack("convert", src, "-o", tmp_path / "o.lmp"), "lm_head.weight", "NaN")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+# --------------------------------------------------------------------------------------------
+# chat templates are input too: their work is bounded
+
+
+@pytest.mark.parametrize("template", [
+    '{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}',
+    '{{ "x" * 1000000000 }}',
+    '{{ [1] * 100000000 }}',
+    '{% set ns = namespace(s="ab") %}{% for i in range(100) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}',
+    '{{ 2 ** 100000000 }}',
+    '{{ "%1000000000d" % 1 }}',
+    '{{ "x"|center(1000000000) }}',
+], ids=["nested loops", "string repeat", "list repeat", "doubling", "power", "format width", "center"])
+def test_chat_template_work_is_bounded(template):
+    proc = _guarded(f"""
+from lmpack.formats.chat_template import render
+from lmpack.errors import LmpackError
+try:
+    render({template!r}, [{{"role": "user", "content": "hi"}}])
+except LmpackError as e:
+    print("refused:", e)
+""", timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("refused:"), proc.stdout + proc.stderr
+
+
+def test_bounded_template_builtins_behave_as_jinja():
+    from lmpack.formats.chat_template import render
+
+    t = ('{% for i in range(3) %}{{ i }}{% endfor %}|{{ range(5)|length }}|{{ (range(4)|list)[2] }}|'
+         '{% for i in range(3)|reverse %}{{ i }}{% endfor %}|{{ "%3d" % 7 }}|{{ "ab"|center(6) }}|{{ "a\nb"|indent(2) }}')
+    assert render(t, [{"role": "user", "content": "hi"}]) == "012|5|2|210|  7|  ab  |a\n  b"
