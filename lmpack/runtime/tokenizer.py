@@ -139,7 +139,7 @@ class HFTokenizer(Tokenizer):
             self._tok = Backend.from_str(json_bytes.decode("utf-8"))
         except Exception as e:  # tokenizers raises a bare Exception with serde's text
             raise LmpackError(f"embedded tokenizer.json does not load ({str(e).splitlines()[0][:200] if str(e) else e})") from None
-        self.vocab_size = 1 + max(self._tok.get_vocab(with_added_tokens=True).values(), default=-1)
+        self.vocab_size = token_count(self._tok)
         if self.vocab_size > vocab_size:
             raise LmpackError(f"tokenizer has {self.vocab_size} tokens but the model only {vocab_size}")
         self._clean_up = bool((fields or {}).get("clean_up_tokenization_spaces", False)) and \
@@ -154,11 +154,21 @@ class HFTokenizer(Tokenizer):
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=bool(bos))]
 
     def decode(self, ids: Iterable[int]) -> str:
-        text = self._tok.decode(_in_range(ids, self.vocab_size), skip_special_tokens=True)
+        # tokenizers skips ids it does not know (padding rows); only ids it cannot take as u32 go
+        text = self._tok.decode(_in_range(ids, self.model_vocab_size), skip_special_tokens=True)
         return _clean_up(text) if self._clean_up else text
 
     def piece(self, token_id: int) -> str:
         return self._tok.id_to_token(int(token_id)) or ""
+
+
+def token_count(tok) -> int:
+    """1 + the largest id a `tokenizers` Tokenizer knows. Ids are almost always 0..n-1, which two
+    lookups confirm; only otherwise is the whole vocabulary listed (slow for 100k+ tokens)."""
+    n = tok.get_vocab_size(with_added_tokens=True)
+    if n == 0 or (tok.id_to_token(n - 1) is not None and tok.id_to_token(n) is None):
+        return n
+    return 1 + max(tok.get_vocab(with_added_tokens=True).values(), default=-1)
 
 
 def _in_range(ids: Iterable[int], n: int) -> list[int]:
