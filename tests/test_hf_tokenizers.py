@@ -514,3 +514,16 @@ def test_template_keyword_arguments_as_in_transformers(family, tmp_path):
             want = ref.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, **kwargs)
             want = want["input_ids"] if hasattr(want, "keys") else want
             assert m.tokenizer.apply_chat_template(conv, **kwargs) == want, kwargs
+
+
+def test_template_chat_context_full_is_refused_before_starting(family):
+    from lmpack.runtime.chat import ChatSession, ContextFull
+
+    _, m, _, _ = family("qwen2")
+    small = lmpack.load(m.path, threads=1, max_context=120)
+    s = ChatSession(small)
+    with pytest.raises(ContextFull):
+        list(s.reply("word " * 200, max_tokens=4))
+    assert s.pos == 0 and s.messages == []
+    list(s.reply("hi", max_tokens=100, temperature=0, stop_at_eos=False))
+    assert small.last_stats.stopped_by == "context" and s.pos == small.n_ctx
