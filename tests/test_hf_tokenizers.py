@@ -527,3 +527,28 @@ def test_template_chat_context_full_is_refused_before_starting(family):
     assert s.pos == 0 and s.messages == []
     list(s.reply("hi", max_tokens=100, temperature=0, stop_at_eos=False))
     assert small.last_stats.stopped_by == "context" and s.pos == small.n_ctx
+
+
+@pytest.mark.parametrize("layout", ["jinja-files", "config-list"])
+def test_template_sources_and_named_templates_as_transformers_finds_them(family, tmp_path, layout):
+    from lmpack.convert import convert
+
+    src = _bad_folder(family, tmp_path, "qwen2")
+    cfg = json.loads((src / "tokenizer_config.json").read_text())
+    default = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
+    tool_use = "TOOLS{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+    if layout == "jinja-files":  # chat_template.jinja wins over tokenizer_config.json's template
+        (src / "chat_template.jinja").write_text(default)
+        (src / "additional_chat_templates").mkdir()
+        (src / "additional_chat_templates" / "tool_use.jinja").write_text(tool_use)
+    else:
+        cfg["chat_template"] = [{"name": "default", "template": default}, {"name": "tool_use", "template": tool_use}]
+        (src / "tokenizer_config.json").write_text(json.dumps(cfg))
+    ref = H.auto_tokenizer(src)
+    conv = CONVERSATIONS["system-turns"]
+    with lmpack.load(convert(src, tmp_path / "out.lmp")) as m:
+        for name in (None, "tool_use"):
+            want = ref.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, chat_template=name)
+            want = want["input_ids"] if hasattr(want, "keys") else want
+            assert m.tokenizer.apply_chat_template(conv, template=name) == want, name
+        assert sorted(m.tokenizer.chat_templates) == ["tool_use"]
