@@ -8,12 +8,13 @@ tokenizer's own (a padded embedding) decode to nothing.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Iterable
 
 from lmpack.errors import LmpackError
 
 
-class Tokenizer:
+class Tokenizer(ABC):
     """The stable API: `encode(text, bos=True)`, `decode(ids)`, `apply_chat_template(messages)`."""
 
     kind = ""
@@ -28,14 +29,17 @@ class Tokenizer:
         self.chat_templates: dict[str, str] = dict(fields.get("chat_templates") or {})
 
     # -- per kind
+    @abstractmethod
     def encode(self, text: str, bos: bool = True) -> list[int]:
-        raise NotImplementedError
+        """Ids of `text`; `bos=True` adds what the model adds (transformers' add_special_tokens)."""
 
+    @abstractmethod
     def decode(self, ids: Iterable[int]) -> str:
-        raise NotImplementedError
+        """Text of `ids`, special tokens and padding-row ids left out."""
 
+    @abstractmethod
     def piece(self, token_id: int) -> str:
-        raise NotImplementedError
+        """The token's own spelling ("" for an id the tokenizer does not have)."""
 
     def _encode_plain(self, text: str) -> list[int]:
         """`text` without BOS/EOS, special-token text becoming the special tokens (for templates)."""
