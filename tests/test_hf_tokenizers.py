@@ -552,3 +552,11 @@ def test_template_sources_and_named_templates_as_transformers_finds_them(family,
             want = want["input_ids"] if hasattr(want, "keys") else want
             assert m.tokenizer.apply_chat_template(conv, template=name) == want, name
         assert sorted(m.tokenizer.chat_templates) == ["tool_use"]
+
+
+def test_piece_of_every_kind(family, tiny_lmp):
+    _, m, _, _ = family("llama3")
+    assert m.tokenizer.piece(m.config.bos_id) == "<|begin_of_text|>"
+    assert m.tokenizer.piece(m.config.vocab_size + 5) == ""
+    with lmpack.load(tiny_lmp) as sp:
+        assert sp.tokenizer.piece(sp.config.bos_id) == "<s>" and sp.tokenizer.piece(10 ** 6) == ""

@@ -128,6 +128,10 @@ class SentencePieceTokenizer(Tokenizer):
         ids = self._sp.encode("\n" + text)
         return ids[len(newline):] if ids[:len(newline)] == newline else self._sp.encode(text)
 
+    def piece(self, token_id: int) -> str:
+        token_id = int(token_id)
+        return self._sp.id_to_piece(token_id) if 0 <= token_id < self.vocab_size else ""
+
 
 class HFTokenizer(Tokenizer):
     """A `tokenizer.json` run by the `tokenizers` library (the engine of transformers' fast tokenizers)."""
