@@ -126,6 +126,28 @@ def check_tensor_set(config: ModelConfig, found: dict[str, tuple[tuple[int, ...]
     return specs
 
 
+def split_fused(config: ModelConfig, found: dict[str, tuple[tuple[int, ...], str, str]]
+                ) -> tuple[dict[str, tuple[tuple[int, ...], str, str]], dict[str, tuple[str, int, int, bool]]]:
+    """`found` (as check_tensor_set takes it) with each fused tensor the family table names
+    (Phi-3's qkv_proj, gate_up_proj) replaced by its parts, and the parts: name -> (fused name,
+    first row, end row, whether it is the fused tensor's last part). A source hands a part out as
+    a row range of the fused tensor, a view: nothing is copied or held twice."""
+    from lmpack.errors import LmpackError
+    from lmpack.formats.arch import fused_parts
+
+    parts = {name: p for name, p in fused_parts(config).items() if p[0] in found}
+    rows: dict[str, int] = {}
+    for fused, _, r1 in parts.values():
+        rows[fused] = max(rows.get(fused, 0), r1)
+    out = {k: v for k, v in found.items() if k not in rows}
+    for fused, total in rows.items():
+        shape, _, where = found[fused]
+        if len(shape) != 2 or shape[0] != total:
+            raise LmpackError(f"{where}: tensor '{fused}' has shape {list(shape)}, the config implies {total} rows")
+    for name, (fused, r0, r1) in parts.items():
+        shape, dtype, where = found[fused]
+        out[name] = ((r1 - r0, shape[1]), dtype, where)
+    return out, {name: (f, r0, r1, r1 == rows[f]) for name, (f, r0, r1) in parts.items()}
 
 
 def load_sentencepiece(path: Path):

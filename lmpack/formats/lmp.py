@@ -24,6 +24,7 @@ import numpy as np
 
 from lmpack import _core
 from lmpack.errors import LmpackError
+from lmpack.formats.arch import family
 from lmpack.formats.config import ModelConfig, expected_tensors
 from lmpack.formats.mmaps import drop_pages, open_readonly
 from lmpack.formats.dtypes import ALIGN, DTYPES, Q8_0_BLOCK, align_up, numpy_dtype, q8_0_planes, tensor_nbytes
@@ -401,7 +402,7 @@ class LmpReader:
             if o1 + n1 > o2:
                 raise self._fail(f"tensors '{a}' and '{b}' overlap")
 
-        want = 2 + 9 * self.config.n_layers + (not self.config.tie_embeddings)
+        want = family(self.config.architecture).tensor_count(self.config)
         if want > len(self.tensors) + 9:  # refuse before building the name set of a huge n_layers
             raise self._fail(f"the directory lists {len(self.tensors)} tensors, the config implies {want}")
         expected = expected_tensors(self.config)

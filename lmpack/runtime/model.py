@@ -1,7 +1,8 @@
 """A loaded `.lmp` model: the Python face of the C forward pass.
 
-`Model` maps and validates the file (LmpReader), hands the C core the weight offsets and the
-RoPE frequencies, and runs it: `logits` for a fresh context, `generate` for streamed text. Python
+`Model` maps and validates the file (LmpReader), hands the C core the weight slots and forward
+features the family table derives from the config (`lmpack.formats.arch`) and the RoPE
+frequencies, and runs it: `logits` for a fresh context, `generate` for streamed text. Python
 runs once per token (sampling and detokenizing); everything per layer happens in C with the GIL
 released.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from lmpack import _core
 from lmpack.errors import LmpackError
+from lmpack.formats import arch
 from lmpack.formats.config import ModelConfig
 from lmpack.formats.lmp import LmpReader
 from lmpack.runtime.sampler import Sampler, sampling_options
@@ -28,7 +30,7 @@ DEFAULT_MAX_CONTEXT = 4096  # the KV cache is sized from this, not from a 128k m
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     """Per-pair RoPE inverse frequencies in float32, as transformers computes them."""
-    d = cfg.head_dim
+    d = cfg.rope_dim or cfg.head_dim  # the rotated dims of a head
     exponent = np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / np.float32(d)
     inv = (np.float32(1.0) / (np.float32(cfg.rope_theta) ** exponent)).astype(np.float32)
     rs = cfg.rope_scaling
@@ -44,6 +46,15 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
     medium = ~(wavelen < old / high) & ~(wavelen > old / low)
     return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_tables(cfg: ModelConfig) -> np.ndarray:
+    """The C core's RoPE tables [n, rotated dims/2]: the model's; then, for families whose sliding
+    layers have their own base (Gemma 3), that base unscaled (arch.core_config's layer_rope)."""
+    tables = [rope_inv_freq(cfg)]
+    if cfg.rope_local_theta is not None:
+        tables.append(rope_inv_freq(replace(cfg, rope_theta=cfg.rope_local_theta, rope_scaling=None)))
+    return np.ascontiguousarray(np.stack(tables), dtype=np.float32)
 
 
 def default_threads() -> int:
@@ -86,12 +97,10 @@ class Model:
         self.n_ctx = min(cfg.max_context, DEFAULT_MAX_CONTEXT) if max_context is None else max_context
         if not isinstance(self.n_ctx, int) or self.n_ctx < 1:
             raise LmpackError(f"the context length must be a positive integer, got {max_context!r}")
-        weights = {e.name: (e.offset, e.nbytes, e.dtype, e.shape) for e in self._reader.tensors}
-        core_cfg = {k: getattr(cfg, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                                                  "ffn_dim", "vocab_size", "norm_eps", "tie_embeddings")}
+        entries = {e.name: (e.offset, e.nbytes, e.dtype, e.shape) for e in self._reader.tensors}
         try:
-            self._core = _core.Model(self._reader.buffer, core_cfg, weights, rope_inv_freq(cfg),
-                                     self.n_ctx, self.threads)
+            self._core = _core.Model(self._reader.buffer, arch.core_config(cfg), arch.core_weights(cfg, entries),
+                                     rope_tables(cfg), self.n_ctx, self.threads)
         except (ValueError, MemoryError) as e:
             raise LmpackError(f"{self.path}: {e}") from None
         # Sampling defaults from the source's generation_config.json (docs/FORMAT.md, "generation").

@@ -185,7 +185,7 @@ def _faithfulness(result: VerifyResult, reader, against: Path, prompt, text_file
         check.seconds = time.perf_counter() - t0
         if got is None:
             return
-        result.thresholds = thresholds_for(result.dtype, overrides)
+        result.thresholds = thresholds_for(result.dtype, overrides, moe=bool(cfg.n_experts))
         result.metrics = m = compare_logits(ref, got, ids)
         check.data = {"reference_seconds": t_ref, "tokens": len(ids)}
         for message in result.thresholds.judge(m):
