@@ -24,6 +24,9 @@ PyObject *lmp_py_test_axpy_f32(PyObject *self, PyObject *args);
 /* py_quant.c */
 PyObject *lmp_py_quantize_q8_0(PyObject *self, PyObject *args, PyObject *kwargs);
 
+/* finite.c */
+PyObject *lmp_py_count_nonfinite(PyObject *self, PyObject *args);
+
 /* writeback.c */
 PyObject *lmp_py_write_behind(PyObject *self, PyObject *args);
 
