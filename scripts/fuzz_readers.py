@@ -14,6 +14,7 @@ Targets, each a reader with its own seed input built from a tiny random-weight c
   config       an HF folder whose `config.json` is damaged (JSON-aware)
   tokconfig    an HF folder whose `tokenizer_config.json`, `generation_config.json` or `tokenizer.model`
                is damaged
+  tokjson      an HF folder with a byte-level BPE `tokenizer.json` (and a chat template) damaged
 Folder targets run the whole conversion to a `.lmp` in a scratch folder.
 
 Every case runs in a worker process with a 10 s watchdog (a case over it is a hang: the worker is
@@ -45,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("lmpack") is None:  # run from a source tree without an install
     sys.path.insert(0, str(ROOT))
-TARGETS = ("lmp", "safetensors", "index", "torchzip", "pickle", "meta", "config", "tokconfig")
+TARGETS = ("lmp", "safetensors", "index", "torchzip", "pickle", "meta", "config", "tokconfig", "tokjson")
 CASE_TIMEOUT = 10.0
 WORKER_MEMORY = 4 << 30
 
@@ -56,9 +57,11 @@ WORKER_MEMORY = 4 << 30
 def build_seeds(folder: Path) -> Path:
     """Write the seed inputs into `folder` (once; reused when already there)."""
     folder = Path(folder)
-    if (folder / "done").is_file():
-        return folder
     sys.path.insert(0, str(ROOT / "tests"))
+    if (folder / "done").is_file():
+        if not (folder / "hfjson").is_dir():
+            _build_tokenizer_json_seed(folder)
+        return folder
     import checkpoints
     import torch_sources
 
@@ -75,8 +78,23 @@ def build_seeds(folder: Path) -> Path:
     torch_sources.hf_to_meta(hf, folder / "meta", mp=1)
     convert(hf, folder / "model.lmp")
     convert(hf, folder / "model-q8_0.lmp", dtype="q8_0")
+    _build_tokenizer_json_seed(folder)
     (folder / "done").write_text("ok")
     return folder
+
+
+def _build_tokenizer_json_seed(folder: Path) -> None:
+    """An HF folder whose tokenizer is a byte-level BPE tokenizer.json (Qwen 2 style) with a template."""
+    import checkpoints
+    import hf_tokenizers
+
+    tok_dir = hf_tokenizers.qwen2(folder / "tokfiles")
+    gen = json.loads((tok_dir / "generation_config.json").read_text())
+    eos = gen.get("eos_token_id")
+    special = {"bos_token_id": gen.get("bos_token_id") or 0, "eos_token_id": eos[0] if isinstance(eos, list) else eos}
+    checkpoints.make_hf_checkpoint(folder / "hfjson", tokenizer=None, tokenizer_files=tok_dir,
+                                   vocab=hf_tokenizers.n_tokens(tok_dir), special_ids=special,
+                                   dims=dict(dim=64, n_layers=1, n_heads=2, ffn_dim=128))
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,7 +326,10 @@ def make_case(target: str, seeds: Path, work: Path, rng: random.Random) -> Path:
         return path
     folder = work / "ckpt"
     json_file = {"index": ("sharded", "model.safetensors.index.json"), "meta": ("meta", "params.json"),
-                 "config": ("hf", "config.json"), "tokconfig": ("hf", "tokenizer_config.json")}[target]
+                 "config": ("hf", "config.json"), "tokconfig": ("hf", "tokenizer_config.json"),
+                 "tokjson": ("hfjson", "tokenizer.json")}[target]
+    if target == "tokjson" and rng.random() < 0.3:
+        json_file = ("hfjson", "tokenizer_config.json")
     _link_tree(seeds / json_file[0], folder)
     if target == "tokconfig" and rng.random() < 0.3:
         _replace(folder / "tokenizer.model", mutate_bytes((folder / "tokenizer.model").read_bytes(), rng))
@@ -497,7 +518,12 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="lmpack-replay-"))
         path = make_case(target, seeds, work, random.Random(f"{args.seed}:{target}:{int(case)}"))
         print(f"input: {path}")
-        run_reader(target, path, work)
+        from lmpack.errors import LmpackError
+
+        try:
+            run_reader(target, path, work)
+        except LmpackError as e:
+            print(f"refused: {e}")
         print("no internal error")
         return
     targets = [t for t in args.targets.split(",") if t]

@@ -588,3 +588,18 @@ def test_bounded_template_builtins_behave_as_jinja():
     t = ('{% for i in range(3) %}{{ i }}{% endfor %}|{{ range(5)|length }}|{{ (range(4)|list)[2] }}|'
          '{% for i in range(3)|reverse %}{{ i }}{% endfor %}|{{ "%3d" % 7 }}|{{ "ab"|center(6) }}|{{ "a\nb"|indent(2) }}')
     assert render(t, [{"role": "user", "content": "hi"}]) == "012|5|2|210|  7|  ab  |a\n  b"
+
+
+def test_tokenizer_json_that_panics_tokenizers_is_refused(tmp_path):
+    """A BPE continuing_subword_prefix longer than a merge makes tokenizers panic in Rust (found by
+    scripts/fuzz_readers.py): it is refused before tokenizers sees it, and a panic is an LmpackError."""
+    import hf_tokenizers
+
+    from lmpack.convert.tokenizer_files import read_tokenizer
+
+    folder = hf_tokenizers.qwen2(tmp_path / "tok")
+    tj = json.loads((folder / "tokenizer.json").read_text())
+    tj["model"]["continuing_subword_prefix"] = "\u1f68" * 30
+    (folder / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(LmpackError, match="continuing_subword_prefix"):
+        read_tokenizer(folder)

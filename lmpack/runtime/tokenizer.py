@@ -145,7 +145,9 @@ class HFTokenizer(Tokenizer):
         super().__init__(bos_id, eos_ids, vocab_size, fields)
         try:
             self._tok = Backend.from_str(json_bytes.decode("utf-8"))
-        except Exception as e:  # tokenizers raises a bare Exception with serde's text
+        except BaseException as e:  # tokenizers raises a bare Exception with serde's text, or a Rust panic
+            if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                raise  # Ctrl-C and friends
             raise LmpackError(f"embedded tokenizer.json does not load ({str(e).splitlines()[0][:200] if str(e) else e})") from None
         self.vocab_size = token_count(self._tok)
         if self.vocab_size > vocab_size:
