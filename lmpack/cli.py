@@ -83,7 +83,8 @@ def without_blas_threads(fn):
 def convert(
     src: Path = typer.Argument(..., help="Checkpoint folder: HF (config.json + *.safetensors or pytorch_model*.bin "
                                          "+ tokenizer.model) or Meta (params.json + consolidated.NN.pth + tokenizer.model)."),
-    output: Path = typer.Option(..., "-o", "--output", help="The .lmp file to write (written atomically)."),
+    output: Path = typer.Option(..., "-o", "--output", help="The .lmp file to write (written atomically); "
+                                "a name ending in .gguf writes a GGUF file for llama.cpp instead."),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     keep: Optional[List[str]] = typer.Option(None, "--keep", help=KEEP_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Threads for quantization (default: all cores)."),
@@ -97,6 +98,32 @@ def convert(
 
     out = run_convert(src, output, dtype=dtype, keep=tuple(keep or ()), progress=True, threads=threads,
                       kind=kind, rope_scaling_factor=rope_scaling_factor)
+    err.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+@handles_errors
+@without_blas_threads
+def export(
+    src: Path = typer.Argument(..., help="The .lmp file to export."),
+    output: Path = typer.Option(..., "-o", "--output", help="The GGUF file to write (written atomically)."),
+    dtype: str = typer.Option("auto", "--dtype", help="Stored type of the weight matrices: auto keeps the file's "
+                              "(q8_0 blocks are re-laid, never re-quantized), f32, f16, bf16 or q8_0."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Threads for quantization (default: all cores)."),
+):
+    """Write an .lmp file as a GGUF file for llama.cpp, Ollama or LM Studio (streamed, atomic)."""
+    from lmpack.convert.gguf_export import export as run_export
+    from lmpack.convert.lmp_source import LmpSource
+
+    if output.suffix.lower() != ".gguf":
+        raise LmpackError(f"{output}: the output of export is a GGUF file; name it *.gguf")
+    if Path(src).resolve() == Path(output).resolve():
+        raise LmpackError("the output must be a different file than the input")
+    source = LmpSource(src, allow_quantized=True)
+    try:
+        out = run_export(source, output, dtype=dtype, progress=True, threads=threads, name=Path(src).stem)
+    finally:
+        source.close()
     err.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 
