@@ -82,22 +82,28 @@ def without_blas_threads(fn):
 @without_blas_threads
 def convert(
     src: Path = typer.Argument(..., help="Checkpoint folder: HF (config.json + *.safetensors or pytorch_model*.bin "
-                                         "+ tokenizer.model) or Meta (params.json + consolidated.NN.pth + tokenizer.model)."),
+                                         "+ tokenizer.model) or Meta (params.json + consolidated.NN.pth + tokenizer.model); "
+                                         "or a GGUF file, or a llama2.c .bin file."),
     output: Path = typer.Option(..., "-o", "--output", help="The .lmp file to write (written atomically); "
                                 "a name ending in .gguf writes a GGUF file for llama.cpp instead."),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     keep: Optional[List[str]] = typer.Option(None, "--keep", help=KEEP_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Threads for quantization (default: all cores)."),
     kind: Optional[str] = typer.Option(None, "--kind", help="Source kind instead of detecting it: hf-safetensors, "
-                                       "hf-bin or meta (for folders that hold more than one)."),
+                                       "hf-bin or meta (for folders that hold more than one), gguf or llama2c."),
     rope_scaling_factor: Optional[float] = typer.Option(None, "--rope-scaling-factor", help="Meta Llama 3.x folders: "
                                                         "override the rope scaling factor (Llama 3.2 1B/3B need 32)."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="llama2.c .bin files: the tokenizer "
+                                             "(a sentencepiece tokenizer.model or llama2.c's tokenizer.bin; default: "
+                                             "tokenizer.model beside the file)."),
 ):
-    """Convert a checkpoint folder into one .lmp file, streaming tensor by tensor (memory ~ one tensor)."""
+    """Convert a checkpoint into one .lmp file (or a GGUF file for -o *.gguf), streaming tensor by tensor
+    (memory ~ one tensor). Sources: HF and Meta folders, GGUF files, llama2.c .bin files."""
     from lmpack.convert.pipeline import convert as run_convert
 
     out = run_convert(src, output, dtype=dtype, keep=tuple(keep or ()), progress=True, threads=threads,
-                      kind=kind, rope_scaling_factor=rope_scaling_factor)
+                      kind=kind, rope_scaling_factor=rope_scaling_factor, tokenizer=tokenizer,
+                      log=lambda line: err.print(line, highlight=False, markup=False, soft_wrap=True))
     err.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -75,18 +75,6 @@ def family_of_gguf(arch: str) -> Family:
     raise LmpackError(f"GGUF architecture '{arch}' is not one lmpack runs (supported: {names})")
 
 
-def interleaved_rows(rows: int, n_heads: int) -> np.ndarray:
-    """Row order taking HF's half-split q/k rows to interleaved pairs: out[j] = in[perm[j]];
-    within a head of size hd, out row 2i + c is in row c*hd/2 + i."""
-    hd = rows // n_heads
-    return np.arange(rows).reshape(n_heads, 2, hd // 2).transpose(0, 2, 1).reshape(rows)
-
-
-def half_split_rows(rows: int, n_heads: int) -> np.ndarray:
-    """The inverse of `interleaved_rows`: interleaved q/k rows back to HF's half-split order."""
-    return np.argsort(interleaved_rows(rows, n_heads))
-
-
 # --------------------------------------------------------------------------------------------
 # config <-> metadata
 

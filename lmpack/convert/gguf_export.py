@@ -16,8 +16,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from lmpack.convert.gguf_arch import family_of, interleaved_rows, llama3_rope_divisors, write_config
+from lmpack.convert.gguf_arch import family_of, llama3_rope_divisors, write_config
 from lmpack.convert.gguf_vocab import write_tokenizer
+from lmpack.convert.rope_order import interleaved_rows
 from lmpack.convert.pipeline import CAST_CHUNK_BYTES, TARGET_DTYPES, _progress, q8_rows, target_dtype
 from lmpack.convert.source import Source
 from lmpack.errors import LmpackError

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -135,21 +135,35 @@ def _progress(description: str):
 
 def convert(src: str | Path, out: str | Path, dtype: str = "auto", keep: Sequence[str] = (),
             progress: bool = False, threads: int | None = None, kind: str | None = None,
-            rope_scaling_factor: float | None = None) -> Path:
-    """Convert a checkpoint folder (HF safetensors / HF .bin / Meta) into one `.lmp` file, or into
-    a GGUF file when `out` ends in `.gguf`.
+            rope_scaling_factor: float | None = None, tokenizer: str | Path | None = None,
+            log: Callable[[str], None] | None = None) -> Path:
+    """Convert a checkpoint (HF / Meta folder, GGUF file, llama2.c file) into one `.lmp` file, or
+    into a GGUF file when `out` ends in `.gguf`.
 
     `kind` forces the source kind instead of detecting it; `rope_scaling_factor` overrides the
-    Llama 3 rope scaling factor of Meta checkpoints (Meta's code says 8, Llama 3.2 needs 32)."""
+    Llama 3 rope scaling factor of Meta checkpoints (Meta's code says 8, Llama 3.2 needs 32);
+    `tokenizer` is a llama2.c checkpoint's tokenizer file; `log` receives lines worth telling
+    the user (what was dequantized or re-quantized, and at what error)."""
     from lmpack.convert.detect import open_source
 
-    source = open_source(Path(src), kind=kind, rope_scaling_factor=rope_scaling_factor)
+    source = open_source(Path(src), kind=kind, rope_scaling_factor=rope_scaling_factor, tokenizer=tokenizer)
     try:
+        dequantized = getattr(source, "dequantized", None)
+        if dequantized and dtype == "auto":
+            kinds = "/".join(sorted(set(dequantized.values())))
+            raise LmpackError(f"{src}: {len(dequantized)} tensors are {kinds}, which lmpack does not store; "
+                              f"choose what they become with --dtype bf16, f32 or q8_0")
         if is_gguf(out):
             from lmpack.convert.gguf_export import export
 
-            return export(source, out, dtype, keep, progress, threads, name=Path(src).name)
-        return run(source, out, dtype, keep, progress, threads, "converting")
+            result = export(source, out, dtype, keep, progress, threads, name=Path(src).stem)
+        else:
+            result = run(source, out, dtype, keep, progress, threads, "converting")
+        report = getattr(source, "report", None)
+        if report is not None and log is not None:
+            for line in report(Path(result), dtype):
+                log(line)
+        return result
     finally:
         source.close()
 
