@@ -67,12 +67,12 @@ def family_of(config: ModelConfig) -> Family:
                           f"(supported: {', '.join(FAMILIES)})") from None
 
 
-def family_of_gguf(arch: str) -> Family:
+def family_of_gguf(arch: str, where: str) -> Family:
     for f in FAMILIES.values():
         if f.gguf_name == arch:
             return f
     names = ", ".join(f.gguf_name for f in FAMILIES.values())
-    raise LmpackError(f"GGUF architecture '{arch}' is not one lmpack runs (supported: {names})")
+    raise LmpackError(f"{where}: GGUF architecture '{arch}' is not one lmpack runs (supported: {names})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,12 +120,15 @@ def write_config(w: Any, config: ModelConfig) -> None:
     if rs is not None and rs["type"] == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(float(rs["factor"]))
-    # llama3 scaling travels as the rope_freqs tensor (see llama3_rope_divisors)
+    if rs is not None and rs["type"] == "llama3":
+        # the scaling itself travels as the rope_freqs tensor (llama3_rope_divisors); llama.cpp
+        # reads this key only for YaRN, and it lets the parameters be read back as they were
+        w.add_rope_scaling_orig_ctx_len(int(rs["original_max_position_embeddings"]))
 
 
 def _f32(x: float) -> float:
     """A float32 metadata value as the shortest decimal that rounds to it (1e-5, not 9.99999e-06)."""
-    return float(repr(np.float32(x)))
+    return float(str(np.float32(x)))
 
 
 def read_config(f: GgufFile, family: Family, vocab_size: int, tie: bool, bos_id: int, eos_ids: list[int],
@@ -175,20 +178,44 @@ def read_config(f: GgufFile, family: Family, vocab_size: int, tie: bool, bos_id:
     return cfg
 
 
-def llama3_from_divisors(config: ModelConfig, divisors: np.ndarray, where: str) -> dict[str, Any]:
+def llama3_from_divisors(config: ModelConfig, divisors: np.ndarray, orig: int, where: str) -> dict[str, Any]:
     """Llama 3 rope scaling parameters that reproduce a GGUF's `rope_freqs` tensor.
 
-    llama.cpp stores only the per-frequency divisors; every Llama 3.x model uses low/high
-    frequency factors 1 and 4 and an original context of 8192, with the largest divisor the
-    factor. Those are tried and accepted only if they give back the tensor."""
-    if divisors.shape != (config.head_dim // 2,) or not np.isfinite(divisors).all():
-        raise LmpackError(f"{where}: rope_freqs has shape {list(divisors.shape)}, expected [{config.head_dim // 2}]")
-    factor = _f32(float(divisors.max()))
-    for orig in (8192, config.max_context):
-        rs = {"type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-              "original_max_position_embeddings": int(orig)}
-        cand = ModelConfig(**{**config.__dict__, "rope_scaling": rs})
-        if np.allclose(llama3_rope_divisors(cand), divisors, rtol=1e-5, atol=0):
-            return rs
-    raise LmpackError(f"{where}: rope_freqs does not match Llama 3 rope scaling (factor {factor}, "
-                      f"low 1, high 4, original context 8192); lmpack cannot represent it")
+    llama.cpp stores only the per-frequency divisors. They depend on the low/high frequency
+    factors only through low/orig and high/orig, so with `orig` (the GGUF's
+    rope.scaling.original_context_length, else Llama 3's 8192) fixed, the factor is the largest
+    divisor and low/high follow from the blended frequencies (s = (orig/wavelength - low) /
+    (high - low) is linear in 1/wavelength) or, without enough of them, from thresholds placed
+    between the neighbouring wavelengths. The result is accepted only if it gives back the tensor."""
+    hd = config.head_dim
+    if divisors.shape != (hd // 2,) or not np.isfinite(divisors).all() or not (divisors >= 1).all():
+        raise LmpackError(f"{where}: rope_freqs must be {hd // 2} divisors >= 1, one per frequency of a head")
+    d = divisors.astype(np.float64)
+    factor = float(d.max())
+    u = np.array([config.rope_theta ** (-i / hd) / (2 * math.pi) for i in range(0, hd, 2)])  # 1/wavelength
+    if factor == 1.0:
+        raise LmpackError(f"{where}: rope_freqs divides no frequency; drop it instead")
+    s = (1 / d - 1 / factor) / (1 - 1 / factor)  # 0 where divided by factor, 1 where untouched
+    smooth = (s > 1e-6) & (s < 1 - 1e-6)
+    big, one = u[s <= 1e-6], u[s >= 1 - 1e-6]
+    if smooth.sum() >= 2:
+        i, j = np.flatnonzero(smooth)[[0, -1]]
+        slope = (s[j] - s[i]) / (u[j] - u[i])
+        L = u[i] - s[i] / slope
+        H = L + 1 / slope
+    else:
+        # u is decreasing with i: frequencies divided by `factor` have the smallest u
+        L = (big.max() + u[u > big.max()].min()) / 2 if big.size and (u > big.max()).any() else u.min() / 2
+        if smooth.sum() == 1:
+            k = np.flatnonzero(smooth)[0]
+            H = L + (u[k] - L) / s[k]
+        else:
+            H = (one.min() + u[u < one.min()].max()) / 2 if one.size and (u < one.min()).any() else u.max() * 2
+    rs = {"type": "llama3", "factor": _f32(factor), "low_freq_factor": float(f"{L * orig:.6g}"),
+          "high_freq_factor": float(f"{H * orig:.6g}"), "original_max_position_embeddings": int(orig)}
+    if not 0 < rs["low_freq_factor"] < rs["high_freq_factor"]:
+        raise LmpackError(f"{where}: rope_freqs does not follow Llama 3 rope scaling; lmpack cannot represent it")
+    cand = ModelConfig(**{**config.__dict__, "rope_scaling": rs})
+    if not np.allclose(llama3_rope_divisors(cand), divisors, rtol=1e-5, atol=0):
+        raise LmpackError(f"{where}: rope_freqs does not follow Llama 3 rope scaling; lmpack cannot represent it")
+    return rs

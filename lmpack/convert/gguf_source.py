@@ -40,7 +40,7 @@ class GgufSource:
         gguf = gguf_module()
         f = self._f
         T = gguf.GGMLQuantizationType
-        self.family = family_of_gguf(f.get(gguf.Keys.General.ARCHITECTURE, str))
+        self.family = family_of_gguf(f.get(gguf.Keys.General.ARCHITECTURE, str), str(self.path))
         self.tokenizer_kind, self._tokenizer, bos, eos_ids, chat_format = read_tokenizer(f)
         by_gguf = {t.name: t for t in f.tensors}
         rope_freqs_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
@@ -53,7 +53,9 @@ class GgufSource:
             t = by_gguf.pop(rope_freqs_name)
             if t.ggml_type != T.F32:
                 raise LmpackError(f"{self.path}: rope_freqs.weight must be F32, is {t.type_name}")
-            self._config.rope_scaling = llama3_from_divisors(self._config, f.raw(t.name).view("<f4"), str(self.path))
+            orig = f.get(gguf.Keys.Rope.SCALING_ORIG_CTX_LEN.format(arch=self.family.gguf_name), int, 8192)
+            self._config.rope_scaling = llama3_from_divisors(self._config, f.raw(t.name).view("<f4"), orig,
+                                                             str(self.path))
 
         names = self.family.tensor_names(self._config)
         self._gguf_name = names
