@@ -16,12 +16,15 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from lmpack.errors import LmpackError
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    # Help texts quote chat formats ([INST] ... [/INST]) and paths: print them as written, never as markup.
+    rich_markup_mode=None,
     help="Convert LLM checkpoints into one memory-mappable .lmp file, and run it on the CPU.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -29,8 +32,13 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 1) -> "typer.Exit":
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    say_error(message)
     return typer.Exit(code)
+
+
+def say_error(message: str) -> None:
+    """`error: message` on stderr; the message (paths, tensor names, model text) is never markup."""
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
 
 
 def handles_errors(fn):
@@ -103,8 +111,8 @@ def convert(
 
     out = run_convert(src, output, dtype=dtype, keep=tuple(keep or ()), progress=True, threads=threads,
                       kind=kind, rope_scaling_factor=rope_scaling_factor, tokenizer=tokenizer,
-                      log=lambda line: err.print(line, highlight=False, markup=False, soft_wrap=True))
-    err.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+                      log=lambda line: err.print(Text(line), highlight=False, soft_wrap=True))
+    err.print(Text(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"), highlight=False)
 
 
 @app.command()
@@ -130,7 +138,7 @@ def export(
         out = run_export(source, output, dtype=dtype, progress=True, threads=threads, name=Path(src).stem)
     finally:
         source.close()
-    err.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    err.print(Text(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"), highlight=False)
 
 
 @app.command()
@@ -157,7 +165,7 @@ def quantize(
                   description="quantizing")
     finally:
         source.close()
-    err.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    err.print(Text(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"), highlight=False)
 
 
 @app.command()
@@ -223,7 +231,7 @@ def demo(
         full, q8 = folder / "model.lmp", folder / "model-q8_0.lmp"
 
         err.rule("[bold]1. convert")
-        err.print(f"{source} -> {full}", highlight=False)
+        err.print(Text(f"{source} -> {full}"), highlight=False)
         run_convert(source, full, progress=True, threads=threads)
         err.print(f"{full.stat().st_size / 1e6:.2f} MB")
 
@@ -255,7 +263,7 @@ def demo(
                   highlight=False, soft_wrap=True)
         m.close()
         if out_dir:
-            err.print(f"kept {full} and {q8}", highlight=False)
+            err.print(Text(f"kept {full} and {q8}"), highlight=False)
 
 
 def _core_path() -> str:
@@ -274,27 +282,28 @@ def inspect(file: Path = typer.Argument(..., help="The .lmp file to describe."))
     out = Console()
     with LmpReader(file) as r:
         cfg = r.config.to_dict()
-        t = Table(title=f"{file} — lmpack format v{r.header.get('version')}, {r.file_size / 1e6:.2f} MB", show_header=False)
+        t = Table(title=Text(f"{file} — lmpack format v{r.header.get('version')}, {r.file_size / 1e6:.2f} MB"),
+                  show_header=False)
         t.add_column("key", style="bold")
         t.add_column("value")
         for k, v in cfg.items():
-            t.add_row(k, str(v))
+            t.add_row(Text(k), Text(str(v)))
         tok = r.tokenizer_entry
-        t.add_row("tokenizer", f"{r.header['tokenizer']['kind']}, {tok.nbytes} bytes")
+        t.add_row("tokenizer", Text(f"{r.header['tokenizer']['kind']}, {tok.nbytes} bytes"))
         prov = r.header.get("provenance", {})
         for k in ("source_kind", "dtype", "lmpack_version", "created"):
             if k in prov:
-                t.add_row(k, str(prov[k]))
+                t.add_row(k, Text(str(prov[k])))
         files = prov.get("source_files") or []
         if files:
-            t.add_row("source_files", ", ".join(f"{f.get('name')} ({f.get('size', 0) / 1e6:.1f} MB)" for f in files[:8]) +
-                      (f" and {len(files) - 8} more" if len(files) > 8 else ""))
+            t.add_row("source_files", Text(", ".join(f"{f.get('name')} ({f.get('size', 0) / 1e6:.1f} MB)" for f in files[:8]) +
+                      (f" and {len(files) - 8} more" if len(files) > 8 else "")))
         out.print(t)
         tt = Table(title=f"{len(r.tensors)} tensors")
         for col in ("name", "dtype", "shape", "bytes", "offset", "crc32c"):
             tt.add_column(col, justify="right" if col in ("bytes", "offset") else "left")
         for e in r.tensors:
-            tt.add_row(e.name, e.dtype, "x".join(map(str, e.shape)), f"{e.nbytes:,}", f"{e.offset:,}", e.crc32c)
+            tt.add_row(Text(e.name), e.dtype, "x".join(map(str, e.shape)), f"{e.nbytes:,}", f"{e.offset:,}", e.crc32c)
         out.print(tt)
 
 
@@ -325,7 +334,8 @@ def chat(
     session = ChatSession(m, system=system, chat_format=None if plain else "auto")
     interactive = sys.stdin.isatty()
     mode = "chat format " + session.format if session.format else "plain continuation"
-    err.print(f"[dim]{file.name}: {mode}, context {m.n_ctx} tokens. /reset starts over, /exit or Ctrl-D ends.[/]")
+    err.print(Text(f"{file.name}: {mode}, context {m.n_ctx} tokens. /reset starts over, /exit or Ctrl-D ends.",
+                   style="dim"), highlight=False)
     turn_seed = seed
     while True:
         try:
@@ -404,14 +414,13 @@ def verify(
                                                    ("max_kl_token", max_kl_token), ("max_ppl_diff", max_ppl_diff))
            if v is not None and not v >= 0]
     if bad or (threads is not None and threads < 1):
-        err.print(f"[bold red]error:[/] {bad[0] if bad else '--threads'} must be "
-                  f"{'a number >= 0' if bad else 'at least 1'}", highlight=False)
+        say_error(f"{bad[0] if bad else '--threads'} must be {'a number >= 0' if bad else 'at least 1'}")
         raise SystemExit(2)
     try:
         result = run_verify(file, against=against, prompt=prompt, text_file=text_file, max_tokens=max_tokens,
                             thresholds=overrides, threads=threads, progress=not as_json and err.is_terminal)
     except UsageError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        say_error(str(e))
         raise SystemExit(2) from None
     if as_json:
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")

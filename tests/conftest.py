@@ -13,8 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Property tests must not depend on the machine's speed or load: no per-example deadline, and no
+# health check that fails a run because generating examples was slow on a busy machine.
+settings.register_profile("lmpack", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("lmpack")
 # Run against the source tree when lmpack is not installed (an in-place build); an installed
 # lmpack (pip install .) is left alone so the tests exercise what was installed.
 if importlib.util.find_spec("lmpack") is None:

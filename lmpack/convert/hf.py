@@ -153,7 +153,7 @@ class HFSafetensorsSource(FolderSource):
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self._config = read_hf_config(self.folder)
-        self._tokenizer = tokenizer_path(self.folder)
+        self._tokenizer = tokenizer_path(self.folder, self._config.vocab_size)
         paths = shard_files(self.folder, "model.safetensors.index.json", "model.safetensors", "model*.safetensors")
         self.files = [SafetensorsFile(p) for p in paths]
         self._where: dict[str, SafetensorsFile] = {}

@@ -46,7 +46,7 @@ class HFBinSource(FolderSource):
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self._config = read_hf_config(self.folder)
-        self._tokenizer = tokenizer_path(self.folder)
+        self._tokenizer = tokenizer_path(self.folder, self._config.vocab_size)
         weight_map = read_bin_index(self.folder)
         paths = shard_files(self.folder, BIN_INDEX, BIN_SINGLE, BIN_PATTERN)
         self.files: list[TorchFile] = []

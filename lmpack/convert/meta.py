@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
+from lmpack.convert.source import (FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set,
+                                   load_sentencepiece, tokenizer_path)
 from lmpack.errors import LmpackError
 from lmpack.formats.config import ModelConfig
 from lmpack.formats.torchzip import FLOAT_DTYPES, TorchFile, TorchTensor
@@ -217,14 +218,7 @@ class MetaSource(FolderSource):
 
     def _special_ids(self) -> tuple[int, int, int]:
         """(bos, eos, piece count) from the sentencepiece tokenizer: params.json does not record them."""
-        import sentencepiece as spm
-
-        sp = spm.SentencePieceProcessor()
-        try:
-            sp.LoadFromSerializedProto(self._tokenizer.read_bytes())
-        except Exception:
-            raise LmpackError(f"{self._tokenizer}: not a sentencepiece model (Llama 3's tiktoken "
-                              f"tokenizer.model is not supported)") from None
+        sp = load_sentencepiece(self._tokenizer)
         bos, eos = sp.bos_id(), sp.eos_id()
         if bos < 0 or eos < 0:
             raise LmpackError(f"{self._tokenizer}: the tokenizer defines no BOS/EOS pieces")

@@ -128,8 +128,10 @@ def _progress(description: str):
                                TransferSpeedColumn)
     from rich.console import Console
 
-    return Progress(TextColumn("{task.fields[name]}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), TextColumn("[dim]{task.description}"),
+    # file and tensor names are data: the text columns must not read them as markup
+    return Progress(TextColumn("{task.fields[name]}", markup=False), BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.description}", style="dim", markup=False),
                     console=Console(stderr=True), transient=False)
 
 

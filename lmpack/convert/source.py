@@ -121,11 +121,51 @@ def check_tensor_set(config: ModelConfig, found: dict[str, tuple[tuple[int, ...]
     return specs
 
 
-def tokenizer_path(folder: Path) -> Path:
-    """The sentencepiece model beside a checkpoint, or an LmpackError saying it is missing."""
+def load_sentencepiece(path: Path):
+    """The sentencepiece model in `path`, or an LmpackError that says what the file is instead.
+
+    Checked when a conversion starts, so a wrong file (Llama 3's tiktoken ranks, Mistral's tekken
+    JSON under the old name) is refused with one line rather than embedded and failing at load."""
+    import sentencepiece as spm
+
+    from lmpack.errors import LmpackError
+
+    data = Path(path).read_bytes()
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.LoadFromSerializedProto(data)
+        ok = sp.get_piece_size() > 0
+    except Exception:  # sentencepiece raises RuntimeError/OSError with C++ text
+        ok = False
+    if not ok:
+        raise LmpackError(f"{path}: not a sentencepiece model ({_looks_like(data)})")
+    return sp
+
+
+def _looks_like(data: bytes) -> str:
+    """A short guess at what a file that is not a sentencepiece model holds, for the message."""
+    head = data[:4096].lstrip()
+    if not head:
+        return "the file is empty"
+    if head[:1] in (b"{", b"["):
+        return "it is JSON, such as a tokenizer.json or Mistral's tekken.json"
+    first = head.split(b"\n", 1)[0].split(b" ")
+    if len(first) == 2 and first[1].strip().isdigit() and first[0] and all(
+            c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=" for c in first[0]):
+        return "it is a tiktoken BPE ranks file, like Llama 3's"
+    return "unrecognised contents"
+
+
+def tokenizer_path(folder: Path, vocab_size: int | None = None) -> Path:
+    """The sentencepiece model beside a checkpoint, checked to load and, given the model's
+    vocabulary size, to have no more pieces than the embedding has rows (fewer is fine: padded
+    embeddings are common); an LmpackError otherwise."""
     from lmpack.errors import LmpackError
 
     path = Path(folder) / "tokenizer.model"
     if not path.is_file():
         raise LmpackError(f"{folder}: no tokenizer.model (a sentencepiece model is required)")
+    pieces = load_sentencepiece(path).get_piece_size()
+    if vocab_size is not None and pieces > vocab_size:
+        raise LmpackError(f"{path}: {pieces} pieces but the model has only {vocab_size} embedding rows")
     return path

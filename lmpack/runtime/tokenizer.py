@@ -28,10 +28,14 @@ class Tokenizer:
         return [self.bos_id, *ids] if bos else ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self._sp.decode([int(i) for i in ids])
+        """Text of `ids`; ids of embedding rows that have no piece (a vocabulary padded to a round
+        size) decode to nothing, since a model can sample them."""
+        n = self.vocab_size
+        return self._sp.decode([i for i in map(int, ids) if 0 <= i < n])
 
     def piece(self, token_id: int) -> str:
-        return self._sp.id_to_piece(int(token_id))
+        token_id = int(token_id)
+        return self._sp.id_to_piece(token_id) if 0 <= token_id < self.vocab_size else ""
 
 
 class StreamDecoder:

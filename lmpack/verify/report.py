@@ -231,8 +231,9 @@ STATUS_STYLE = {"pass": "[bold green]PASS[/]", "fail": "[bold red]FAIL[/]", "ski
 def render(result: VerifyResult, console) -> None:
     """Print the result as rich tables: one row per check, the metrics, then the problems."""
     from rich.table import Table
+    from rich.text import Text  # every path, tensor name and message is data, never markup
 
-    t = Table(title=f"lmpack verify {result.file}" + (f" against {result.against}" if result.against else ""),
+    t = Table(title=Text(f"lmpack verify {result.file}" + (f" against {result.against}" if result.against else "")),
               title_justify="left")
     t.add_column("check")
     t.add_column("result", justify="center")
@@ -245,7 +246,7 @@ def render(result: VerifyResult, console) -> None:
             first = c.problems[0]
             detail = (f"{first.tensor}: " if first.tensor else "") + first.message + \
                 (f" (and {c.problem_count - 1} more)" if c.problem_count > 1 else "")
-        t.add_row(name, STATUS_STYLE[c.status], detail,
+        t.add_row(name, STATUS_STYLE[c.status], Text(detail),
                   f"{c.seconds:.2f}s" if c.status != "skip" else "")
     console.print(t)
 
@@ -278,7 +279,7 @@ def render(result: VerifyResult, console) -> None:
         pt.add_column("tensor")
         pt.add_column("problem", overflow="fold")
         for name, p in listed:
-            pt.add_row(name, p.tensor or "", p.message)
+            pt.add_row(name, Text(p.tensor or ""), Text(p.message))
         console.print(pt)
-    verdict = "[bold green]sound[/]" if result.ok else "[bold red]NOT sound[/]"
-    console.print(f"{result.file}: {verdict}", highlight=False)
+    verdict = ("sound", "bold green") if result.ok else ("NOT sound", "bold red")
+    console.print(Text.assemble(f"{result.file}: ", verdict), highlight=False)
