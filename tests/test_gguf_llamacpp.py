@@ -1,0 +1,53 @@
+"""Exported GGUFs load in llama.cpp and agree with lmpack (where llama-cpp-python is installed:
+the `bench` extra; skipped otherwise).
+
+Each supported family is exported from a tiny random checkpoint (f32, bf16 and q8_0 weights);
+llama.cpp and lmpack then compute the last position's logits for the same ids. The bounds are what
+the two engines' activation rounding explains (measured on TinyLlama and stories110M shapes, see the
+README's same-model check): f32 weights, both engines in f32, 2e-3 x std (summation order only);
+bf16 weights, llama.cpp rounds activations to bf16, 0.06 x std; q8_0, llama.cpp quantizes
+activations with round-half-even and lmpack with ggml's reference rounding, 0.2 x std. The top-1
+token must be the same. llama.cpp's tokenizer must also split text as lmpack's does.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+llama_cpp = pytest.importorskip("llama_cpp")
+pytest.importorskip("gguf")
+
+import checkpoints  # noqa: E402
+from test_e2e_hf import token_ids  # noqa: E402
+
+VARIANTS = {
+    "llama-f32-gqa": (dict(n_kv_heads=2), "f32", 2e-3),
+    "llama-bf16-tied-llama3rope": (dict(dtype="bfloat16", tie=True, rope_scaling=checkpoints.LLAMA3_ROPE), "bf16", 0.06),
+    "llama-q8_0-mqa": (dict(dtype="bfloat16", n_kv_heads=1), "q8_0", 0.2),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_llama_cpp_agrees(variant, hf_checkpoint, converted, tmp_path, run_lmpack):
+    import lmpack
+
+    kwargs, dtype, bound = VARIANTS[variant]
+    ckpt = hf_checkpoint(**kwargs)
+    lmp = converted(ckpt, dtype)
+    res = run_lmpack("export", lmp, "-o", tmp_path / "m.gguf")
+    assert res.returncode == 0, res.stderr
+    ids = token_ids(ckpt.vocab_size, n=40)
+    m = lmpack.load(lmp, threads=1)
+    want = m.logits(ids)[-1]
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, n_batch=64, n_threads=1, verbose=False)
+    try:
+        llm.eval(ids)
+        got = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+        err = float(np.abs(got - want).max()) / float(want.std())
+        assert err < bound, f"{variant}: max |llama.cpp - lmpack| = {err:.3g} x std (bound {bound})"
+        assert int(got.argmax()) == int(want.argmax()), variant
+        for text in ["Hello world, the model runs fast.", "  two  spaces", "🦙 ünïcode 2024"]:
+            assert llm.tokenize(text.encode(), add_bos=True) == m.tokenizer.encode(text, bos=True), text
+    finally:
+        llm.close()
+        m.close()
