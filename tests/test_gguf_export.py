@@ -167,3 +167,22 @@ def test_export_failures_leave_nothing(tiny_lmp, tmp_path, run_lmpack):
     res = run_lmpack("export", tiny_lmp, "-o", tmp_path / "nofolder" / "m.gguf")
     assert res.returncode == 1 and "does not exist" in res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_q8_0_relayout_round_trips_and_checks_sizes():
+    from lmpack import _core
+
+    rng = np.random.default_rng(3)
+    q = rng.integers(-127, 128, size=(5, 96), dtype=np.int8)
+    d = rng.standard_normal((5, 3)).astype(np.float16)
+    blocks = np.empty((5, 3, 34), np.uint8)
+    _core.q8_0_relayout(q, d, blocks, True)
+    assert np.array_equal(blocks[:, :, 2:].view(np.int8), q.reshape(5, 3, 32))
+    assert np.array_equal(blocks[:, :, :2].copy().view(np.float16)[..., 0], d)
+    q2, d2 = np.empty_like(q), np.empty_like(d)
+    _core.q8_0_relayout(q2, d2, blocks, False)
+    assert np.array_equal(q2, q) and np.array_equal(d2, d)
+    with pytest.raises(ValueError, match="sizes do not match"):
+        _core.q8_0_relayout(q, d, blocks[:4], True)
+    with pytest.raises(ValueError, match="sizes do not match"):
+        _core.q8_0_relayout(q[:, :90], d, blocks, True)

@@ -21,6 +21,7 @@ from lmpack.convert.gguf_vocab import write_tokenizer
 from lmpack.convert.rope_order import interleaved_rows
 from lmpack.convert.pipeline import CAST_CHUNK_BYTES, TARGET_DTYPES, _progress, q8_rows, target_dtype
 from lmpack.convert.source import Source
+from lmpack import _core
 from lmpack.errors import LmpackError
 from lmpack.formats.dtypes import Q8_0_BLOCK, cast, numpy_dtype
 from lmpack.formats.gguf import GgufWriter, gguf_module
@@ -47,10 +48,8 @@ def file_type(dtypes: set[str]) -> int:
 def q8_0_blocks(q: np.ndarray, d: np.ndarray) -> np.ndarray:
     """ggml's Q8_0 rows from lmpack's planes: per block of 32, the fp16 scale's 2 bytes then the 32 quants."""
     rows, cols = q.shape
-    nb = cols // Q8_0_BLOCK
-    out = np.empty((rows, nb, Q8_0_BLOCK_BYTES), np.uint8)
-    out[:, :, :2] = np.ascontiguousarray(d).view(np.uint8).reshape(rows, nb, 2)
-    out[:, :, 2:] = q.view(np.uint8).reshape(rows, nb, Q8_0_BLOCK)
+    out = np.empty((rows, cols // Q8_0_BLOCK, Q8_0_BLOCK_BYTES), np.uint8)
+    _core.q8_0_relayout(np.ascontiguousarray(q), np.ascontiguousarray(d), out, True)
     return out
 
 

@@ -4,7 +4,8 @@ The file is read with lmpack's bounded reader (`lmpack.formats.gguf.GgufFile`). 
 (`gguf_arch`) maps the architecture keys back to lmpack's config and the tensor names back to HF
 names; q/k rows go back from llama.cpp's interleaved RoPE order to HF's half-split one; the
 tokenizer is rebuilt from `tokenizer.ggml.*` (`gguf_vocab`). F32, F16, BF16 and Q8_0 tensors come
-out exactly as stored (Q8_0 as its scales and quants, so the `.lmp` holds the same bytes); any
+out exactly as stored (Q8_0 re-laid from ggml's blocks into lmpack's planes, one tensor at a time,
+so the `.lmp` holds the same scales and quants); any
 other ggml type is dequantized with gguf-py's reference dequantizers to float32 and must then be
 given a stored type by the user (`dequantized` lists them).
 """
@@ -18,6 +19,7 @@ from lmpack.convert.gguf_arch import family_of_gguf, llama3_from_divisors, read_
 from lmpack.convert.gguf_vocab import read_tokenizer
 from lmpack.convert.rope_order import half_split_rows
 from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec, check_tensor_set
+from lmpack import _core
 from lmpack.errors import LmpackError
 from lmpack.formats.config import expected_tensors
 from lmpack.formats.dtypes import Q8_0_BLOCK
@@ -105,9 +107,12 @@ class GgufSource:
         t = self._f.tensor_info(self._gguf_name[name])
         raw = self._f.raw(t.name)
         if t.ggml_type == T.Q8_0:
+            # ggml's 34-byte blocks into lmpack's planes: a byte copy of one tensor
             rows, cols = t.shape
-            blocks = raw.reshape(rows, cols // Q8_0_BLOCK, 2 + Q8_0_BLOCK)
-            x = Q8Tensor(blocks[:, :, 2:].view(np.int8), blocks[:, :, :2].view(np.float16)[:, :, 0])
+            q = np.empty((rows, cols), np.int8)
+            d = np.empty((rows, cols // Q8_0_BLOCK), np.float16)
+            _core.q8_0_relayout(q, d, raw, False)
+            x = Q8Tensor(q, d)
         elif t.ggml_type in (T.F32, T.F16, T.BF16):
             x = raw.view({T.F32: "<f4", T.F16: "<f2", T.BF16: "<u2"}[t.ggml_type]).reshape(t.shape)
         else:

@@ -46,9 +46,7 @@ def cast_chunks(x: np.ndarray, src: str, dst: str) -> Iterator[memoryview]:
 
 
 def q8_rows(x: Q8Tensor, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows r0..r1 of a q8_0 tensor as contiguous (int8 quants (n, cols), fp16 scales (n, cols/32)).
-
-    Sources hand out quants as (rows, cols) or as (rows, blocks, 32) views (GGUF's 34-byte blocks)."""
+    """Rows r0..r1 of a q8_0 tensor as contiguous (int8 quants (n, cols), fp16 scales (n, cols/32))."""
     q = np.ascontiguousarray(x.quants[r0:r1]).reshape(r1 - r0, -1)
     d = np.ascontiguousarray(x.scales[r0:r1]).reshape(r1 - r0, -1)
     return q, d
