@@ -49,6 +49,9 @@ class GgufSource:
         embd = by_gguf.get(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight")
         if embd is None or len(embd.shape) != 2:
             raise LmpackError(f"{self.path}: no 2-D token_embd.weight tensor")
+        n_tokens = len(f.get(gguf.Keys.Tokenizer.LIST, list))
+        if n_tokens > embd.shape[0]:
+            raise LmpackError(f"{self.path}: {n_tokens} tokens but token_embd.weight has only {embd.shape[0]} rows")
         tie = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight" not in by_gguf
         self._config = read_config(f, self.family, embd.shape[0], tie, bos, eos_ids, chat_format)
         if rope_freqs_name in by_gguf:
