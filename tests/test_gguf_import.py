@@ -158,3 +158,14 @@ def test_other_ggml_types_are_dequantized_on_request(hf_checkpoint, tmp_path, sp
     m = lmpack.load(tmp_path / "f32.lmp")
     assert_logits_close(m.logits(ids), want, F32_TOL, "Q4_0 GGUF dequantized to f32")
     m.close()
+
+
+def test_verify_against_a_gguf(hf_checkpoint, tmp_path, run_lmpack):
+    ckpt = hf_checkpoint(dtype="bfloat16", n_kv_heads=2)
+    gg = convert(ckpt.path, tmp_path / "m.gguf", dtype="q8_0")
+    lmp = convert(gg, tmp_path / "m.lmp")
+    res = run_lmpack("verify", lmp, "--against", gg, "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    import json
+
+    assert json.loads(res.stdout)["ok"] is True
