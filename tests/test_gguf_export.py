@@ -186,3 +186,27 @@ def test_q8_0_relayout_round_trips_and_checks_sizes():
         _core.q8_0_relayout(q, d, blocks[:4], True)
     with pytest.raises(ValueError, match="sizes do not match"):
         _core.q8_0_relayout(q.reshape(-1)[:400], d, blocks, True)
+
+
+def test_llama2_chat_format_travels_as_a_template(tiny_lmp, tmp_path):
+    import jinja2
+
+    from lmpack.convert.gguf_export import export
+    from lmpack.convert.gguf_source import GgufSource
+    from lmpack.convert.lmp_source import LmpSource
+
+    src = LmpSource(tiny_lmp)
+    src.config().chat_format = "llama2"
+    try:
+        export(src, tmp_path / "chat.gguf")
+    finally:
+        src.close()
+    r, _ = read_back(tmp_path / "chat.gguf")
+    template = r.fields["tokenizer.chat_template"].contents()
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}]
+    text = jinja2.Environment().from_string(template).render(messages=msgs, bos_token="<s>", eos_token="</s>")
+    assert text == "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello. </s><s>[INST] Bye [/INST]"
+    back = GgufSource(tmp_path / "chat.gguf")
+    assert back.config().chat_format == "llama2"
+    back.close()

@@ -17,6 +17,19 @@ from lmpack.formats.config import ModelConfig
 from lmpack.formats.gguf import GgufFile, gguf_module
 
 
+# The Llama 2 chat format lmpack's chat runs (runtime/chat.py) as a Jinja chat template, for files
+# whose config names the format but carries no template: llama.cpp recognises it by its [INST].
+LLAMA2_CHAT_TEMPLATE = (
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set system = '<<SYS>>\n' + messages[0]['content'] + '\n<</SYS>>\n\n' %}{% set turns = messages[1:] %}"
+    "{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
+    "{% for m in turns %}"
+    "{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + (system if loop.first else '') + m['content'] + ' [/INST]' }}"
+    "{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+
 def write_tokenizer(w: Any, kind: str, blob: bytes, config: ModelConfig) -> None:
     """Add the tokenizer keys for a `.lmp` tokenizer of `kind` to the gguf writer `w`."""
     if kind != "sentencepiece":
@@ -47,6 +60,8 @@ def write_tokenizer(w: Any, kind: str, blob: bytes, config: ModelConfig) -> None
     w.add_add_eos_token(False)
     w.add_add_space_prefix(norm.add_dummy_prefix)
     w.add_remove_extra_whitespaces(norm.remove_extra_whitespaces)
+    if config.chat_format == "llama2":
+        w.add_chat_template(LLAMA2_CHAT_TEMPLATE)
 
 
 def _ids(f: GgufFile, key: str, n: int) -> int | None:
