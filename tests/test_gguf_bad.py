@@ -99,6 +99,10 @@ def corruptions(path, data: bytes) -> dict[str, tuple[bytes, str]]:
                          "architecture"),
         "unexpected-tensor": (_replace(data, b"blk.0.attn_q.weight", b"blk.0.attn_X.weight"), "unexpected tensor"),
         "bad-token-type": (_put(data, ttypes[-1][0] - 4, "i", 99), "token type"),
+        "infinite-rope-theta": (_put(data, _field_parts(path, "llama.rope.freq_base")[3][0], "f", float("inf")),
+                                "finite"),
+        "nan-norm-eps": (_put(data, _field_parts(path, "llama.attention.layer_norm_rms_epsilon")[3][0], "f",
+                              float("nan")), "finite"),
         "wrong-key-type": (_put(data, _field_parts(path, "llama.block_count")[2][0], "I",
                                 int(gguf.GGUFValueType.FLOAT32)), "wrong type"),
     }

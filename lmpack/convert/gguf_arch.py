@@ -126,9 +126,13 @@ def write_config(w: Any, config: ModelConfig) -> None:
         w.add_rope_scaling_orig_ctx_len(int(rs["original_max_position_embeddings"]))
 
 
-def _f32(x: float) -> float:
+def _f32(x: float, where: str = "GGUF") -> float:
     """A float32 metadata value as the shortest decimal that rounds to it (1e-5, not 9.99999e-06)."""
-    return float(str(np.float32(x)))
+    with np.errstate(over="ignore"):
+        value = float(str(np.float32(x)))
+    if not math.isfinite(value):
+        raise LmpackError(f"{where}: {x!r} is not a finite float32 number")
+    return value
 
 
 def read_config(f: GgufFile, family: Family, vocab_size: int, tie: bool, bos_id: int, eos_ids: list[int],
@@ -153,7 +157,8 @@ def read_config(f: GgufFile, family: Family, vocab_size: int, tie: bool, bos_id:
     scaling = None
     stype = f.get(key(K.Rope.SCALING_TYPE), str, "none")
     if stype == "linear":
-        scaling = {"type": "linear", "factor": _f32(f.get(key(K.Rope.SCALING_FACTOR), float))}
+        scaling = {"type": "linear", "factor": _f32(f.get(key(K.Rope.SCALING_FACTOR), float),
+                                                   f"{f.path}: {key(K.Rope.SCALING_FACTOR)}")}
     elif stype not in ("none", ""):
         raise LmpackError(f"{f.path}: rope scaling type '{stype}' is not supported (supported: linear, llama3)")
     cfg = ModelConfig(
@@ -165,8 +170,9 @@ def read_config(f: GgufFile, family: Family, vocab_size: int, tie: bool, bos_id:
         head_dim=head_dim,
         ffn_dim=f.get(key(K.LLM.FEED_FORWARD_LENGTH), int),
         vocab_size=vocab_size,
-        norm_eps=_f32(f.get(key(K.Attention.LAYERNORM_RMS_EPS), float)),
-        rope_theta=_f32(f.get(key(K.Rope.FREQ_BASE), float, 10000.0)),
+        norm_eps=_f32(f.get(key(K.Attention.LAYERNORM_RMS_EPS), float),
+                      f"{f.path}: {key(K.Attention.LAYERNORM_RMS_EPS)}"),
+        rope_theta=_f32(f.get(key(K.Rope.FREQ_BASE), float, 10000.0), f"{f.path}: {key(K.Rope.FREQ_BASE)}"),
         max_context=f.get(key(K.LLM.CONTEXT_LENGTH), int),
         bos_id=bos_id,
         eos_ids=eos_ids,
@@ -211,7 +217,7 @@ def llama3_from_divisors(config: ModelConfig, divisors: np.ndarray, orig: int, w
             H = L + (u[k] - L) / s[k]
         else:
             H = (one.min() + u[u < one.min()].max()) / 2 if one.size and (u < one.min()).any() else u.max() * 2
-    rs = {"type": "llama3", "factor": _f32(factor), "low_freq_factor": float(f"{L * orig:.6g}"),
+    rs = {"type": "llama3", "factor": _f32(factor, where), "low_freq_factor": float(f"{L * orig:.6g}"),
           "high_freq_factor": float(f"{H * orig:.6g}"), "original_max_position_embeddings": int(orig)}
     if not 0 < rs["low_freq_factor"] < rs["high_freq_factor"]:
         raise LmpackError(f"{where}: rope_freqs does not follow Llama 3 rope scaling; lmpack cannot represent it")
