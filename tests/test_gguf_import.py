@@ -169,3 +169,15 @@ def test_verify_against_a_gguf(hf_checkpoint, tmp_path, run_lmpack):
     import json
 
     assert json.loads(res.stdout)["ok"] is True
+
+
+def test_gguf_to_gguf_keeps_every_tensor_byte(hf_checkpoint, tmp_path, sp_model_path):
+    ckpt = hf_checkpoint(dtype="bfloat16", n_kv_heads=2)
+    src = write_with_gguf_py(ckpt, tmp_path / "in.gguf", T.Q8_0, sp_model_path)
+    out = convert(src, tmp_path / "out.gguf")
+    a = {t.name: t for t in gguf.GGUFReader(src).tensors}
+    b = {t.name: t for t in gguf.GGUFReader(out).tensors}
+    assert sorted(a) == sorted(b)
+    for name, t in a.items():
+        assert b[name].tensor_type == t.tensor_type, name
+        assert bytes(b[name].data.tobytes()) == bytes(t.data.tobytes()), name
