@@ -103,6 +103,8 @@ def corruptions(path, data: bytes) -> dict[str, tuple[bytes, str]]:
                                 "finite"),
         "nan-norm-eps": (_put(data, _field_parts(path, "llama.attention.layer_norm_rms_epsilon")[3][0], "f",
                               float("nan")), "finite"),
+        "unknown-tokenizer-model": (data[:_field_parts(path, "tokenizer.ggml.model")[4][0]] + b"llamx" +
+                                    data[_field_parts(path, "tokenizer.ggml.model")[4][0] + 5:], "tokenizer model"),
         "wrong-key-type": (_put(data, _field_parts(path, "llama.block_count")[2][0], "I",
                                 int(gguf.GGUFValueType.FLOAT32)), "wrong type"),
     }

@@ -107,13 +107,14 @@ def export(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[
         tensors.append((gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", rope_freqs.shape, types["f32"]))
     tokenizer_kind = getattr(source, "tokenizer_kind", "sentencepiece")
     tokenizer = source.tokenizer_bytes()
+    tokenizer_fields = getattr(source, "tokenizer_fields", None)
 
     def metadata(w) -> None:
         w.add_name(name or out.stem)
         w.add_file_type(file_type({dst for spec, dst in plan if len(spec.shape) > 1}))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         write_config(w, config)
-        write_tokenizer(w, tokenizer_kind, tokenizer, config)
+        write_tokenizer(w, tokenizer_kind, tokenizer, config, tokenizer_fields)
 
     writer = GgufWriter(out, family.gguf_name, metadata, tensors)
     bar = _progress("exporting") if progress else None

@@ -43,7 +43,7 @@ class GgufSource:
         f = self._f
         T = gguf.GGMLQuantizationType
         self.family = family_of_gguf(f.get(gguf.Keys.General.ARCHITECTURE, str), str(self.path))
-        self.tokenizer_kind, self._tokenizer, bos, eos_ids, chat_format = read_tokenizer(f)
+        self.tokenizer_kind, self._tokenizer, bos, eos_ids, chat_format, self.tokenizer_fields = read_tokenizer(f)
         by_gguf = {t.name: t for t in f.tensors}
         rope_freqs_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
         embd = by_gguf.get(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight")

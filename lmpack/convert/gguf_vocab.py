@@ -1,9 +1,11 @@
 """Tokenizers in GGUF metadata (`tokenizer.ggml.*`), in both directions.
 
 Out: a sentencepiece model becomes llama.cpp's `llama` tokenizer — every piece with its score and
-type, the special ids, whether BOS is added and whether a space is prefixed. In: a `llama`
-tokenizer is rebuilt into a sentencepiece model with exactly those pieces, scores and types
-(`lmpack.formats.spm_model`), so lmpack's runtime tokenizes as the original model did.
+type, whether a space is prefixed — and a byte-level BPE tokenizer.json its `gpt2` tokenizer
+(`gguf_bpe`); with either go the special ids, whether BOS is added and the chat template. In: a
+`llama` tokenizer is rebuilt into a sentencepiece model with exactly those pieces, scores and
+types (`lmpack.formats.spm_model`), a `gpt2` one into a tokenizer.json, so lmpack's runtime
+tokenizes as the original model did.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from lmpack.errors import LmpackError
+from lmpack.convert import gguf_bpe
 from lmpack.formats import spm_model
 from lmpack.formats.config import ModelConfig
 from lmpack.formats.gguf import GgufFile, gguf_module
@@ -30,10 +33,35 @@ LLAMA2_CHAT_TEMPLATE = (
 )
 
 
-def write_tokenizer(w: Any, kind: str, blob: bytes, config: ModelConfig) -> None:
-    """Add the tokenizer keys for a `.lmp` tokenizer of `kind` to the gguf writer `w`."""
-    if kind != "sentencepiece":
+def write_tokenizer(w: Any, kind: str, blob: bytes, config: ModelConfig, fields: dict[str, Any] | None = None) -> None:
+    """Add the tokenizer keys for a `.lmp` tokenizer of `kind` (with the header's tokenizer
+    `fields`: add_bos, chat_template) to the gguf writer `w`."""
+    fields = fields or {}
+    if kind == "sentencepiece":
+        _write_sentencepiece(w, blob, config)
+        add_bos = fields.get("add_bos", True)
+    elif kind == "tokenizers":
+        tokens, types, merges, pre = gguf_bpe.to_gguf(blob, config.vocab_size)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(pre)
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        add_bos = fields.get("add_bos", False)
+    else:
         raise LmpackError(f"GGUF export of a '{kind}' tokenizer is not supported")
+    w.add_bos_token_id(config.bos_id)
+    w.add_eos_token_id(config.eos_ids[0])
+    w.add_add_bos_token(bool(add_bos))
+    w.add_add_eos_token(False)
+    template = fields.get("chat_template")
+    if template is None and config.chat_format == "llama2":
+        template = LLAMA2_CHAT_TEMPLATE
+    if template:
+        w.add_chat_template(template)
+
+
+def _write_sentencepiece(w: Any, blob: bytes, config: ModelConfig) -> None:
     gguf = gguf_module()
     vocab = spm_model.vocabulary(blob)
     norm = spm_model.read_normalizer(blob)
@@ -52,16 +80,10 @@ def write_tokenizer(w: Any, kind: str, blob: bytes, config: ModelConfig) -> None
     w.add_token_list(tokens)
     w.add_token_scores(scores)
     w.add_token_types(types)
-    w.add_bos_token_id(config.bos_id)
-    w.add_eos_token_id(config.eos_ids[0])
     if unk is not None:
         w.add_unk_token_id(unk)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
     w.add_add_space_prefix(norm.add_dummy_prefix)
     w.add_remove_extra_whitespaces(norm.remove_extra_whitespaces)
-    if config.chat_format == "llama2":
-        w.add_chat_template(LLAMA2_CHAT_TEMPLATE)
 
 
 def _ids(f: GgufFile, key: str, n: int) -> int | None:
@@ -71,34 +93,24 @@ def _ids(f: GgufFile, key: str, n: int) -> int | None:
     return value
 
 
-def read_tokenizer(f: GgufFile) -> tuple[str, bytes, int, list[int], str | None]:
-    """(tokenizer kind, its bytes for a `.lmp`, bos id, eos ids, chat format) from a GGUF's keys."""
+def read_tokenizer(f: GgufFile) -> tuple[str, bytes, int, list[int], str | None, dict[str, Any]]:
+    """(tokenizer kind, its bytes for a `.lmp`, bos id, eos ids, chat format, header tokenizer
+    fields) from a GGUF's keys."""
     gguf = gguf_module()
     T = gguf.Keys.Tokenizer
     model = f.get(T.MODEL, str)
-    if model != "llama":
-        raise LmpackError(f"{f.path}: tokenizer model '{model}' is not supported (lmpack reads 'llama', "
-                          f"the sentencepiece kind)")
     tokens = f.get(T.LIST, list)
     n = len(tokens)
     if not n or not all(isinstance(t, str) for t in tokens):
         raise LmpackError(f"{f.path}: {T.LIST} must be a non-empty list of strings")
-    scores = f.get(T.SCORES, np.ndarray, None)
     types = f.get(T.TOKEN_TYPE, np.ndarray, None)
-    if scores is None:
-        scores = np.zeros(n, np.float32)
     if types is None:
         types = np.full(n, spm_model.NORMAL)
-    if len(scores) != n or len(types) != n or scores.dtype.kind != "f" or types.dtype.kind not in "iu":
-        raise LmpackError(f"{f.path}: {T.SCORES} and {T.TOKEN_TYPE} must be numbers, one per token ({n})")
+    if len(types) != n or types.dtype.kind not in "iu":
+        raise LmpackError(f"{f.path}: {T.TOKEN_TYPE} must be integers, one per token ({n})")
     bad = [int(t) for t in types if int(t) not in spm_model.PIECE_TYPES]
     if bad:
         raise LmpackError(f"{f.path}: unknown token type {bad[0]} in {T.TOKEN_TYPE}")
-    unk = _ids(f, T.UNK_ID, n)
-    if unk is None:
-        unk = next((i for i, t in enumerate(types) if t == spm_model.UNKNOWN), None)
-    if unk is None or int(types[unk]) != spm_model.UNKNOWN:
-        raise LmpackError(f"{f.path}: the vocabulary has no unknown token (sentencepiece needs one)")
     bos = _ids(f, T.BOS_ID, n)
     eos = _ids(f, T.EOS_ID, n)
     if bos is None or eos is None:
@@ -108,20 +120,62 @@ def read_tokenizer(f: GgufFile) -> tuple[str, bytes, int, list[int], str | None]
         extra = _ids(f, k, n)
         if extra is not None and extra not in eos_ids:
             eos_ids.append(extra)
+    template = f.get(T.CHAT_TEMPLATE, str, None)
+    chat_format = "llama2" if template is not None and "[INST]" in template else None
+    fields: dict[str, Any] = {}
+    if template is not None:
+        fields["chat_template"] = template
+    if model == "llama":
+        kind, blob = "sentencepiece", _sentencepiece(f, tokens, types)
+        fields["add_bos"] = f.get(T.ADD_BOS, bool, True)
+    elif model == "gpt2":
+        from lmpack.formats.lmp import TOKENIZER_KINDS
+
+        if "tokenizers" not in TOKENIZER_KINDS:
+            raise LmpackError(f"{f.path}: tokenizer model 'gpt2' (byte-level BPE) needs tokenizer.json support, "
+                              f"which this lmpack lacks")
+        merges = f.get(T.MERGES, list)
+        if not all(isinstance(m, str) for m in merges):
+            raise LmpackError(f"{f.path}: {T.MERGES} must be a list of strings")
+        add_bos = f.get(T.ADD_BOS, bool, False)
+        kind = "tokenizers"
+        blob = gguf_bpe.from_gguf(tokens, [int(t) for t in types], merges, f.get(T.PRE, str, "default"),
+                                  bos, add_bos)
+        fields["add_bos"] = add_bos
+    else:
+        raise LmpackError(f"{f.path}: tokenizer model '{model}' is not supported (lmpack reads 'llama', "
+                          f"the sentencepiece kind, and 'gpt2', byte-level BPE)")
+    return kind, blob, bos, eos_ids, chat_format, fields
+
+
+def _sentencepiece(f: GgufFile, tokens: list[str], types: np.ndarray) -> bytes:
+    """A sentencepiece model with a `llama` vocabulary's pieces, scores and types."""
+    T = gguf_module().Keys.Tokenizer
+    n = len(tokens)
+    scores = f.get(T.SCORES, np.ndarray, None)
+    if scores is None:
+        scores = np.zeros(n, np.float32)
+    if len(scores) != n or scores.dtype.kind != "f":
+        raise LmpackError(f"{f.path}: {T.SCORES} must be numbers, one per token ({n})")
+    unk = _ids(f, T.UNK_ID, n)
+    if unk is None:
+        unk = next((i for i, t in enumerate(types) if t == spm_model.UNKNOWN), None)
+    if unk is None or int(types[unk]) != spm_model.UNKNOWN:
+        raise LmpackError(f"{f.path}: the vocabulary has no unknown token (sentencepiece needs one)")
+    bos = _ids(f, T.BOS_ID, n)
+    eos = _ids(f, T.EOS_ID, n)
     norm = spm_model.Normalizer(add_dummy_prefix=f.get(T.ADD_PREFIX, bool, True),
                                 remove_extra_whitespaces=f.get(T.REMOVE_EXTRA_WS, bool, False))
     pieces = [(t.encode("utf-8"), float(s), int(k)) for t, s, k in zip(tokens, scores, types)]
-    # sentencepiece refuses a piece listed twice; llama.cpp's padding rows can repeat names
+    # sentencepiece refuses a piece listed twice
     seen: set[bytes] = set()
-    for i, (p, s, k) in enumerate(pieces):
+    for i, (p, _, _) in enumerate(pieces):
         if p in seen:
             raise LmpackError(f"{f.path}: token {i} ({p[:40]!r}) is listed twice")
         seen.add(p)
     blob = spm_model.build_model(pieces, unk_id=unk, bos_id=bos, eos_id=eos, normalizer=norm)
     _check_loads(f, blob)
-    template = f.get(T.CHAT_TEMPLATE, str, None)
-    chat_format = "llama2" if template is not None and "[INST]" in template else None
-    return "sentencepiece", blob, bos, eos_ids, chat_format
+    return blob
 
 
 def _check_loads(f: GgufFile, blob: bytes) -> None:
