@@ -1,5 +1,9 @@
-"""Exported GGUFs load in llama.cpp and agree with lmpack (where llama-cpp-python is installed:
-the `bench` extra; skipped otherwise).
+"""Exported GGUFs against llama.cpp itself, where it is available (skipped otherwise).
+
+With llama-cpp-python (the `bench` extra), exported GGUFs load in llama.cpp and agree with lmpack.
+With llama.cpp's own converter (`convert_hf_to_gguf.py`: a script in llama.cpp's repository, not a
+pip package; point LMPACK_LLAMA_CPP_CONVERT at it), lmpack's HF -> GGUF output holds the same
+tensors, byte for byte, and the same model keys.
 
 Each supported family is exported from a tiny random checkpoint (f32, bf16 and q8_0 weights);
 llama.cpp and lmpack then compute the last position's logits for the same ids. The bounds are what
@@ -14,8 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-llama_cpp = pytest.importorskip("llama_cpp")
-pytest.importorskip("gguf")
+gguf = pytest.importorskip("gguf")
 
 import checkpoints  # noqa: E402
 from test_e2e_hf import token_ids  # noqa: E402
@@ -29,6 +32,7 @@ VARIANTS = {
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_llama_cpp_agrees(variant, hf_checkpoint, converted, tmp_path, run_lmpack):
+    llama_cpp = pytest.importorskip("llama_cpp")
     import lmpack
 
     kwargs, dtype, bound = VARIANTS[variant]
@@ -51,3 +55,39 @@ def test_llama_cpp_agrees(variant, hf_checkpoint, converted, tmp_path, run_lmpac
     finally:
         llm.close()
         m.close()
+
+
+@pytest.mark.parametrize("kwargs,outtype", [
+    (dict(dtype="bfloat16", n_kv_heads=2), "q8_0"),
+    (dict(dtype="bfloat16", n_kv_heads=1, tie=True), "bf16"),
+    (dict(n_kv_heads=2), "f16"),
+])
+def test_same_tensors_as_convert_hf_to_gguf(hf_checkpoint, tmp_path, kwargs, outtype):
+    import os
+    import subprocess
+    import sys
+
+    script = os.environ.get("LMPACK_LLAMA_CPP_CONVERT")
+    if not script:
+        pytest.skip("set LMPACK_LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
+    from lmpack.convert import convert
+
+    ckpt = hf_checkpoint(**kwargs)
+    theirs = tmp_path / "llama.cpp.gguf"
+    subprocess.run([sys.executable, script, str(ckpt.path), "--outfile", str(theirs), "--outtype", outtype],
+                   check=True, capture_output=True)
+    ours = convert(ckpt.path, tmp_path / "lmpack.gguf", dtype=outtype)
+    a, b = gguf.GGUFReader(theirs), gguf.GGUFReader(ours)
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert sorted(ta) == sorted(tb)
+    for name, t in ta.items():
+        assert tb[name].tensor_type == t.tensor_type, name
+        assert bytes(tb[name].data.tobytes()) == bytes(t.data.tobytes()), name
+    for key, field in a.fields.items():
+        if key.startswith("llama.") or key in ("general.architecture", "general.file_type", "tokenizer.ggml.model",
+                                               "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
+                                               "tokenizer.ggml.token_type", "tokenizer.ggml.bos_token_id",
+                                               "tokenizer.ggml.eos_token_id"):
+            assert key in b.fields, key
+            assert b.fields[key].types == field.types, key
+            assert b.fields[key].contents() == field.contents(), key

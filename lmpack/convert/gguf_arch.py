@@ -110,9 +110,8 @@ def write_config(w: Any, config: ModelConfig) -> None:
     w.add_head_count(config.n_heads)
     w.add_head_count_kv(config.n_kv_heads)
     w.add_rope_dimension_count(config.head_dim)
-    if config.head_dim * config.n_heads != config.dim:
-        w.add_key_length(config.head_dim)
-        w.add_value_length(config.head_dim)
+    w.add_key_length(config.head_dim)
+    w.add_value_length(config.head_dim)
     w.add_layer_norm_rms_eps(config.norm_eps)
     w.add_rope_freq_base(config.rope_theta)
     w.add_vocab_size(config.vocab_size)

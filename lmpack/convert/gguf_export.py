@@ -110,6 +110,7 @@ def export(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[
     tokenizer_fields = getattr(source, "tokenizer_fields", None)
 
     def metadata(w) -> None:
+        w.add_type("model")
         w.add_name(name or out.stem)
         w.add_file_type(file_type({dst for spec, dst in plan if len(spec.shape) > 1}))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)

@@ -77,6 +77,7 @@ def _write_sentencepiece(w: Any, blob: bytes, config: ModelConfig) -> None:
         types.append(gguf.TokenType.UNUSED)
     unk = next((i for i, t in enumerate(types) if t == spm_model.UNKNOWN), None)
     w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
     w.add_token_scores(scores)
     w.add_token_types(types)
