@@ -53,16 +53,20 @@ def q8_0_blocks(q: np.ndarray, d: np.ndarray) -> np.ndarray:
     return out
 
 
-def gguf_chunks(x: np.ndarray | Q8Tensor, src: str, dst: str, rows_order: np.ndarray | None,
+def gguf_chunks(name: str, x: np.ndarray | Q8Tensor, src: str, dst: str, rows_order: np.ndarray | None,
                 threads: int | None) -> Iterator[memoryview]:
     """A tensor's GGUF bytes, a block of rows at a time, rows taken in `rows_order` if given."""
-    from lmpack.quantize.q8_0 import quantize
+    from lmpack.quantize.q8_0 import default_threads
 
     quantized = isinstance(x, Q8Tensor)
     rows = x.quants.shape[0] if quantized else (x.shape[0] if x.ndim > 1 else 1)
     flat = x if quantized else x.reshape(rows, -1)
     cols = x.scales.shape[1] * Q8_0_BLOCK if quantized else flat.shape[1]
     step = max(1, CAST_CHUNK_BYTES // max(1, cols * 4))
+    if dst == "q8_0" and not quantized:
+        # the planes are re-laid into a fresh block buffer at once, so one pair serves every row block
+        q_buf = np.empty((min(step, rows), cols), np.int8)
+        d_buf = np.empty((min(step, rows), cols // Q8_0_BLOCK), np.uint16)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         pick = slice(r0, r1) if rows_order is None else rows_order[r0:r1]
@@ -78,8 +82,12 @@ def gguf_chunks(x: np.ndarray | Q8Tensor, src: str, dst: str, rows_order: np.nda
         else:
             block = np.ascontiguousarray(flat[pick])
             if dst == "q8_0":
-                q, d = quantize(block, src, threads)
-                out = q8_0_blocks(q, d.view(np.uint16))
+                q, d = q_buf[:r1 - r0], d_buf[:r1 - r0]
+                try:
+                    _core.quantize_q8_0(block, src, q, d, threads=threads or default_threads())
+                except ValueError as e:
+                    raise LmpackError(f"tensor '{name}': cannot quantize to q8_0 ({e})") from None
+                out = q8_0_blocks(q, d)
             else:
                 out = cast(block, src, dst)
         if dst != "q8_0":
@@ -128,7 +136,7 @@ def export(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[
             order = None if heads is None else interleaved_rows(spec.shape[0], heads)
             if bar:
                 bar.update(task, description=f"exporting {spec.name}")
-            writer.write_tensor(names[spec.name], gguf_chunks(x, spec.dtype, dst, order, threads),
+            writer.write_tensor(names[spec.name], gguf_chunks(spec.name, x, spec.dtype, dst, order, threads),
                                 progress=(lambda n: bar.advance(task, n)) if bar else None,
                                 on_written=(lambda n=spec.name: release(n)) if release else None)
             del x
