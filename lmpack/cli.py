@@ -67,6 +67,12 @@ def handles_errors(fn):
 
 DTYPE_HELP = ("Stored type of the weight matrices: auto keeps the source's (bf16 stays bf16), f32, f16, bf16, "
               "or q8_0 (ggml-exact 8-bit blocks). Norm weights are always f32.")
+TEMP_HELP = "Sampling temperature; 0 is greedy (default: the model's generation_config, else 0.8)."
+TOP_P_HELP = ("Nucleus sampling: keep the smallest set of tokens with this much probability "
+              "(default: the model's generation_config, else 0.95).")
+TOP_K_HELP = "Keep only the k most likely tokens; 0 keeps all (default: the model's generation_config, else 0)."
+REPEAT_HELP = ("Repetition penalty as transformers applies it; 1 is none (default: the model's "
+               "generation_config, else 1).")
 KEEP_HELP = ("With q8_0: glob of tensor names to keep in source precision, e.g. 'lm_head.weight' or "
              "'model.embed_tokens.weight'; repeatable.")
 
@@ -90,8 +96,9 @@ def without_blas_threads(fn):
 @without_blas_threads
 def convert(
     src: Path = typer.Argument(..., help="Checkpoint folder: HF (config.json + *.safetensors or pytorch_model*.bin "
-                                         "+ tokenizer.model) or Meta (params.json + consolidated.NN.pth + tokenizer.model); "
-                                         "or a GGUF file, or a llama2.c .bin file."),
+                                         "+ tokenizer.json or tokenizer.model) or Meta (params.json + consolidated.NN.pth + "
+                                         "tokenizer.model, sentencepiece or Llama 3 tiktoken); or a GGUF file, or a "
+                                         "llama2.c .bin file."),
     output: Path = typer.Option(..., "-o", "--output", help="The .lmp file to write (written atomically); "
                                 "a name ending in .gguf writes a GGUF file for llama.cpp instead."),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
@@ -173,10 +180,12 @@ def quantize(
 @without_blas_threads
 def run(
     file: Path = typer.Argument(..., help="The .lmp model file."),
-    prompt: str = typer.Option("", "-p", "--prompt", help="Text to continue (BOS is prepended)."),
+    prompt: str = typer.Option("", "-p", "--prompt", help="Text to continue (BOS is prepended if the model's tokenizer adds one)."),
     n: int = typer.Option(256, "-n", "--max-tokens", help="Maximum number of tokens to generate."),
-    temperature: float = typer.Option(0.8, "--temperature", "--temp", help="Sampling temperature; 0 is greedy."),
-    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling: keep the smallest set of tokens with this much probability."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "--temp", help=TEMP_HELP),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help=TOP_P_HELP),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help=TOP_K_HELP),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help=REPEAT_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible sampling."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores)."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="KV cache length in tokens (default: the model's, at most 4096)."),
@@ -189,7 +198,9 @@ def run(
         raise LmpackError("--max-tokens must be >= 0")
     m = load(file, threads=threads, max_context=ctx)
     pieces = m.generate(prompt, max_tokens=n, temperature=temperature, top_p=top_p, seed=seed,
-                        stop_at_eos=not ignore_eos)  # checks the sampling options before any output
+                        stop_at_eos=not ignore_eos, top_k=top_k, repetition_penalty=repetition_penalty)
+    # (generate checked the sampling options before any output)
+    _say_sampling(m, temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
     sys.stdout.write(prompt)
     sys.stdout.flush()
     for piece in pieces:
@@ -266,6 +277,14 @@ def demo(
             err.print(Text(f"kept {full} and {q8}"), highlight=False)
 
 
+def _say_sampling(m, **given) -> None:
+    """One stderr line: the sampling a run uses and which options came from the model."""
+    from lmpack.runtime.sampler import describe, sampling_options
+
+    err.print(Text(describe(*sampling_options(m.generation_defaults, **given)), style="dim"), highlight=False,
+              soft_wrap=True)
+
+
 def _core_path() -> str:
     from lmpack import _core
 
@@ -289,7 +308,18 @@ def inspect(file: Path = typer.Argument(..., help="The .lmp file to describe."))
         for k, v in cfg.items():
             t.add_row(Text(k), Text(str(v)))
         tok = r.tokenizer_entry
-        t.add_row("tokenizer", Text(f"{r.header['tokenizer']['kind']}, {tok.nbytes} bytes"))
+        t.add_row("tokenizer", Text(f"{r.tokenizer_kind}, {tok.nbytes} bytes"))
+        fields = r.tokenizer_fields
+        if fields.get("special_tokens"):
+            t.add_row("special_tokens", Text(", ".join(f"{k}={v!r}" for k, v in fields["special_tokens"].items())))
+        if "add_bos" in fields:
+            t.add_row("add_bos", str(fields["add_bos"]))
+        template = fields.get("chat_template")
+        t.add_row("chat_template", f"{len(template)} characters" if template else "none")
+        if fields.get("chat_templates"):
+            t.add_row("chat_templates", Text(", ".join(fields["chat_templates"])))
+        if r.generation:
+            t.add_row("generation", Text(", ".join(f"{k}={v}" for k, v in r.generation.items())))
         prov = r.header.get("provenance", {})
         for k in ("source_kind", "dtype", "lmpack_version", "created"):
             if k in prov:
@@ -312,11 +342,14 @@ def inspect(file: Path = typer.Argument(..., help="The .lmp file to describe."))
 @without_blas_threads
 def chat(
     file: Path = typer.Argument(..., help="The .lmp model file."),
-    system: Optional[str] = typer.Option(None, "--system", help="System prompt (Llama 2 chat format only)."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt (for chat templates that take one, "
+                                         "and the Llama 2 format)."),
     plain: bool = typer.Option(False, "--plain", help="Ignore the model's chat format: continue the text you type."),
     n: int = typer.Option(256, "-n", "--max-tokens", help="Maximum tokens per reply."),
-    temperature: float = typer.Option(0.8, "--temperature", "--temp", help="Sampling temperature; 0 is greedy."),
-    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling threshold."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "--temp", help=TEMP_HELP),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help=TOP_P_HELP),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help=TOP_K_HELP),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help=REPEAT_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible replies."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores)."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="KV cache length in tokens (default: the model's, at most 4096)."),
@@ -324,18 +357,23 @@ def chat(
 ):
     """Talk to a model: one line per turn, replies stream; the KV cache is kept across turns.
 
-    Uses the model's chat format ([INST] ... [/INST] for Llama 2 chat models), otherwise continues
-    your text. Ctrl-C stops a reply; Ctrl-C or Ctrl-D at the prompt, or /exit, ends; /reset starts over.
+    Uses the chat template embedded from the model folder (rendered as transformers renders it), else
+    [INST] ... [/INST] for Llama 2 chat models, otherwise continues your text. Ctrl-C stops a reply;
+    Ctrl-C or Ctrl-D at the prompt, or /exit, ends; /reset starts over.
     """
     from lmpack.runtime.chat import ChatSession, ContextFull
     from lmpack.runtime.model import load
 
     m = load(file, threads=threads, max_context=ctx)
+    if system is not None and plain:
+        raise LmpackError("--system needs a chat format; --plain has none")
     session = ChatSession(m, system=system, chat_format=None if plain else "auto")
+    m.sampler(temperature, top_p, seed, top_k, repetition_penalty)  # bad options fail before the first prompt
     interactive = sys.stdin.isatty()
-    mode = "chat format " + session.format if session.format else "plain continuation"
-    err.print(Text(f"{file.name}: {mode}, context {m.n_ctx} tokens. /reset starts over, /exit or Ctrl-D ends.",
-                   style="dim"), highlight=False)
+    mode = {"template": "the model's chat template", "llama2": "chat format llama2", None: "plain continuation"}
+    err.print(Text(f"{file.name}: {mode.get(session.format, session.format)}, context {m.n_ctx} tokens. "
+                   f"/reset starts over, /exit or Ctrl-D ends.", style="dim"), highlight=False)
+    _say_sampling(m, temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
     turn_seed = seed
     while True:
         try:
@@ -354,7 +392,8 @@ def chat(
         for attempt in (0, 1):
             try:
                 for piece in session.reply(line, max_tokens=n, temperature=temperature, top_p=top_p,
-                                           seed=turn_seed, stop_at_eos=not ignore_eos):
+                                           seed=turn_seed, stop_at_eos=not ignore_eos, top_k=top_k,
+                                           repetition_penalty=repetition_penalty):
                     sys.stdout.write(piece)
                     sys.stdout.flush()
                 break

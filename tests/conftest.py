@@ -71,6 +71,24 @@ def hf_checkpoint(tmp_path_factory, sp_model_path):
 
 
 @pytest.fixture(scope="session")
+def family_checkpoint(tmp_path_factory, sp_model_path):
+    """make(model_type, **kwargs) -> checkpoints.HFCheckpoint of another family, cached per arguments.
+
+    kwargs are those of `checkpoints.make_family_checkpoint`; do not mutate the returned folder."""
+    cache: dict = {}
+
+    def make(model_type, **kwargs):
+        kwargs.setdefault("tokenizer", sp_model_path)
+        key = (model_type, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+        if key not in cache:
+            folder = tmp_path_factory.mktemp(model_type)
+            cache[key] = checkpoints.make_family_checkpoint(folder, model_type, **kwargs)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def converted(tmp_path_factory):
     """convert(checkpoint, dtype="auto") -> Path of the `.lmp` file, converted once per (folder, dtype)."""
     cache: dict = {}

@@ -113,9 +113,7 @@ def export(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[
     if config.rope_scaling is not None and config.rope_scaling["type"] == "llama3":
         rope_freqs = llama3_rope_divisors(config)
         tensors.append((gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", rope_freqs.shape, types["f32"]))
-    tokenizer_kind = getattr(source, "tokenizer_kind", "sentencepiece")
-    tokenizer = source.tokenizer_bytes()
-    tokenizer_fields = getattr(source, "tokenizer_fields", None)
+    tok = source.tokenizer()
 
     def metadata(w) -> None:
         w.add_type("model")
@@ -123,7 +121,7 @@ def export(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[
         w.add_file_type(file_type({dst for spec, dst in plan if len(spec.shape) > 1}))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         write_config(w, config)
-        write_tokenizer(w, tokenizer_kind, tokenizer, config, tokenizer_fields)
+        write_tokenizer(w, tok.kind, tok.blob, config, tok.header)
 
     writer = GgufWriter(out, family.gguf_name, metadata, tensors)
     bar = _progress("exporting") if progress else None

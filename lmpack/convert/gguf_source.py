@@ -18,6 +18,7 @@ import numpy as np
 from lmpack.convert.gguf_arch import family_of_gguf, llama3_from_divisors, read_config
 from lmpack.convert.gguf_vocab import read_tokenizer
 from lmpack.convert.rope_order import half_split_rows
+from lmpack.convert.tokenizer_files import TokenizerFiles
 from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec, check_tensor_set
 from lmpack import _core
 from lmpack.errors import LmpackError
@@ -43,7 +44,9 @@ class GgufSource:
         f = self._f
         T = gguf.GGMLQuantizationType
         self.family = family_of_gguf(f.get(gguf.Keys.General.ARCHITECTURE, str), str(self.path))
-        self.tokenizer_kind, self._tokenizer, bos, eos_ids, chat_format, self.tokenizer_fields = read_tokenizer(f)
+        self._tok = read_tokenizer(f)
+        bos, eos_ids = self._tok.bos_id, self._tok.eos_ids
+        chat_format = self._tok.header.pop("chat_format", None)
         by_gguf = {t.name: t for t in f.tensors}
         rope_freqs_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
         embd = by_gguf.get(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight")
@@ -89,8 +92,11 @@ class GgufSource:
     def config(self):
         return self._config
 
+    def tokenizer(self) -> TokenizerFiles:
+        return self._tok
+
     def tokenizer_bytes(self) -> bytes:
-        return self._tokenizer
+        return self._tok.blob
 
     def tensor_specs(self) -> list[TensorSpec]:
         return list(self._specs)

@@ -15,6 +15,7 @@ import numpy as np
 
 from lmpack.errors import LmpackError
 from lmpack.convert import gguf_bpe
+from lmpack.convert.tokenizer_files import TokenizerFiles
 from lmpack.formats import spm_model
 from lmpack.formats.config import ModelConfig
 from lmpack.formats.gguf import GgufFile, gguf_module
@@ -94,9 +95,10 @@ def _ids(f: GgufFile, key: str, n: int) -> int | None:
     return value
 
 
-def read_tokenizer(f: GgufFile) -> tuple[str, bytes, int, list[int], str | None, dict[str, Any]]:
-    """(tokenizer kind, its bytes for a `.lmp`, bos id, eos ids, chat format, header tokenizer
-    fields) from a GGUF's keys."""
+def read_tokenizer(f: GgufFile) -> TokenizerFiles:
+    """The tokenizer a `.lmp` embeds for a GGUF's keys: its kind and bytes, the header fields
+    (add_bos, special tokens, chat template), BOS and EOS ids. `header["chat_format"]` is the
+    config's chat format (taken out by the caller)."""
     gguf = gguf_module()
     T = gguf.Keys.Tokenizer
     model = f.get(T.MODEL, str)
@@ -123,18 +125,13 @@ def read_tokenizer(f: GgufFile) -> tuple[str, bytes, int, list[int], str | None,
             eos_ids.append(extra)
     template = f.get(T.CHAT_TEMPLATE, str, None)
     chat_format = "llama2" if template is not None and "[INST]" in template else None
-    fields: dict[str, Any] = {}
+    fields: dict[str, Any] = {"special_tokens": {"bos_token": tokens[bos], "eos_token": tokens[eos]}}
     if template is not None:
         fields["chat_template"] = template
     if model == "llama":
         kind, blob = "sentencepiece", _sentencepiece(f, tokens, types)
         fields["add_bos"] = f.get(T.ADD_BOS, bool, True)
     elif model == "gpt2":
-        from lmpack.formats.lmp import TOKENIZER_KINDS
-
-        if "tokenizers" not in TOKENIZER_KINDS:
-            raise LmpackError(f"{f.path}: tokenizer model 'gpt2' (byte-level BPE) needs tokenizer.json support, "
-                              f"which this lmpack lacks")
         merges = f.get(T.MERGES, list)
         if not all(isinstance(m, str) for m in merges):
             raise LmpackError(f"{f.path}: {T.MERGES} must be a list of strings")
@@ -146,7 +143,7 @@ def read_tokenizer(f: GgufFile) -> tuple[str, bytes, int, list[int], str | None,
     else:
         raise LmpackError(f"{f.path}: tokenizer model '{model}' is not supported (lmpack reads 'llama', "
                           f"the sentencepiece kind, and 'gpt2', byte-level BPE)")
-    return kind, blob, bos, eos_ids, chat_format, fields
+    return TokenizerFiles(kind, blob, {**fields, "chat_format": chat_format}, {}, bos, eos_ids, n)
 
 
 def _sentencepiece(f: GgufFile, tokens: list[str], types: np.ndarray) -> bytes:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lmpack.convert.rope_order import half_split_rows
+from lmpack.convert.tokenizer_files import TokenizerFiles
 from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec
 from lmpack.errors import LmpackError
 from lmpack.formats import spm_model
@@ -136,8 +137,11 @@ class Llama2cSource:
     def config(self) -> ModelConfig:
         return self._config
 
-    def tokenizer_bytes(self) -> bytes:
+    def tokenizer(self) -> TokenizerFiles:
         return self._tokenizer
+
+    def tokenizer_bytes(self) -> bytes:
+        return self._tokenizer.blob
 
     def tensor_specs(self) -> list[TensorSpec]:
         return list(self._specs)
@@ -221,7 +225,7 @@ class Llama2cSource:
         data = path.read_bytes()
         pieces = read_tokenizer_bin(data, self._config.vocab_size)
         if pieces is not None:
-            return spm_model.build_model(pieces, unk_id=0, bos_id=BOS, eos_id=EOS)
+            data = spm_model.build_model(pieces, unk_id=0, bos_id=BOS, eos_id=EOS)
         import sentencepiece as spm
 
         sp = spm.SentencePieceProcessor()
@@ -230,9 +234,11 @@ class Llama2cSource:
         except Exception:  # sentencepiece raises RuntimeError with C++ text
             raise LmpackError(f"{path}: neither a sentencepiece model nor a llama2.c tokenizer.bin for "
                               f"{self._config.vocab_size} tokens") from None
-        if sp.get_piece_size() > self._config.vocab_size:
-            raise LmpackError(f"{path}: {sp.get_piece_size()} pieces, but the model has {self._config.vocab_size} rows")
-        return data
+        n = sp.get_piece_size()
+        if n > self._config.vocab_size:
+            raise LmpackError(f"{path}: {n} pieces, but the model has {self._config.vocab_size} rows")
+        specials = {"bos_token": sp.id_to_piece(BOS), "eos_token": sp.id_to_piece(EOS)}
+        return TokenizerFiles("sentencepiece", data, {"add_bos": True, "special_tokens": specials}, {}, BOS, [EOS], n)
 
 
 def read_tokenizer_bin(data: bytes, vocab_size: int) -> list[tuple[bytes, float, int]] | None:

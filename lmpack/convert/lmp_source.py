@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmpack.convert.tokenizer_files import TokenizerFiles
 from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec
 from lmpack.errors import LmpackError
 from lmpack.formats.config import ModelConfig
@@ -19,13 +20,17 @@ class LmpSource:
         quantized file is refused (quantizing it again would compound the rounding)."""
         self._reader = LmpReader(path)
         self.info = SourceInfo("lmp", [SourceFile(Path(path).name, self._reader.file_size)])
-        self.tokenizer_kind = self._reader.header["tokenizer"]["kind"]
         for e in self._reader.tensors:
             if e.dtype not in FLOAT_DTYPES and not allow_quantized:
                 raise LmpackError(f"{path}: tensor '{e.name}' is already {e.dtype}; quantize a f32/f16/bf16 file")
 
     def config(self) -> ModelConfig:
         return self._reader.config
+
+    def tokenizer(self) -> TokenizerFiles:
+        """The file's tokenizer and the header fields that go with it, carried over unchanged."""
+        r = self._reader
+        return TokenizerFiles(r.tokenizer_kind, r.tokenizer_bytes, dict(r.tokenizer_fields), dict(r.generation))
 
     def tokenizer_bytes(self) -> bytes:
         return self._reader.tokenizer_bytes

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from lmpack.formats.config import ModelConfig
+
+if TYPE_CHECKING:
+    from lmpack.convert.tokenizer_files import TokenizerFiles
 
 # Source dtypes a reader may produce. numpy has no bfloat16, so bf16 data travels as np.uint16
 # holding the raw bits; `TensorSpec.dtype` says how to read the array. Sources that already hold
@@ -55,8 +58,11 @@ class Source(Protocol):
     def config(self) -> ModelConfig:
         """The model config, validated; raises LmpackError naming the missing field."""
 
+    def tokenizer(self) -> "TokenizerFiles":
+        """The tokenizer to embed, with its special tokens, chat template and sampling defaults."""
+
     def tokenizer_bytes(self) -> bytes:
-        """The original sentencepiece `tokenizer.model` bytes."""
+        """The embedded tokenizer's bytes (`tokenizer().blob`)."""
 
     def tensor_specs(self) -> list[TensorSpec]:
         """Every tensor the file will hold (canonical names), without reading data."""
@@ -81,14 +87,17 @@ class FolderSource:
     tokenizer file and checked its tensor set: the three Source accessors over that state."""
 
     _config: ModelConfig
-    _tokenizer: Path
+    _tokenizer: "TokenizerFiles"
     _specs: list[TensorSpec]
 
     def config(self) -> ModelConfig:
         return self._config
 
+    def tokenizer(self) -> "TokenizerFiles":
+        return self._tokenizer
+
     def tokenizer_bytes(self) -> bytes:
-        return self._tokenizer.read_bytes()
+        return self._tokenizer.blob
 
     def tensor_specs(self) -> list[TensorSpec]:
         return list(self._specs)
@@ -119,6 +128,30 @@ def check_tensor_set(config: ModelConfig, found: dict[str, tuple[tuple[int, ...]
     if extra:
         raise LmpackError(f"{folder}: unexpected tensor '{extra[0]}' (beyond what {config_file} describes)")
     return specs
+
+
+def split_fused(config: ModelConfig, found: dict[str, tuple[tuple[int, ...], str, str]]
+                ) -> tuple[dict[str, tuple[tuple[int, ...], str, str]], dict[str, tuple[str, int, int, bool]]]:
+    """`found` (as check_tensor_set takes it) with each fused tensor the family table names
+    (Phi-3's qkv_proj, gate_up_proj) replaced by its parts, and the parts: name -> (fused name,
+    first row, end row, whether it is the fused tensor's last part). A source hands a part out as
+    a row range of the fused tensor, a view: nothing is copied or held twice."""
+    from lmpack.errors import LmpackError
+    from lmpack.formats.arch import fused_parts
+
+    parts = {name: p for name, p in fused_parts(config).items() if p[0] in found}
+    rows: dict[str, int] = {}
+    for fused, _, r1 in parts.values():
+        rows[fused] = max(rows.get(fused, 0), r1)
+    out = {k: v for k, v in found.items() if k not in rows}
+    for fused, total in rows.items():
+        shape, _, where = found[fused]
+        if len(shape) != 2 or shape[0] != total:
+            raise LmpackError(f"{where}: tensor '{fused}' has shape {list(shape)}, the config implies {total} rows")
+    for name, (fused, r0, r1) in parts.items():
+        shape, dtype, where = found[fused]
+        out[name] = ((r1 - r0, shape[1]), dtype, where)
+    return out, {name: (f, r0, r1, r1 == rows[f]) for name, (f, r0, r1) in parts.items()}
 
 
 def load_sentencepiece(path: Path):
@@ -154,18 +187,3 @@ def _looks_like(data: bytes) -> str:
             c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=" for c in first[0]):
         return "it is a tiktoken BPE ranks file, like Llama 3's"
     return "unrecognised contents"
-
-
-def tokenizer_path(folder: Path, vocab_size: int | None = None) -> Path:
-    """The sentencepiece model beside a checkpoint, checked to load and, given the model's
-    vocabulary size, to have no more pieces than the embedding has rows (fewer is fine: padded
-    embeddings are common); an LmpackError otherwise."""
-    from lmpack.errors import LmpackError
-
-    path = Path(folder) / "tokenizer.model"
-    if not path.is_file():
-        raise LmpackError(f"{folder}: no tokenizer.model (a sentencepiece model is required)")
-    pieces = load_sentencepiece(path).get_piece_size()
-    if vocab_size is not None and pieces > vocab_size:
-        raise LmpackError(f"{path}: {pieces} pieces but the model has only {vocab_size} embedding rows")
-    return path
