@@ -41,11 +41,35 @@ def say_error(message: str) -> None:
     err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT, so that whatever
+    is being written is cleaned up on the way out (and `except KeyboardInterrupt` in the chat loop,
+    which means "stop this reply", does not swallow it)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _catch_signals() -> None:
+    """From here on Ctrl-C and SIGTERM unwind the command (temp files removed) instead of ending
+    the process where it stands (see lmpack/__main__.py for the time before)."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (an embedding application): leave its handlers alone
+        pass
+
+
 def handles_errors(fn):
     """Run a command, turning bad input into a one-line error and a non-zero exit."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        _catch_signals()
+        _show_warnings()
         try:
             return fn(*args, **kwargs)
         except LmpackError as e:
@@ -53,6 +77,9 @@ def handles_errors(fn):
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
+        except Terminated:
+            err.print("terminated")
+            raise typer.Exit(143) from None
         except OSError as e:
             raise _fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}") from None
         except MemoryError:
@@ -63,6 +90,30 @@ def handles_errors(fn):
             raise _fail(f"internal error: {type(e).__name__}: {e} (set LMPACK_DEBUG=1 for a traceback)", 2) from None
 
     return wrapper
+
+
+def _utf8(text: str, what: str) -> str:
+    """`text` if it encodes as UTF-8; bytes that are not UTF-8 reach Python as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise LmpackError(f"{what} is not valid UTF-8 text (at character {e.start})") from None
+    return text
+
+
+def _show_warnings() -> None:
+    """lmpack's warnings (LmpackWarning) as one `warning:` line each on stderr, not markup."""
+    import warnings
+
+    from lmpack.errors import LmpackWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, LmpackWarning):
+            err.print(Text.assemble(("warning:", "yellow"), " ", str(message)), highlight=False, soft_wrap=True)
+        else:
+            warnings._showwarnmsg_impl(warnings.WarningMessage(message, category, filename, lineno, file, line))
+
+    warnings.showwarning = show
 
 
 DTYPE_HELP = ("Stored type of the weight matrices: auto keeps the source's (bf16 stays bf16), f32, f16, bf16, "
@@ -196,12 +247,15 @@ def run(
 
     if n < 0:
         raise LmpackError("--max-tokens must be >= 0")
+    _utf8(prompt, "the prompt")
     m = load(file, threads=threads, max_context=ctx)
     pieces = m.generate(prompt, max_tokens=n, temperature=temperature, top_p=top_p, seed=seed,
                         stop_at_eos=not ignore_eos, top_k=top_k, repetition_penalty=repetition_penalty)
-    # (generate checked the sampling options before any output)
+    # (generate checked the sampling options before any output; the prompt runs before it too, so
+    # a file that cannot compute, NaN weights say, fails with its error line alone)
+    first = next(pieces, "")
     _say_sampling(m, temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
-    sys.stdout.write(prompt)
+    sys.stdout.write(prompt + first)
     sys.stdout.flush()
     for piece in pieces:
         sys.stdout.write(piece)
@@ -277,6 +331,10 @@ def demo(
             err.print(Text(f"kept {full} and {q8}"), highlight=False)
 
 
+def _mb(size) -> str:
+    return f"{size / 1e6:.1f} MB" if isinstance(size, (int, float)) and not isinstance(size, bool) else "? MB"
+
+
 def _say_sampling(m, **given) -> None:
     """One stderr line: the sampling a run uses and which options came from the model."""
     from lmpack.runtime.sampler import describe, sampling_options
@@ -324,9 +382,10 @@ def inspect(file: Path = typer.Argument(..., help="The .lmp file to describe."))
         for k in ("source_kind", "dtype", "lmpack_version", "created"):
             if k in prov:
                 t.add_row(k, Text(str(prov[k])))
-        files = prov.get("source_files") or []
+        files = prov.get("source_files")
+        files = [f for f in files if isinstance(f, dict)] if isinstance(files, list) else []
         if files:
-            t.add_row("source_files", Text(", ".join(f"{f.get('name')} ({f.get('size', 0) / 1e6:.1f} MB)" for f in files[:8]) +
+            t.add_row("source_files", Text(", ".join(f"{f.get('name')} ({_mb(f.get('size'))})" for f in files[:8]) +
                       (f" and {len(files) - 8} more" if len(files) > 8 else "")))
         out.print(t)
         tt = Table(title=f"{len(r.tensors)} tensors")
@@ -365,6 +424,7 @@ def chat(
     from lmpack.runtime.model import load
 
     m = load(file, threads=threads, max_context=ctx)
+    _utf8(system or "", "the system prompt")
     if system is not None and plain:
         raise LmpackError("--system needs a chat format; --plain has none")
     session = ChatSession(m, system=system, chat_format=None if plain else "auto")
@@ -377,10 +437,12 @@ def chat(
     turn_seed = seed
     while True:
         try:
-            line = input("> " if interactive else "")
+            line = _utf8(input("> " if interactive else ""), "the input line")
         except (EOFError, KeyboardInterrupt):
             err.print("")
             break
+        except UnicodeDecodeError as e:
+            raise LmpackError(f"the input is not valid UTF-8 text (byte {e.start} of the line)") from None
         if line.strip() == "/exit":
             break
         if line.strip() == "/reset":
@@ -445,6 +507,13 @@ def verify(
     import json
 
     from lmpack.verify import UsageError, render, verify as run_verify
+
+    if prompt is not None:
+        try:
+            _utf8(prompt, "the prompt")
+        except LmpackError as e:
+            say_error(str(e))
+            raise SystemExit(2) from None
 
     overrides = {"max_error_rel_std": max_error, "min_top1": min_top1, "max_kl_mean": max_kl,
                  "max_kl_max": max_kl_token, "max_ppl_rel_diff": max_ppl_diff}

@@ -47,6 +47,37 @@ def cast_chunks(x: np.ndarray, src: str, dst: str) -> Iterator[memoryview]:
         yield memoryview(out).cast("B")
 
 
+def check_runnable(config, tok, where: str) -> None:
+    """Refuse, before writing, what would make a file that loads but cannot run: a tokenizer that
+    the runtime cannot open with this config, or RoPE parameters whose frequencies are not finite
+    positive float32 numbers (rope_theta 1e-300, a scaling factor of 5e-324)."""
+    from lmpack.runtime.model import rope_tables
+    from lmpack.runtime.tokenizer import open_tokenizer
+
+    try:
+        open_tokenizer(tok.kind, tok.blob, config.bos_id, config.eos_ids, config.vocab_size, tok.header)
+    except LmpackError as e:
+        raise LmpackError(f"{where}: the tokenizer cannot be used ({e})") from None
+    with np.errstate(all="ignore"):
+        inv = rope_tables(config)
+    if not (np.isfinite(inv).all() and (inv > 0).all()):
+        raise LmpackError(f"rope_theta {config.rope_theta} with rope_scaling {config.rope_scaling} gives RoPE "
+                          f"frequencies that are not finite positive float32 numbers")
+
+
+def check_finite(name: str, x: np.ndarray, dtype: str) -> None:
+    """Refuse a tensor holding NaN or Inf: the file would load, and then every logit it computes
+    would be NaN. A bit test per element in C, at memory speed."""
+    if dtype not in FLOAT_DTYPES or x.size == 0:
+        return
+    from lmpack import _core
+
+    bad = _core.count_nonfinite(np.ascontiguousarray(x), dtype)
+    if bad:
+        raise LmpackError(f"tensor '{name}' holds {bad} NaN/Inf value{'s' if bad > 1 else ''}; a model with them "
+                          f"computes NaN logits (repair the checkpoint)")
+
+
 def q8_rows(x: Q8Tensor, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows r0..r1 of a q8_0 tensor as contiguous (int8 quants (n, cols), fp16 scales (n, cols/32))."""
     q = np.ascontiguousarray(x.quants[r0:r1]).reshape(r1 - r0, -1)
@@ -94,6 +125,7 @@ def run(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[str
     if dtype not in TARGET_DTYPES:
         raise LmpackError(f"unknown dtype '{dtype}' (choose from {', '.join(TARGET_DTYPES)})")
     out = Path(out)
+    refuse_overwriting_inputs(out, input_paths(source))
     config = source.config()
     specs = source.tensor_specs()
     plan = [(s.name, target_dtype(s, dtype, keep), s.shape) for s in specs]
@@ -104,17 +136,19 @@ def run(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[str
         "dtype": stored.pop() if len(stored) == 1 else "mixed",
     }
     tok = source.tokenizer()
+    check_runnable(config, tok, str(getattr(source, "folder", None) or f"{source.info.kind} source"))
     writer = LmpWriter(out, config, tok.blob, plan, provenance, tokenizer_kind=tok.kind,
                        tokenizer_fields=tok.header, generation=tok.generation)
     total = sum(e.nbytes for e in writer.entries)
     bar = _progress(description) if progress else None
-    with bar or contextlib.nullcontext(), writer:
+    with _quiet_on_failure(bar), writer:
         task = bar.add_task(description, total=total, name=out.name) if bar else None
         for (name, dst, _), spec in zip(plan, specs):
             x = source.load(name)
             shape = (x.quants.shape[0], x.scales.shape[1] * Q8_0_BLOCK) if isinstance(x, Q8Tensor) else x.shape
             if tuple(shape) != spec.shape:
                 raise LmpackError(f"tensor '{name}': source gave shape {list(shape)}, expected {list(spec.shape)}")
+            check_finite(name, x, spec.dtype)
             if bar:
                 bar.update(task, description=f"{description} {name}")
             release = getattr(source, "release", None)
@@ -123,6 +157,66 @@ def run(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[str
                                 on_written=(lambda name=name: release(name)) if release else None)
             del x
     return out
+
+
+# Files beside a checkpoint that a source reads besides its shards.
+_SIDE_FILES = ("config.json", "params.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+               "generation_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
+               "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def input_paths(source: Source) -> list[Path]:
+    """Every file `source` reads: its shards, its config and tokenizer files, or its `.lmp`."""
+    paths = []
+    folder = getattr(source, "folder", None)
+    if folder is not None:
+        paths += [Path(folder) / f.name for f in source.info.files]
+        paths += [Path(folder) / name for name in _SIDE_FILES]
+    tokenizer = getattr(source, "_tokenizer", None)
+    if isinstance(tokenizer, (str, Path)):
+        paths.append(Path(tokenizer))
+    reader = getattr(source, "_reader", None)
+    if reader is not None:
+        paths.append(Path(reader.path))
+    return paths
+
+
+def refuse_overwriting_inputs(out: Path, inputs: Sequence[Path]) -> None:
+    """An LmpackError if `out` is, or resolves to (through symbolic or hard links), one of `inputs`:
+    the atomic rename at the end would otherwise replace a source file with the output."""
+    import os
+
+    try:
+        target = out.resolve()
+        out_stat = os.stat(out) if out.exists() else None
+    except (OSError, RuntimeError):  # a symlink loop: the writer reports it when it opens the path
+        return
+    for p in inputs:
+        try:
+            if not p.exists():
+                continue
+            same = p.resolve() == target or (out_stat is not None and os.path.samestat(os.stat(p), out_stat))
+        except (OSError, RuntimeError):
+            continue
+        if same:
+            raise LmpackError(f"{out}: is one of the input files ({p}); write the output to a different file")
+
+
+@contextlib.contextmanager
+def _quiet_on_failure(bar):
+    """Run `bar` (or nothing) around the conversion; if it fails, the bar leaves no line behind, so
+    the error is the only thing a failed command prints."""
+    if bar is None:
+        yield
+        return
+    with bar:
+        try:
+            yield
+        except BaseException:
+            bar.live.transient = True  # a terminal: the drawn bar is erased
+            if not bar.console.is_terminal:
+                bar.console.quiet = True  # a pipe or file: the final frame is not printed
+            raise
 
 
 def _progress(description: str):

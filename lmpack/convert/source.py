@@ -113,6 +113,12 @@ def check_tensor_set(config: ModelConfig, found: dict[str, tuple[tuple[int, ...]
     from lmpack.errors import LmpackError
     from lmpack.formats.config import expected_tensors
 
+    # Sizes from a config are claims: check the layer count against the tensors the files hold
+    # before building the name set (a claimed 2^24 layers would otherwise cost minutes and GBs).
+    want = 2 + 9 * config.n_layers + (not config.tie_embeddings)
+    if want > len(found) + 9:
+        raise LmpackError(f"{folder}: {config_file} describes {config.n_layers} layers ({want} tensors), "
+                          f"but the checkpoint holds {len(found)} tensors")
     expected = expected_tensors(config)
     specs = []
     for name, shape in expected.items():
@@ -163,7 +169,9 @@ def load_sentencepiece(path: Path):
 
     from lmpack.errors import LmpackError
 
-    data = Path(path).read_bytes()
+    from lmpack.formats.jsonfile import MAX_TOKENIZER_BYTES, read_regular
+
+    data = read_regular(path, MAX_TOKENIZER_BYTES, "a tokenizer model")
     sp = spm.SentencePieceProcessor()
     try:
         sp.LoadFromSerializedProto(data)

@@ -45,13 +45,9 @@ class TokenizerFiles:
 
 
 def _read(path: Path) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > MAX_TOKENIZER_BYTES:
-            raise LmpackError(f"{path}: {size} bytes is too large for a tokenizer file")
-        return path.read_bytes()
-    except OSError as e:
-        raise LmpackError(f"{path}: cannot read ({e.strerror or e})") from None
+    from lmpack.formats.jsonfile import read_regular  # regular files only: a FIFO cannot hang us
+
+    return read_regular(path, MAX_TOKENIZER_BYTES, "a tokenizer file")
 
 
 def _json(path: Path, required: bool = False) -> Any:
@@ -59,10 +55,9 @@ def _json(path: Path, required: bool = False) -> Any:
         if required:
             raise LmpackError(f"{path.parent}: no {path.name}")
         return None
-    try:
-        value = json.loads(_read(path).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LmpackError(f"{path}: not valid JSON ({e})") from None
+    from lmpack.formats.jsonfile import parse_json  # depth, huge integers, bad UTF-8: LmpackError
+
+    value = parse_json(_read(path), str(path))
     if not isinstance(value, dict):
         raise LmpackError(f"{path}: expected a JSON object")
     return value
@@ -178,7 +173,7 @@ def _tokenizers_json(path: Path, cfg: dict[str, Any], specials: dict[str, str]):
     if not isinstance(decoder, dict):
         raise LmpackError(f"{path.parent / 'tokenizer_config.json'}: added_tokens_decoder must be an object")
     wanted = []
-    for _, t in sorted(decoder.items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else 0):
+    for _, t in sorted(decoder.items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() and len(str(kv[0])) < 19 else 0):
         text = _token_text(t)
         if text is not None and tok.token_to_id(text) is None:
             opts = {k: bool(t[k]) for k in ("single_word", "lstrip", "rstrip", "normalized", "special") if k in t}
