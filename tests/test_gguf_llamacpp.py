@@ -130,3 +130,91 @@ def test_gguf_from_convert_hf_to_gguf_comes_in_exactly(hf_checkpoint, converted,
     with lmpack.load(back) as a, lmpack.load(direct) as b:
         la, lb = a.logits(ids), b.logits(ids)
     assert float(np.abs(la - lb).max()) < 1e-4 * float(lb.std())
+
+
+FAMILY_VARIANTS = {
+    "mistral-f32": ("mistral", dict(sliding_window=4096), "f32", 0.01),
+    "qwen2-bf16-tied": ("qwen2", dict(dtype="bfloat16", tie=True), "bf16", 0.1),
+    "qwen3-q8_0": ("qwen3", dict(dtype="bfloat16", head_dim=64), "q8_0", 0.2),
+    "qwen3-f32": ("qwen3", dict(), "f32", 0.01),
+}
+
+
+@pytest.mark.parametrize("variant", list(FAMILY_VARIANTS))
+def test_llama_cpp_agrees_on_other_families(variant, family_checkpoint, converted, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import lmpack
+    from lmpack.convert import convert
+
+    model_type, kwargs, dtype, bound = FAMILY_VARIANTS[variant]
+    ckpt = family_checkpoint(model_type, **kwargs)
+    lmp = converted(ckpt, dtype)
+    convert(lmp, tmp_path / "m.gguf")
+    ids = token_ids(ckpt.vocab_size, n=40)
+    m = lmpack.load(lmp, threads=1)
+    want = m.logits(ids)[-1]
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, n_batch=64, n_threads=1, verbose=False)
+    try:
+        llm.eval(ids)
+        got = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+        err = float(np.abs(got - want).max()) / float(want.std())
+        print(f"{variant}: max |llama.cpp - lmpack| = {err:.3g} x std")
+        assert err < bound, f"{variant}: max |llama.cpp - lmpack| = {err:.3g} x std (bound {bound})"
+        assert int(got.argmax()) == int(want.argmax()), variant
+    finally:
+        llm.close()
+        m.close()
+
+
+@pytest.mark.parametrize("model_type,kwargs", [("mistral", {}), ("qwen2", dict(tie=True)), ("qwen3", {})])
+def test_same_tensors_as_convert_hf_to_gguf_other_families(family_checkpoint, tmp_path, model_type, kwargs):
+    import os
+    import subprocess
+    import sys
+
+    script = os.environ.get("LMPACK_LLAMA_CPP_CONVERT")
+    if not script:
+        pytest.skip("set LMPACK_LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
+    from lmpack.convert import convert
+
+    ckpt = family_checkpoint(model_type, dtype="bfloat16", **kwargs)
+    theirs = tmp_path / "llama.cpp.gguf"
+    subprocess.run([sys.executable, script, str(ckpt.path), "--outfile", str(theirs), "--outtype", "q8_0"],
+                   check=True, capture_output=True)
+    ours = convert(ckpt.path, tmp_path / "lmpack.gguf", dtype="q8_0")
+    a, b = gguf.GGUFReader(theirs), gguf.GGUFReader(ours)
+    assert a.fields["general.architecture"].contents() == b.fields["general.architecture"].contents()
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert sorted(ta) == sorted(tb)
+    for name, t in ta.items():
+        assert tb[name].tensor_type == t.tensor_type, name
+        assert bytes(tb[name].data.tobytes()) == bytes(t.data.tobytes()), name
+
+
+@pytest.mark.parametrize("tok_family,model_type", [("qwen2", "qwen2"), ("llama3", "llama")])
+def test_llama_cpp_tokenizes_exported_bpe_as_lmpack(tok_family, model_type, tmp_path, sp_model_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import shutil
+
+    import hf_tokenizers
+    import lmpack
+    from lmpack.convert import convert
+
+    tok_dir = hf_tokenizers.FAMILIES[tok_family](tmp_path / "tok")
+    model = checkpoints.make_family_checkpoint(tmp_path / "model", model_type, tokenizer=sp_model_path,
+                                               vocab_size=hf_tokenizers.n_tokens(tok_dir))
+    (model.path / "tokenizer.model").unlink()
+    for f in tok_dir.iterdir():
+        shutil.copy(f, model.path / f.name)
+    lmp = convert(model.path, tmp_path / "m.lmp")
+    gg = convert(lmp, tmp_path / "m.gguf")
+    llm = llama_cpp.Llama(model_path=str(gg), n_ctx=64, n_threads=1, verbose=False)
+    try:
+        with lmpack.load(lmp) as m:
+            for text in checkpoints.corpus_lines(100, seed=9) + ["  two  spaces\n\nnew lines", "digits 1234567",
+                                                                 "<|im_end|> special <|endoftext|>"]:
+                want = m.tokenizer.encode(text, bos=True)
+                got = llm.tokenize(text.encode(), add_bos=True, special=True)
+                assert got == want, text
+    finally:
+        llm.close()

@@ -4,7 +4,7 @@ Three kinds of folder are recognised by their file names: HF safetensors (`model
 HF PyTorch (`pytorch_model*.bin`) and Meta (`params.json` + `consolidated.NN.pth`). A folder
 holding more than one kind is refused rather than guessed at; naming one of its files (or passing
 `kind`) picks that kind. Two kinds are single files: a GGUF (`*.gguf`) and a llama2.c checkpoint
-(any other `*.bin`).
+(any other `*.bin`); an `.lmp` file is a source too (re-encoding, or GGUF export).
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 from lmpack.convert.source import Source
 from lmpack.errors import LmpackError
 
-KINDS = ("hf-safetensors", "hf-bin", "meta", "gguf", "llama2c")
-FILE_KINDS = ("gguf", "llama2c")  # the checkpoint is the file itself, not its folder
+KINDS = ("hf-safetensors", "hf-bin", "meta", "gguf", "llama2c", "lmp")
+FILE_KINDS = ("gguf", "llama2c", "lmp")  # the checkpoint is the file itself, not its folder
 _LABELS = {"hf-safetensors": "HF safetensors", "hf-bin": "HF PyTorch .bin", "meta": "Meta consolidated.*.pth"}
 
 
@@ -34,6 +34,8 @@ def _file_kind(path: Path) -> str | None:
     name = path.name.lower()
     if name.endswith(".gguf"):
         return "gguf"
+    if name.endswith(".lmp"):
+        return "lmp"
     if name.endswith(".bin") and _kind_of_file(path.name) is None:
         return "llama2c"
     return None
@@ -101,6 +103,12 @@ def open_source(path: str | Path, kind: str | None = None, rope_scaling_factor: 
             raise LmpackError(f"{path}: no such file")
         if rope_scaling_factor is not None:
             raise LmpackError(f"{path}: a rope scaling factor override applies only to Meta checkpoints")
+        if single == "lmp":
+            from lmpack.convert.lmp_source import LmpSource
+
+            if tokenizer is not None:
+                raise LmpackError(f"{path}: an .lmp file carries its own tokenizer; --tokenizer applies to llama2.c files")
+            return LmpSource(path, allow_quantized=True)
         if single == "gguf":
             from lmpack.convert.gguf_source import GgufSource
 

@@ -25,6 +25,18 @@ class Family:
     architecture: str     # lmpack's ModelConfig.architecture
     gguf_arch: str        # the gguf.MODEL_ARCH member
     rope_interleaved: bool  # llama.cpp rotates pairs (2i, 2i+1): q/k rows are permuted on the way out
+    # GGUF of this family is read back as this lmpack architecture (None: not read; several
+    # lmpack families can share one llama.cpp architecture, e.g. Mistral is llama.cpp's llama)
+    reads_as: str | None = None
+
+    def check(self, config: ModelConfig) -> None:
+        """Refuse a config whose features llama.cpp's architecture does not run (and would ignore)."""
+        sliding = config.sliding_window is not None and config.sliding_window < config.max_context and \
+            (config.layer_types is None or "sliding" in config.layer_types)
+        if sliding:
+            raise LmpackError(f"GGUF export: llama.cpp's {self.gguf_name} architecture has no sliding-window "
+                              f"attention, and this {config.architecture} model uses a window of "
+                              f"{config.sliding_window} positions")
 
     @property
     def gguf_name(self) -> str:
@@ -55,23 +67,30 @@ class Family:
 
 
 FAMILIES = {
-    "llama": Family("llama", "LLAMA", rope_interleaved=True),
+    "llama": Family("llama", "LLAMA", rope_interleaved=True, reads_as="llama"),
+    # Mistral is llama.cpp's llama architecture (as its own converter writes it), without the window
+    "mistral": Family("mistral", "LLAMA", rope_interleaved=True),
+    # Qwen runs half-split ("NeoX") RoPE in llama.cpp, as in HF: no permutation
+    "qwen2": Family("qwen2", "QWEN2", rope_interleaved=False, reads_as="qwen2"),
+    "qwen3": Family("qwen3", "QWEN3", rope_interleaved=False, reads_as="qwen3"),
 }
 
 
 def family_of(config: ModelConfig) -> Family:
     try:
-        return FAMILIES[config.architecture]
+        family = FAMILIES[config.architecture]
     except KeyError:
         raise LmpackError(f"GGUF export of architecture '{config.architecture}' is not supported "
                           f"(supported: {', '.join(FAMILIES)})") from None
+    family.check(config)
+    return family
 
 
 def family_of_gguf(arch: str, where: str) -> Family:
     for f in FAMILIES.values():
-        if f.gguf_name == arch:
+        if f.reads_as is not None and f.gguf_name == arch:
             return f
-    names = ", ".join(f.gguf_name for f in FAMILIES.values())
+    names = ", ".join(sorted({f.gguf_name for f in FAMILIES.values() if f.reads_as}))
     raise LmpackError(f"{where}: GGUF architecture '{arch}' is not one lmpack runs (supported: {names})")
 
 
@@ -161,7 +180,7 @@ def read_config(f: GgufFile, family: Family, vocab_size: int, tie: bool, bos_id:
     elif stype not in ("none", ""):
         raise LmpackError(f"{f.path}: rope scaling type '{stype}' is not supported (supported: linear, llama3)")
     cfg = ModelConfig(
-        architecture=family.architecture,
+        architecture=family.reads_as,
         dim=dim,
         n_layers=f.get(key(K.LLM.BLOCK_COUNT), int),
         n_heads=n_heads,

@@ -31,11 +31,12 @@ def _split_then_bytes(regex: str) -> dict[str, Any]:
 
 # llama.cpp's pre-tokenizer name -> (the tokenizers pre-tokenizer with the same split, whether the
 # BPE model looks a whole word up before merging: Llama 3's `ignore_merges`, which llama.cpp's
-# llama-bpe pre-tokenizer implies)
-PRE_TOKENIZERS: dict[str, tuple[dict[str, Any], bool]] = {
-    "llama-bpe": (_split_then_bytes(_LLAMA3_SPLIT), True),
-    "qwen2": (_split_then_bytes(_QWEN2_SPLIT), False),
-    "gpt-2": ({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}, False),
+# llama-bpe pre-tokenizer implies; the normalizer the family's tokenizer.json has: Qwen2's NFC,
+# which llama.cpp does not apply, so only text that is not already NFC tokenizes differently there)
+PRE_TOKENIZERS: dict[str, tuple[dict[str, Any], bool, dict[str, Any] | None]] = {
+    "llama-bpe": (_split_then_bytes(_LLAMA3_SPLIT), True, None),
+    "qwen2": (_split_then_bytes(_QWEN2_SPLIT), False, {"type": "NFC"}),
+    "gpt-2": ({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}, False, None),
 }
 
 
@@ -52,16 +53,28 @@ def pre_tokenizer_name(tokenizer: dict[str, Any]) -> str:
     """llama.cpp's name for a tokenizer.json's pre-tokenizer, or an LmpackError."""
     pre = _canonical(tokenizer.get("pre_tokenizer"))
     ignore = bool((tokenizer.get("model") or {}).get("ignore_merges", False))
-    for name, (want, want_ignore) in PRE_TOKENIZERS.items():
-        if pre == _canonical(want) and ignore == want_ignore:
+    norm = tokenizer.get("normalizer")
+    for name, (want, want_ignore, want_norm) in PRE_TOKENIZERS.items():
+        if pre == _canonical(want) and ignore == want_ignore and norm in (None, want_norm):
             return name
     raise LmpackError("the tokenizer's pre-tokenizer is not one llama.cpp implements "
                       f"(lmpack maps: {', '.join(PRE_TOKENIZERS)})")
 
 
-def to_gguf(tokenizer_json: bytes, n_rows: int) -> tuple[list[str], list[int], list[str], str]:
-    """(tokens in id order, token types, merges, pre-tokenizer name) of a byte-level BPE
-    tokenizer.json, padded with unused tokens to the model's `n_rows` embedding rows."""
+def adds_bos(tokenizer: dict[str, Any]) -> bool:
+    """Whether a tokenizer.json's post-processor puts a special token before the text (BOS)."""
+    post = tokenizer.get("post_processor") or {}
+    steps = post.get("processors", []) if post.get("type") == "Sequence" else [post]
+    for step in steps:
+        if isinstance(step, dict) and step.get("type") == "TemplateProcessing":
+            single = step.get("single") or []
+            return bool(single) and isinstance(single[0], dict) and "SpecialToken" in single[0]
+    return False
+
+
+def to_gguf(tokenizer_json: bytes, n_rows: int) -> tuple[list[str], list[int], list[str], str, bool]:
+    """(tokens in id order, token types, merges, pre-tokenizer name, whether BOS is added) of a
+    byte-level BPE tokenizer.json, padded with unused tokens to the model's `n_rows` embedding rows."""
     try:
         tok = json.loads(tokenizer_json)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -69,9 +82,8 @@ def to_gguf(tokenizer_json: bytes, n_rows: int) -> tuple[list[str], list[int], l
     model = tok.get("model") or {}
     if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
         raise LmpackError(f"GGUF export handles BPE tokenizers (this one is {model.get('type')!r})")
-    if tok.get("normalizer") is not None or model.get("byte_fallback"):
-        raise LmpackError("GGUF's gpt2 tokenizer is byte-level BPE without a normalizer; this tokenizer.json "
-                          "has a normalizer or byte fallback")
+    if model.get("byte_fallback"):
+        raise LmpackError("GGUF's gpt2 tokenizer is byte-level BPE; this tokenizer.json has byte fallback")
     pre = pre_tokenizer_name(tok)
     by_id: dict[int, tuple[str, int]] = {}
     for text, i in model["vocab"].items():
@@ -87,7 +99,7 @@ def to_gguf(tokenizer_json: bytes, n_rows: int) -> tuple[list[str], list[int], l
         tokens.append(text)
         types.append(kind)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    return tokens, types, merges, pre
+    return tokens, types, merges, pre, adds_bos(tok)
 
 
 def from_gguf(tokens: list[str], types: list[int], merges: list[str], pre: str, bos_id: int | None,
@@ -95,7 +107,7 @@ def from_gguf(tokens: list[str], types: list[int], merges: list[str], pre: str, 
     """A tokenizer.json equivalent to GGUF's gpt2 tokenizer fields (for the `tokenizers` library)."""
     if pre not in PRE_TOKENIZERS:
         raise LmpackError(f"pre-tokenizer '{pre}' is not one lmpack can rebuild (known: {', '.join(PRE_TOKENIZERS)})")
-    pre_json, ignore_merges = PRE_TOKENIZERS[pre]
+    pre_json, ignore_merges, normalizer = PRE_TOKENIZERS[pre]
     vocab, added = {}, []
     for i, (text, kind) in enumerate(zip(tokens, types)):
         if kind in (CONTROL, USER_DEFINED):
@@ -120,7 +132,7 @@ def from_gguf(tokens: list[str], types: list[int], merges: list[str], pre: str, 
                          {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
                 "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
     doc = {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": normalizer,
         "pre_tokenizer": pre_json, "post_processor": post,
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,

@@ -42,13 +42,13 @@ def write_tokenizer(w: Any, kind: str, blob: bytes, config: ModelConfig, fields:
         _write_sentencepiece(w, blob, config)
         add_bos = fields.get("add_bos", True)
     elif kind == "tokenizers":
-        tokens, types, merges, pre = gguf_bpe.to_gguf(blob, config.vocab_size)
+        tokens, types, merges, pre, bos_added = gguf_bpe.to_gguf(blob, config.vocab_size)
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre(pre)
         w.add_token_list(tokens)
         w.add_token_types(types)
         w.add_token_merges(merges)
-        add_bos = fields.get("add_bos", False)
+        add_bos = fields.get("add_bos", bos_added)
     else:
         raise LmpackError(f"GGUF export of a '{kind}' tokenizer is not supported")
     w.add_bos_token_id(config.bos_id)
