@@ -274,3 +274,19 @@ def test_env_var_naming_an_unrunnable_path_warns_and_falls_back():
                          text=True, check=True)
     assert out.stdout.strip() == PATHS[-1]
     assert "LMPACK_KERNELS=avx9000 is not a kernel path this CPU can run" in out.stderr
+
+
+@pytest.mark.parametrize("rows,cols,ntok", [(45, 96, 1), (45, 96, 13), (33, 2080, 7), (7, 32, 2), (70, 1056, 1)])
+def test_avx512_q8_0_matmul_bit_identical_to_scalar(rows, cols, ntok):
+    """The AVX-512 q8_0 matmul keeps the scalar chain (exact block sums, then one rounded multiply
+    and add per block, in order), so prompts and generation give the reference's bits."""
+    if "avx512" not in PATHS:
+        pytest.skip("no AVX-512 on this CPU")
+    rng = np.random.default_rng(rows + cols + ntok)
+    w, ws, _ = make_weight("q8_0", rows, cols, rng)
+    arg = quantize_act(rng.standard_normal((ntok, cols)).astype(np.float32))
+    with using_kernels("scalar"):
+        ref = matmul("q8_0", w, ws, rows, cols, arg, ntok)
+    with using_kernels("avx512"):
+        y = matmul("q8_0", w, ws, rows, cols, arg, ntok)
+    np.testing.assert_array_equal(y, ref)
