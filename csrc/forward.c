@@ -354,7 +354,8 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
             const int64_t ld[2] = {ffn, ffn};
             matmuls(m, k, m->xn, dim, n, 2, ws, ys, ld);
         }
-        for (int64_t i = 0; i < n * ffn; i++) {
+        if (k->silu_mul_f32) k->silu_mul_f32(m->gate, m->up, n * ffn);
+        else for (int64_t i = 0; i < n * ffn; i++) {
             float g = m->gate[i];
             m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
         }

@@ -655,6 +655,18 @@ INLINE __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
+/* The SwiGLU gate: g/(1 + e^-g) * u, the division and multiply rounded as the scalar loop's. */
+static void silu_mul_f32(float *g, const float *u, int64_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f), sign = _mm512_set1_ps(-0.0f);
+    int64_t i = 0;
+    for (; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 gv = _mm512_maskz_loadu_ps(m, g + i);
+        __m512 s = _mm512_div_ps(gv, _mm512_add_ps(one, exp512(_mm512_xor_ps(gv, sign))));
+        _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, u + i)));
+    }
+}
+
 /* s[p] = e^(s[p] - mx) for p < n; returns their sum (16 lanes by p mod 16, fixed reduction). */
 static float softmax_exp(float *s, int64_t n, float mx) {
     const __m512 m = _mm512_set1_ps(mx);
@@ -736,6 +748,7 @@ const lmp_kernels lmp_kernels_avx512 = {
     .quantize_act_q8 = quantize_act_q8,
     .dot_f32 = dot_f32,
     .axpy_f32 = axpy_f32,
+    .silu_mul_f32 = silu_mul_f32,
     .attend_f32 = attend_f32,
 };
 

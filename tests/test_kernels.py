@@ -290,3 +290,18 @@ def test_avx512_q8_0_matmul_bit_identical_to_scalar(rows, cols, ntok):
     with using_kernels("avx512"):
         y = matmul("q8_0", w, ws, rows, cols, arg, ntok)
     np.testing.assert_array_equal(y, ref)
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 1000])
+def test_silu_mul_close_to_float64_on_every_path(path, n):
+    """The SwiGLU gate entry (or the scalar loop standing in for it) against float64, specials included."""
+    rng = np.random.default_rng(n)
+    g = (rng.standard_normal(n) * 6).astype(np.float32)
+    g[: min(n, 4)] = np.array([0.0, -200.0, 100.0, np.inf], np.float32)[: min(n, 4)]
+    u = rng.standard_normal(n).astype(np.float32)
+    g64 = g.astype(np.float64)
+    with np.errstate(over="ignore"):
+        want = g64 / (1.0 + np.exp(-g64)) * u
+    got = g.copy()
+    _core._silu_mul_f32(got, u)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-30)
