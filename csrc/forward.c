@@ -1,6 +1,8 @@
-/* The Llama forward step: one call advances the KV cache by a run of tokens and yields logits.
+/* The forward step: one call advances the KV cache by a run of tokens and yields logits.
  *
- * Semantics are Hugging Face LlamaForCausalLM in f32 activations with an f32 KV cache. Long runs
+ * Semantics are Hugging Face's decoders (LlamaForCausalLM and the families of
+ * lmpack/formats/arch.py, whose optional slots and config switches select biases, q/k norms,
+ * post-norms, GeGLU, sliding windows, soft-capping) in f32 activations with an f32 KV cache. Long runs
  * are cut into chunks of LMP_CHUNK tokens so the scratch is a fixed size allocated once; within a
  * chunk every layer's matmuls see all the chunk's tokens at once (a GEMM for prompts, a GEMV for
  * generation). Work is shared by the pool as row ranges of the weights and (token, head) pairs of
@@ -41,33 +43,52 @@ void lmp_state_free(lmp_model *m) {
     lmp_pool_destroy(m->pool);
     m->pool = NULL;
     float **fs[] = {&m->kcache, &m->vcache, &m->h, &m->xn, &m->q, &m->att, &m->proj, &m->gate,
-                    &m->up, &m->scores, &m->rope_cos, &m->rope_sin, &m->act_d};
+                    &m->up, &m->scores, &m->rope_cos, &m->rope_sin, &m->act_d, &m->rlog, &m->xg,
+                    &m->moe, &m->route_w, &m->kring, &m->vring};
     for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++) {
         free(*fs[i]);
         *fs[i] = NULL;
     }
     free(m->act_q);
     m->act_q = NULL;
+    free(m->route_tok);
+    m->route_tok = NULL;
 }
 
 static int any_q8(const lmp_model *m) {
     if (m->embed.dtype == LMP_Q8_0 || m->lm_head.dtype == LMP_Q8_0) return 1;
     for (int64_t l = 0; l < m->cfg.n_layers; l++) {
         const lmp_layer *L = &m->layers[l];
-        const lmp_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        const lmp_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down, &L->router};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
             if (ws[i]->dtype == LMP_Q8_0) return 1;
+        for (int64_t e = 0; e < m->cfg.n_experts; e++)
+            if (L->x_gate[e].dtype == LMP_Q8_0 || L->x_up[e].dtype == LMP_Q8_0 || L->x_down[e].dtype == LMP_Q8_0)
+                return 1;
     }
     return 0;
 }
 
 int lmp_state_alloc(lmp_model *m, int threads) {
     const lmp_config *c = &m->cfg;
-    int64_t kv_dim, q_dim, per_layer, kv_n, n_scores;
+    int64_t kv_dim, q_dim, kv_n = 0, n_scores;
     if (!mul64(c->n_kv_heads, c->head_dim, &kv_dim) || !mul64(c->n_heads, c->head_dim, &q_dim) ||
-        !mul64(m->n_ctx, kv_dim, &per_layer) || !mul64(per_layer, c->n_layers, &kv_n) ||
         !mul64(threads, m->n_ctx, &n_scores))
         return -1;
+    /* A sliding layer keeps only the rows its queries can still see: a chunk's first token looks
+     * back window - 1 positions while the chunk writes LMP_CHUNK rows ahead of it. */
+    m->has_ring = 0;
+    for (int64_t l = 0; l < c->n_layers; l++) {
+        lmp_layer *L = &m->layers[l];
+        const int64_t w = L->window;
+        L->cache_len = w && w + LMP_CHUNK - 1 < m->n_ctx ? w + LMP_CHUNK - 1 : m->n_ctx;
+        m->has_ring |= L->cache_len < m->n_ctx;
+        int64_t rows;
+        if (!mul64(L->cache_len, kv_dim, &rows) || kv_n > INT64_MAX - rows) return -1;
+        L->cache_off = kv_n;
+        kv_n += rows;
+    }
+    m->kv_end = 0;
     int64_t maxcols = c->dim;
     if (q_dim > maxcols) maxcols = q_dim;
     if (c->ffn_dim > maxcols) maxcols = c->ffn_dim;
@@ -86,10 +107,23 @@ int lmp_state_alloc(lmp_model *m, int threads) {
     m->gate = zalloc(C * c->ffn_dim, sizeof(float));
     m->up = zalloc(C * c->ffn_dim, sizeof(float));
     m->scores = zalloc(n_scores, sizeof(float));
-    m->rope_cos = zalloc(C * (c->head_dim / 2), sizeof(float));
-    m->rope_sin = zalloc(C * (c->head_dim / 2), sizeof(float));
+    m->rope_cos = zalloc(c->n_rope * C * (c->rope_dim / 2), sizeof(float));
+    m->rope_sin = zalloc(c->n_rope * C * (c->rope_dim / 2), sizeof(float));
     int ok = m->kcache && m->vcache && m->h && m->xn && m->q && m->att && m->proj && m->gate && m->up &&
              m->scores && m->rope_cos && m->rope_sin;
+    if (ok && m->has_ring) {
+        m->kring = zalloc(C * kv_dim, sizeof(float));
+        m->vring = zalloc(C * kv_dim, sizeof(float));
+        ok = m->kring && m->vring;
+    }
+    if (ok && c->n_experts) {
+        m->rlog = zalloc(C * c->n_experts, sizeof(float));
+        m->xg = zalloc(C * c->dim, sizeof(float));
+        m->moe = zalloc(C * c->dim, sizeof(float));
+        m->route_tok = zalloc(C * c->n_experts, sizeof(int32_t));
+        m->route_w = zalloc(C * c->n_experts, sizeof(float));
+        ok = m->rlog && m->xg && m->moe && m->route_tok && m->route_w;
+    }
     if (ok && any_q8(m)) {
         m->act_q = zalloc(C * maxcols, sizeof(int8_t));
         m->act_d = zalloc(C * (maxcols / LMP_QK + 1), sizeof(float));
@@ -109,16 +143,24 @@ int lmp_state_alloc(lmp_model *m, int threads) {
 
 /* ---- element-wise pieces (cheap next to the matmuls: run on the calling thread) ----------- */
 
-/* y = x / sqrt(mean(x^2) + eps) * w on `rows` rows of n values. */
-static void rmsnorm(float *y, const float *x, const float *w, int64_t rows, int64_t n, float eps) {
+/* y = x / sqrt(mean(x^2) + eps) * (offset + w) on `rows` rows of n values (y may be x). */
+static void rmsnorm(float *y, const float *x, const float *w, int64_t rows, int64_t n, float eps, float offset) {
     for (int64_t t = 0; t < rows; t++, x += n, y += n) {
         /* double for the sum of squares: the mean is then as good as torch's cascaded f32 sum */
         double ss = 0.0;
         for (int64_t i = 0; i < n; i++) ss += (double)x[i] * (double)x[i];
         float var = (float)(ss / (double)n);
         float r = 1.0f / sqrtf(var + eps);
-        for (int64_t i = 0; i < n; i++) y[i] = w[i] * (x[i] * r);
+        if (offset == 0.0f)
+            for (int64_t i = 0; i < n; i++) y[i] = w[i] * (x[i] * r);
+        else
+            for (int64_t i = 0; i < n; i++) y[i] = (x[i] * r) * (offset + w[i]);
     }
+}
+
+/* x = cap * tanh(x / cap), element-wise (Gemma 2's soft-capping of scores and logits). */
+static void softcap(float *x, int64_t n, float cap) {
+    for (int64_t i = 0; i < n; i++) x[i] = tanhf(x[i] / cap) * cap;
 }
 
 static void embed_row(const lmp_weight *e, int64_t row, float *y) {
@@ -149,24 +191,31 @@ static void embed_row(const lmp_weight *e, int64_t row, float *y) {
     }
 }
 
-/* HF's angle: float32 position times float32 inverse frequency, then cos/sin of that float. */
+/* HF's angle: float32 position times float32 inverse frequency, then cos/sin of that float;
+ * for each RoPE table. */
 static void rope_table(lmp_model *m, int64_t p0, int64_t n) {
-    const int64_t half = m->cfg.head_dim / 2;
-    for (int64_t t = 0; t < n; t++) {
-        float p = (float)(p0 + t);
-        for (int64_t i = 0; i < half; i++) {
-            float a = p * m->inv_freq[i];
-            m->rope_cos[t * half + i] = (float)cos((double)a);
-            m->rope_sin[t * half + i] = (float)sin((double)a);
+    const int64_t half = m->cfg.rope_dim / 2;
+    for (int64_t r = 0; r < m->cfg.n_rope; r++) {
+        const float *inv = m->inv_freq + r * half;
+        float *cs = m->rope_cos + r * LMP_CHUNK * half, *sn = m->rope_sin + r * LMP_CHUNK * half;
+        for (int64_t t = 0; t < n; t++) {
+            float p = (float)(p0 + t);
+            for (int64_t i = 0; i < half; i++) {
+                float a = p * inv[i];
+                cs[t * half + i] = (float)cos((double)a);
+                sn[t * half + i] = (float)sin((double)a);
+            }
         }
     }
 }
 
-/* Half-split RoPE on n rows of `heads` heads each, row stride `ld`. */
-static void rope_rows(const lmp_model *m, float *x, int64_t n, int64_t heads, int64_t ld) {
-    const int64_t hd = m->cfg.head_dim, half = hd / 2;
+/* Half-split RoPE with table `table` on n rows of `heads` heads each, row stride `ld`: in each
+ * head the pairs (i, i + rope_dim/2) of its first rope_dim dims turn; the rest pass through. */
+static void rope_rows(const lmp_model *m, int64_t table, float *x, int64_t n, int64_t heads, int64_t ld) {
+    const int64_t hd = m->cfg.head_dim, half = m->cfg.rope_dim / 2;
+    const float *cos0 = m->rope_cos + table * LMP_CHUNK * half, *sin0 = m->rope_sin + table * LMP_CHUNK * half;
     for (int64_t t = 0; t < n; t++) {
-        const float *cs = m->rope_cos + t * half, *sn = m->rope_sin + t * half;
+        const float *cs = cos0 + t * half, *sn = sin0 + t * half;
         for (int64_t h = 0; h < heads; h++) {
             float *v = x + t * ld + h * hd;
             for (int64_t i = 0; i < half; i++) {
@@ -261,13 +310,16 @@ static void matmuls(lmp_model *m, const lmp_kernels *k, const float *x, int64_t 
 typedef struct {
     const lmp_model *m;
     const lmp_kernels *k;
-    const float *kc, *vc; /* this layer's caches, position 0 */
+    const float *kc, *vc; /* this layer's caches, row 0 */
+    int64_t len;          /* their rows: position p is in row p % len (a ring when len < n_ctx) */
     int64_t p0;           /* position of the chunk's first token */
     float scale;
     int64_t n;            /* tokens in the chunk */
+    int64_t window;       /* the layer's window, 0 for full attention */
+    float softcap;        /* 0, or the cap of the scores */
 } att_job;
 
-/* One (token, query head): scores over cache positions [0, p0 + t], softmax, weighted V sum. */
+/* One (token, query head): scores over the cache positions it sees, softmax, weighted V sum. */
 static void att_task(void *ctx, int64_t task, int thread) {
     const att_job *j = ctx;
     const lmp_model *m = j->m;
@@ -276,18 +328,50 @@ static void att_task(void *ctx, int64_t task, int thread) {
     /* a head's tasks are consecutive: its key and value rows stay in cache from token to token */
     const int64_t h = task / j->n, t = task % j->n;
     const int64_t kvh = h / (c->n_heads / c->n_kv_heads);
-    const int64_t npos = j->p0 + t + 1;
+    /* positions [first, p0 + t]: all of them, or the last `window` in a sliding layer */
+    int64_t npos = j->p0 + t + 1, first = 0;
+    if (j->window && npos > j->window) {
+        first = npos - j->window;
+        npos = j->window;
+    }
     const float *qh = m->q + t * q_dim + h * hd;
+    const int64_t row0 = first % j->len;
+    /* rows [row0, row0 + npos) of the cache, unless they wrap around the end of a ring */
+    const int wraps = row0 + npos > j->len;
+    const float *kc = j->kc + row0 * kv_dim, *vc = j->vc + row0 * kv_dim;
     float *s = m->scores + (int64_t)thread * m->n_ctx;
-    if (j->k->attend_f32) { /* the fused kernel: no call per position */
-        j->k->attend_f32(qh, j->kc + kvh * hd, j->vc + kvh * hd, kv_dim, npos, hd, j->scale, s,
-                         m->att + t * q_dim + h * hd);
+    if (wraps) { /* two runs of rows: scores over both, one softmax, then the V sum */
+        const int64_t n1 = j->len - row0;
+        float mx = -INFINITY;
+        for (int64_t p = 0; p < npos; p++) {
+            const float *kr = p < n1 ? kc + p * kv_dim : j->kc + (p - n1) * kv_dim;
+            s[p] = j->k->dot_f32(qh, kr + kvh * hd, hd) * j->scale;
+            if (j->softcap) s[p] = tanhf(s[p] / j->softcap) * j->softcap;
+            if (s[p] > mx) mx = s[p];
+        }
+        float sum = 0.0f;
+        for (int64_t p = 0; p < npos; p++) {
+            s[p] = expf(s[p] - mx);
+            sum += s[p];
+        }
+        float inv = 1.0f / sum;
+        float *o = m->att + t * q_dim + h * hd;
+        memset(o, 0, (size_t)hd * sizeof(float));
+        for (int64_t p = 0; p < npos; p++) {
+            const float *vr = p < n1 ? vc + p * kv_dim : j->vc + (p - n1) * kv_dim;
+            j->k->axpy_f32(s[p] * inv, vr + kvh * hd, o, hd);
+        }
+        return;
+    }
+    if (j->k->attend_f32 && !j->softcap) { /* the fused kernel: no call per position */
+        j->k->attend_f32(qh, kc + kvh * hd, vc + kvh * hd, kv_dim, npos, hd, j->scale, s, m->att + t * q_dim + h * hd);
         return;
     }
 
     float mx = -INFINITY;
     for (int64_t p = 0; p < npos; p++) {
-        s[p] = j->k->dot_f32(qh, j->kc + p * kv_dim + kvh * hd, hd) * j->scale;
+        s[p] = j->k->dot_f32(qh, kc + p * kv_dim + kvh * hd, hd) * j->scale;
+        if (j->softcap) s[p] = tanhf(s[p] / j->softcap) * j->softcap;
         if (s[p] > mx) mx = s[p];
     }
     float sum = 0.0f;
@@ -298,7 +382,7 @@ static void att_task(void *ctx, int64_t task, int thread) {
     float inv = 1.0f / sum;
     float *o = m->att + t * q_dim + h * hd;
     memset(o, 0, (size_t)hd * sizeof(float));
-    for (int64_t p = 0; p < npos; p++) j->k->axpy_f32(s[p] * inv, j->vc + p * kv_dim + kvh * hd, o, hd);
+    for (int64_t p = 0; p < npos; p++) j->k->axpy_f32(s[p] * inv, vc + p * kv_dim + kvh * hd, o, hd);
 }
 
 /* ---- the step ------------------------------------------------------------------------------ */
@@ -307,34 +391,153 @@ static void add_rows(float *h, const float *d, int64_t n) {
     for (int64_t i = 0; i < n; i++) h[i] += d[i];
 }
 
+/* x[t, :] += b for n rows of `cols` values. */
+static void add_bias(float *x, const float *b, int64_t n, int64_t cols) {
+    for (int64_t t = 0; t < n; t++) add_rows(x + t * cols, b, cols);
+}
+
+/* The MLP's gate times its up projection, in place in m->gate: SwiGLU or GeGLU. */
+static void glu(lmp_model *m, const lmp_kernels *k, int64_t count) {
+    if (m->cfg.act == LMP_ACT_GELU_TANH) {
+        /* gelu(g) = g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))), torch's tanh form */
+        const float k0 = 0.7978845608028654f, k1 = 0.044715f;
+        for (int64_t i = 0; i < count; i++) {
+            float g = m->gate[i];
+            m->gate[i] = 0.5f * g * (1.0f + tanhf(k0 * (g + k1 * g * g * g))) * m->up[i];
+        }
+    } else if (k->silu_mul_f32) {
+        k->silu_mul_f32(m->gate, m->up, count);
+    } else {
+        for (int64_t i = 0; i < count; i++) {
+            float g = m->gate[i];
+            m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
+        }
+    }
+}
+
+/* The dense MLP on n rows x [n, dim] into m->proj. */
+static void mlp(lmp_model *m, const lmp_kernels *k, const lmp_weight *gate, const lmp_weight *up,
+                const lmp_weight *down, const float *x, int64_t n) {
+    const int64_t dim = m->cfg.dim, ffn = m->cfg.ffn_dim;
+    {
+        const lmp_weight *ws[2] = {gate, up};
+        float *ys[2] = {m->gate, m->up};
+        const int64_t ld[2] = {ffn, ffn};
+        matmuls(m, k, x, dim, n, 2, ws, ys, ld);
+    }
+    glu(m, k, n * ffn);
+    const lmp_weight *ws[1] = {down};
+    float *ys[1] = {m->proj};
+    const int64_t ld[1] = {dim};
+    matmuls(m, k, m->gate, ffn, n, 1, ws, ys, ld);
+}
+
+/* The mixture of experts on n rows x [n, dim] into m->moe: each token takes the top
+ * n_experts_used experts by router softmax (ties to the lower index), weighted by their
+ * probabilities renormalised to sum 1 (HF Mixtral). Tokens are grouped by expert, so each chosen
+ * expert runs once over all its tokens (a GEMM in a prompt) and an expert no token chose is never
+ * read: a generated token reads n_experts_used experts' rows, not all of them. */
+static void moe(lmp_model *m, const lmp_kernels *k, const lmp_layer *L, const float *x, int64_t n) {
+    const int64_t dim = m->cfg.dim, E = m->cfg.n_experts, K = m->cfg.n_experts_used;
+    {
+        const lmp_weight *ws[1] = {&L->router};
+        float *ys[1] = {m->rlog};
+        const int64_t ld[1] = {E};
+        matmuls(m, k, x, dim, n, 1, ws, ys, ld);
+    }
+    int64_t count[LMP_MAX_EXPERTS] = {0};
+    for (int64_t t = 0; t < n; t++) {
+        float *p = m->rlog + t * E;
+        float mx = p[0], sum = 0.0f;
+        for (int64_t e = 1; e < E; e++) mx = p[e] > mx ? p[e] : mx;
+        for (int64_t e = 0; e < E; e++) sum += p[e] = expf(p[e] - mx);
+        for (int64_t e = 0; e < E; e++) p[e] /= sum;
+        int64_t chosen[LMP_MAX_EXPERTS];
+        unsigned char taken[LMP_MAX_EXPERTS] = {0};
+        float wsum = 0.0f;
+        for (int64_t j = 0; j < K; j++) {
+            int64_t best = -1;
+            for (int64_t e = 0; e < E; e++)
+                if (!taken[e] && (best < 0 || p[e] > p[best])) best = e;
+            taken[best] = 1;
+            chosen[j] = best;
+            wsum += p[best];
+        }
+        for (int64_t j = 0; j < K; j++) {
+            const int64_t e = chosen[j];
+            m->route_tok[e * LMP_CHUNK + count[e]] = (int32_t)t;
+            m->route_w[e * LMP_CHUNK + count[e]] = p[e] / wsum;
+            count[e]++;
+        }
+    }
+    memset(m->moe, 0, (size_t)(n * dim) * sizeof(float));
+    for (int64_t e = 0; e < E; e++) { /* in expert order, as HF adds them */
+        const int64_t nt = count[e];
+        if (!nt) continue;
+        const int32_t *tok = m->route_tok + e * LMP_CHUNK;
+        for (int64_t i = 0; i < nt; i++) memcpy(m->xg + i * dim, x + tok[i] * dim, (size_t)dim * sizeof(float));
+        mlp(m, k, &L->x_gate[e], &L->x_up[e], &L->x_down[e], m->xg, nt);
+        for (int64_t i = 0; i < nt; i++) {
+            const float w = m->route_w[e * LMP_CHUNK + i];
+            float *o = m->moe + tok[i] * dim;
+            const float *y = m->proj + i * dim;
+            for (int64_t d = 0; d < dim; d++) o[d] += y[d] * w;
+        }
+    }
+}
+
 /* Runs one chunk of n <= LMP_CHUNK tokens at positions p0.. through every layer; leaves the
  * residual stream of its tokens in m->h. */
 static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens, int64_t n, int64_t p0) {
     const lmp_config *c = &m->cfg;
-    const int64_t dim = c->dim, hd = c->head_dim, ffn = c->ffn_dim;
+    const int64_t dim = c->dim, hd = c->head_dim;
     const int64_t kv_dim = c->n_kv_heads * hd, q_dim = c->n_heads * hd;
-    const int64_t layer_stride = m->n_ctx * kv_dim;
 
     for (int64_t t = 0; t < n; t++) embed_row(&m->embed, tokens[t], m->h + t * dim);
+    if (c->embed_scale != 1.0f)
+        for (int64_t i = 0; i < n * dim; i++) m->h[i] *= c->embed_scale;
     rope_table(m, p0, n);
 
     for (int64_t l = 0; l < c->n_layers; l++) {
         const lmp_layer *L = &m->layers[l];
-        float *kc = m->kcache + l * layer_stride, *vc = m->vcache + l * layer_stride;
+        float *kc = m->kcache + L->cache_off, *vc = m->vcache + L->cache_off;
+        /* the chunk's K/V rows: straight in the cache, or staged for a ring's slots */
+        const int ring = L->cache_len < m->n_ctx;
+        float *kn = ring ? m->kring : kc + p0 * kv_dim, *vn = ring ? m->vring : vc + p0 * kv_dim;
 
-        rmsnorm(m->xn, m->h, L->attn_norm, n, dim, c->norm_eps);
+        /* the attention's input: the normed residual stream, or the stream itself (post-norm blocks) */
+        const float *xa = m->h;
+        if (L->attn_norm) {
+            rmsnorm(m->xn, m->h, L->attn_norm, n, dim, c->norm_eps, c->norm_offset);
+            xa = m->xn;
+        }
         {
             /* K and V go straight into their cache rows */
             const lmp_weight *ws[3] = {&L->wq, &L->wk, &L->wv};
-            float *ys[3] = {m->q, kc + p0 * kv_dim, vc + p0 * kv_dim};
+            float *ys[3] = {m->q, kn, vn};
             const int64_t ld[3] = {q_dim, kv_dim, kv_dim};
-            matmuls(m, k, m->xn, dim, n, 3, ws, ys, ld);
+            matmuls(m, k, xa, dim, n, 3, ws, ys, ld);
         }
-        rope_rows(m, m->q, n, c->n_heads, q_dim);
-        rope_rows(m, kc + p0 * kv_dim, n, c->n_kv_heads, kv_dim);
+        if (L->bq) add_bias(m->q, L->bq, n, q_dim);
+        if (L->bk) add_bias(kn, L->bk, n, kv_dim);
+        if (L->bv) add_bias(vn, L->bv, n, kv_dim);
+        /* q/k norms over each head (the q rows and the chunk's K cache rows are n*heads rows of
+         * head_dim) or over each token's whole projection */
+        const int64_t qn = c->qk_norm_full ? q_dim : hd, kn_len = c->qk_norm_full ? kv_dim : hd;
+        if (L->q_norm) rmsnorm(m->q, m->q, L->q_norm, n * q_dim / qn, qn, c->norm_eps, c->norm_offset);
+        if (L->k_norm) rmsnorm(kn, kn, L->k_norm, n * kv_dim / kn_len, kn_len, c->norm_eps, c->norm_offset);
+        rope_rows(m, L->rope, m->q, n, c->n_heads, q_dim);
+        rope_rows(m, L->rope, kn, n, c->n_kv_heads, kv_dim);
+        if (ring)
+            for (int64_t t = 0; t < n; t++) {
+                const int64_t row = (p0 + t) % L->cache_len;
+                memcpy(kc + row * kv_dim, kn + t * kv_dim, (size_t)kv_dim * sizeof(float));
+                memcpy(vc + row * kv_dim, vn + t * kv_dim, (size_t)kv_dim * sizeof(float));
+            }
 
-        att_job aj = {m, k, kc, vc, p0, (float)(1.0 / sqrt((double)hd)), n};
-        if ((double)(n * c->n_heads * hd) * (double)(p0 + n) < (double)SERIAL_WORK) {
+        att_job aj = {m, k, kc, vc, L->cache_len, p0, c->attn_scale, n, L->window, c->attn_softcap};
+        const int64_t seen = L->window && L->window < p0 + n ? L->window : p0 + n;
+        if ((double)(n * c->n_heads * hd) * (double)seen < (double)SERIAL_WORK) {
             for (int64_t i = 0; i < n * c->n_heads; i++) att_task(&aj, i, 0);
         } else {
             lmp_pool_run(m->pool, n * c->n_heads, att_task, &aj);
@@ -345,31 +548,33 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
             const int64_t ld[1] = {dim};
             matmuls(m, k, m->att, q_dim, n, 1, ws, ys, ld);
         }
+        if (L->post_attn_norm) rmsnorm(m->proj, m->proj, L->post_attn_norm, n, dim, c->norm_eps, c->norm_offset);
         add_rows(m->h, m->proj, n * dim);
 
-        rmsnorm(m->xn, m->h, L->ffn_norm, n, dim, c->norm_eps);
-        {
-            const lmp_weight *ws[2] = {&L->w_gate, &L->w_up};
-            float *ys[2] = {m->gate, m->up};
-            const int64_t ld[2] = {ffn, ffn};
-            matmuls(m, k, m->xn, dim, n, 2, ws, ys, ld);
+        const float *xf = m->h;
+        if (L->ffn_norm) {
+            rmsnorm(m->xn, m->h, L->ffn_norm, n, dim, c->norm_eps, c->norm_offset);
+            xf = m->xn;
         }
-        if (k->silu_mul_f32) k->silu_mul_f32(m->gate, m->up, n * ffn);
-        else for (int64_t i = 0; i < n * ffn; i++) {
-            float g = m->gate[i];
-            m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
+        float *ffn_out = m->proj;
+        if (c->n_experts) {
+            moe(m, k, L, xf, n);
+            ffn_out = m->moe;
+        } else {
+            mlp(m, k, &L->w_gate, &L->w_up, &L->w_down, xf, n);
         }
-        {
-            const lmp_weight *ws[1] = {&L->w_down};
-            float *ys[1] = {m->proj};
-            const int64_t ld[1] = {dim};
-            matmuls(m, k, m->gate, ffn, n, 1, ws, ys, ld);
-        }
-        add_rows(m->h, m->proj, n * dim);
+        if (L->post_ffn_norm) rmsnorm(ffn_out, ffn_out, L->post_ffn_norm, n, dim, c->norm_eps, c->norm_offset);
+        add_rows(m->h, ffn_out, n * dim);
     }
 }
 
+int lmp_can_start(const lmp_model *m, int64_t pos) {
+    return !m->has_ring || pos == 0 || (pos <= m->kv_end && pos >= m->kv_end - LMP_CHUNK);
+}
+
 void lmp_forward(lmp_model *m, const int32_t *tokens, int64_t ntok, int64_t pos, float *out, int all_logits) {
+    if (pos == 0) m->kv_end = 0;
+    if (pos + ntok > m->kv_end) m->kv_end = pos + ntok;
     /* fetched per call: set_kernel_path may switch tables between calls */
     const lmp_kernels *k = lmp_active_kernels();
     const lmp_config *c = &m->cfg;
@@ -382,13 +587,15 @@ void lmp_forward(lmp_model *m, const int32_t *tokens, int64_t ntok, int64_t pos,
         int64_t n = ntok - c0 < LMP_CHUNK ? ntok - c0 : LMP_CHUNK;
         run_chunk(m, k, tokens + c0, n, pos + c0);
         if (all_logits) {
-            rmsnorm(m->xn, m->h, m->final_norm, n, dim, c->norm_eps);
+            rmsnorm(m->xn, m->h, m->final_norm, n, dim, c->norm_eps, c->norm_offset);
             head_out[0] = out + c0 * vocab;
             matmuls(m, k, m->xn, dim, n, 1, &head, head_out, ld);
+            if (c->final_softcap) softcap(head_out[0], n * vocab, c->final_softcap);
         } else if (c0 + n == ntok) {
-            rmsnorm(m->xn, m->h + (n - 1) * dim, m->final_norm, 1, dim, c->norm_eps);
+            rmsnorm(m->xn, m->h + (n - 1) * dim, m->final_norm, 1, dim, c->norm_eps, c->norm_offset);
             head_out[0] = out;
             matmuls(m, k, m->xn, dim, 1, 1, &head, head_out, ld);
+            if (c->final_softcap) softcap(out, vocab, c->final_softcap);
         }
     }
 }

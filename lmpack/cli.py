@@ -16,12 +16,15 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from lmpack.errors import LmpackError
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    # Help texts quote chat formats ([INST] ... [/INST]) and paths: print them as written, never as markup.
+    rich_markup_mode=None,
     help="Convert LLM checkpoints into one memory-mappable .lmp file, and run it on the CPU.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -29,8 +32,13 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 1) -> "typer.Exit":
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    say_error(message)
     return typer.Exit(code)
+
+
+def say_error(message: str) -> None:
+    """`error: message` on stderr; the message (paths, tensor names, model text) is never markup."""
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
 
 
 def handles_errors(fn):
@@ -59,6 +67,12 @@ def handles_errors(fn):
 
 DTYPE_HELP = ("Stored type of the weight matrices: auto keeps the source's (bf16 stays bf16), f32, f16, bf16, "
               "or q8_0 (ggml-exact 8-bit blocks). Norm weights are always f32.")
+TEMP_HELP = "Sampling temperature; 0 is greedy (default: the model's generation_config, else 0.8)."
+TOP_P_HELP = ("Nucleus sampling: keep the smallest set of tokens with this much probability "
+              "(default: the model's generation_config, else 0.95).")
+TOP_K_HELP = "Keep only the k most likely tokens; 0 keeps all (default: the model's generation_config, else 0)."
+REPEAT_HELP = ("Repetition penalty as transformers applies it; 1 is none (default: the model's "
+               "generation_config, else 1).")
 KEEP_HELP = ("With q8_0: glob of tensor names to keep in source precision, e.g. 'lm_head.weight' or "
              "'model.embed_tokens.weight'; repeatable.")
 
@@ -82,7 +96,8 @@ def without_blas_threads(fn):
 @without_blas_threads
 def convert(
     src: Path = typer.Argument(..., help="Checkpoint folder: HF (config.json + *.safetensors or pytorch_model*.bin "
-                                         "+ tokenizer.model) or Meta (params.json + consolidated.NN.pth + tokenizer.model)."),
+                                         "+ tokenizer.json or tokenizer.model) or Meta (params.json + consolidated.NN.pth + "
+                                         "tokenizer.model, sentencepiece or Llama 3 tiktoken)."),
     output: Path = typer.Option(..., "-o", "--output", help="The .lmp file to write (written atomically)."),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     keep: Optional[List[str]] = typer.Option(None, "--keep", help=KEEP_HELP),
@@ -97,7 +112,7 @@ def convert(
 
     out = run_convert(src, output, dtype=dtype, keep=tuple(keep or ()), progress=True, threads=threads,
                       kind=kind, rope_scaling_factor=rope_scaling_factor)
-    err.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    err.print(Text(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"), highlight=False)
 
 
 @app.command()
@@ -124,7 +139,7 @@ def quantize(
                   description="quantizing")
     finally:
         source.close()
-    err.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    err.print(Text(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"), highlight=False)
 
 
 @app.command()
@@ -132,10 +147,12 @@ def quantize(
 @without_blas_threads
 def run(
     file: Path = typer.Argument(..., help="The .lmp model file."),
-    prompt: str = typer.Option("", "-p", "--prompt", help="Text to continue (BOS is prepended)."),
+    prompt: str = typer.Option("", "-p", "--prompt", help="Text to continue (BOS is prepended if the model's tokenizer adds one)."),
     n: int = typer.Option(256, "-n", "--max-tokens", help="Maximum number of tokens to generate."),
-    temperature: float = typer.Option(0.8, "--temperature", "--temp", help="Sampling temperature; 0 is greedy."),
-    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling: keep the smallest set of tokens with this much probability."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "--temp", help=TEMP_HELP),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help=TOP_P_HELP),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help=TOP_K_HELP),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help=REPEAT_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible sampling."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores)."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="KV cache length in tokens (default: the model's, at most 4096)."),
@@ -148,7 +165,9 @@ def run(
         raise LmpackError("--max-tokens must be >= 0")
     m = load(file, threads=threads, max_context=ctx)
     pieces = m.generate(prompt, max_tokens=n, temperature=temperature, top_p=top_p, seed=seed,
-                        stop_at_eos=not ignore_eos)  # checks the sampling options before any output
+                        stop_at_eos=not ignore_eos, top_k=top_k, repetition_penalty=repetition_penalty)
+    # (generate checked the sampling options before any output)
+    _say_sampling(m, temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
     sys.stdout.write(prompt)
     sys.stdout.flush()
     for piece in pieces:
@@ -190,7 +209,7 @@ def demo(
         full, q8 = folder / "model.lmp", folder / "model-q8_0.lmp"
 
         err.rule("[bold]1. convert")
-        err.print(f"{source} -> {full}", highlight=False)
+        err.print(Text(f"{source} -> {full}"), highlight=False)
         run_convert(source, full, progress=True, threads=threads)
         err.print(f"{full.stat().st_size / 1e6:.2f} MB")
 
@@ -222,7 +241,15 @@ def demo(
                   highlight=False, soft_wrap=True)
         m.close()
         if out_dir:
-            err.print(f"kept {full} and {q8}", highlight=False)
+            err.print(Text(f"kept {full} and {q8}"), highlight=False)
+
+
+def _say_sampling(m, **given) -> None:
+    """One stderr line: the sampling a run uses and which options came from the model."""
+    from lmpack.runtime.sampler import describe, sampling_options
+
+    err.print(Text(describe(*sampling_options(m.generation_defaults, **given)), style="dim"), highlight=False,
+              soft_wrap=True)
 
 
 def _core_path() -> str:
@@ -241,27 +268,39 @@ def inspect(file: Path = typer.Argument(..., help="The .lmp file to describe."))
     out = Console()
     with LmpReader(file) as r:
         cfg = r.config.to_dict()
-        t = Table(title=f"{file} — lmpack format v{r.header.get('version')}, {r.file_size / 1e6:.2f} MB", show_header=False)
+        t = Table(title=Text(f"{file} — lmpack format v{r.header.get('version')}, {r.file_size / 1e6:.2f} MB"),
+                  show_header=False)
         t.add_column("key", style="bold")
         t.add_column("value")
         for k, v in cfg.items():
-            t.add_row(k, str(v))
+            t.add_row(Text(k), Text(str(v)))
         tok = r.tokenizer_entry
-        t.add_row("tokenizer", f"{r.header['tokenizer']['kind']}, {tok.nbytes} bytes")
+        t.add_row("tokenizer", Text(f"{r.tokenizer_kind}, {tok.nbytes} bytes"))
+        fields = r.tokenizer_fields
+        if fields.get("special_tokens"):
+            t.add_row("special_tokens", Text(", ".join(f"{k}={v!r}" for k, v in fields["special_tokens"].items())))
+        if "add_bos" in fields:
+            t.add_row("add_bos", str(fields["add_bos"]))
+        template = fields.get("chat_template")
+        t.add_row("chat_template", f"{len(template)} characters" if template else "none")
+        if fields.get("chat_templates"):
+            t.add_row("chat_templates", Text(", ".join(fields["chat_templates"])))
+        if r.generation:
+            t.add_row("generation", Text(", ".join(f"{k}={v}" for k, v in r.generation.items())))
         prov = r.header.get("provenance", {})
         for k in ("source_kind", "dtype", "lmpack_version", "created"):
             if k in prov:
-                t.add_row(k, str(prov[k]))
+                t.add_row(k, Text(str(prov[k])))
         files = prov.get("source_files") or []
         if files:
-            t.add_row("source_files", ", ".join(f"{f.get('name')} ({f.get('size', 0) / 1e6:.1f} MB)" for f in files[:8]) +
-                      (f" and {len(files) - 8} more" if len(files) > 8 else ""))
+            t.add_row("source_files", Text(", ".join(f"{f.get('name')} ({f.get('size', 0) / 1e6:.1f} MB)" for f in files[:8]) +
+                      (f" and {len(files) - 8} more" if len(files) > 8 else "")))
         out.print(t)
         tt = Table(title=f"{len(r.tensors)} tensors")
         for col in ("name", "dtype", "shape", "bytes", "offset", "crc32c"):
             tt.add_column(col, justify="right" if col in ("bytes", "offset") else "left")
         for e in r.tensors:
-            tt.add_row(e.name, e.dtype, "x".join(map(str, e.shape)), f"{e.nbytes:,}", f"{e.offset:,}", e.crc32c)
+            tt.add_row(Text(e.name), e.dtype, "x".join(map(str, e.shape)), f"{e.nbytes:,}", f"{e.offset:,}", e.crc32c)
         out.print(tt)
 
 
@@ -270,11 +309,14 @@ def inspect(file: Path = typer.Argument(..., help="The .lmp file to describe."))
 @without_blas_threads
 def chat(
     file: Path = typer.Argument(..., help="The .lmp model file."),
-    system: Optional[str] = typer.Option(None, "--system", help="System prompt (Llama 2 chat format only)."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt (for chat templates that take one, "
+                                         "and the Llama 2 format)."),
     plain: bool = typer.Option(False, "--plain", help="Ignore the model's chat format: continue the text you type."),
     n: int = typer.Option(256, "-n", "--max-tokens", help="Maximum tokens per reply."),
-    temperature: float = typer.Option(0.8, "--temperature", "--temp", help="Sampling temperature; 0 is greedy."),
-    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling threshold."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "--temp", help=TEMP_HELP),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help=TOP_P_HELP),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help=TOP_K_HELP),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help=REPEAT_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible replies."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores)."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="KV cache length in tokens (default: the model's, at most 4096)."),
@@ -282,17 +324,23 @@ def chat(
 ):
     """Talk to a model: one line per turn, replies stream; the KV cache is kept across turns.
 
-    Uses the model's chat format ([INST] ... [/INST] for Llama 2 chat models), otherwise continues
-    your text. Ctrl-C stops a reply; Ctrl-C or Ctrl-D at the prompt, or /exit, ends; /reset starts over.
+    Uses the chat template embedded from the model folder (rendered as transformers renders it), else
+    [INST] ... [/INST] for Llama 2 chat models, otherwise continues your text. Ctrl-C stops a reply;
+    Ctrl-C or Ctrl-D at the prompt, or /exit, ends; /reset starts over.
     """
     from lmpack.runtime.chat import ChatSession, ContextFull
     from lmpack.runtime.model import load
 
     m = load(file, threads=threads, max_context=ctx)
+    if system is not None and plain:
+        raise LmpackError("--system needs a chat format; --plain has none")
     session = ChatSession(m, system=system, chat_format=None if plain else "auto")
+    m.sampler(temperature, top_p, seed, top_k, repetition_penalty)  # bad options fail before the first prompt
     interactive = sys.stdin.isatty()
-    mode = "chat format " + session.format if session.format else "plain continuation"
-    err.print(f"[dim]{file.name}: {mode}, context {m.n_ctx} tokens. /reset starts over, /exit or Ctrl-D ends.[/]")
+    mode = {"template": "the model's chat template", "llama2": "chat format llama2", None: "plain continuation"}
+    err.print(Text(f"{file.name}: {mode.get(session.format, session.format)}, context {m.n_ctx} tokens. "
+                   f"/reset starts over, /exit or Ctrl-D ends.", style="dim"), highlight=False)
+    _say_sampling(m, temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
     turn_seed = seed
     while True:
         try:
@@ -311,7 +359,8 @@ def chat(
         for attempt in (0, 1):
             try:
                 for piece in session.reply(line, max_tokens=n, temperature=temperature, top_p=top_p,
-                                           seed=turn_seed, stop_at_eos=not ignore_eos):
+                                           seed=turn_seed, stop_at_eos=not ignore_eos, top_k=top_k,
+                                           repetition_penalty=repetition_penalty):
                     sys.stdout.write(piece)
                     sys.stdout.flush()
                 break
@@ -371,14 +420,13 @@ def verify(
                                                    ("max_kl_token", max_kl_token), ("max_ppl_diff", max_ppl_diff))
            if v is not None and not v >= 0]
     if bad or (threads is not None and threads < 1):
-        err.print(f"[bold red]error:[/] {bad[0] if bad else '--threads'} must be "
-                  f"{'a number >= 0' if bad else 'at least 1'}", highlight=False)
+        say_error(f"{bad[0] if bad else '--threads'} must be {'a number >= 0' if bad else 'at least 1'}")
         raise SystemExit(2)
     try:
         result = run_verify(file, against=against, prompt=prompt, text_file=text_file, max_tokens=max_tokens,
                             thresholds=overrides, threads=threads, progress=not as_json and err.is_terminal)
     except UsageError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        say_error(str(e))
         raise SystemExit(2) from None
     if as_json:
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")

@@ -168,7 +168,7 @@ def _legacy_config(folder: Path) -> None:
 def make_hf_checkpoint(
     tmp_path: Path,
     *,
-    tokenizer: Path,
+    tokenizer: Path | None,
     dtype: str = "float32",
     n_kv_heads: int | None = None,
     tie: bool = False,
@@ -180,10 +180,14 @@ def make_hf_checkpoint(
     rope_theta: float = 10000.0,
     max_position_embeddings: int = 512,
     dims: dict | None = None,
+    tokenizer_files: Path | None = None,
+    special_ids: dict | None = None,
 ) -> HFCheckpoint:
     """Save a random-weight LlamaForCausalLM to `tmp_path` as an HF folder and return it with its oracle.
 
     `dims` overrides TINY (dim, n_layers, n_heads, ffn_dim) and may add head_dim.
+    `tokenizer_files` is a folder whose files (tokenizer.json, tokenizer_config.json, ...) are copied
+    in instead of a sentencepiece `tokenizer`; `special_ids` overrides bos_token_id/eos_token_id.
     `dtype` is the checkpoint's storage dtype; the returned model is float32 and holds the same
     (rounded) numbers. `shards` > 1 writes model-0000K-of-0000N.safetensors plus the index.
     Norm weights are randomised too (transformers initialises them to 1, which would hide a runtime
@@ -210,6 +214,7 @@ def make_hf_checkpoint(
         eos_token_id=2,
         attn_implementation="eager",
     )
+    kwargs.update(special_ids or {})
     if "head_dim" in d:  # an explicit head_dim, not dim / n_heads (q_proj is then not square)
         kwargs["head_dim"] = d["head_dim"]
     params = {"rope_type": "default", "rope_theta": rope_theta}
@@ -241,7 +246,12 @@ def make_hf_checkpoint(
         # Slightly above total/shards so the largest tensor still fits and we get `shards` files.
         save_kwargs["max_shard_size"] = int(total / shards * 1.15)
     stored.save_pretrained(folder, safe_serialization=True, **save_kwargs)
-    (folder / "tokenizer.model").write_bytes(Path(tokenizer).read_bytes())
+    if tokenizer is not None:
+        (folder / "tokenizer.model").write_bytes(Path(tokenizer).read_bytes())
+    if tokenizer_files is not None:
+        for p in Path(tokenizer_files).iterdir():
+            if p.is_file():
+                (folder / p.name).write_bytes(p.read_bytes())
     if legacy_config:
         _legacy_config(folder)
 
@@ -328,3 +338,58 @@ def write_lmp_with_header(src: Path, dst: Path, mutate) -> Path:
     struct.pack_into("<I", data, 44, crc32c_py(bytes(data[:44])))
     Path(dst).write_bytes(bytes(data))
     return Path(dst)
+
+
+# --------------------------------------------------------------------------------------------
+# Other families: random-weight checkpoints of any transformers causal-LM model_type
+
+# Tiny shapes shared by every family (GQA: 4 query heads over 2 key/value heads).
+FAMILY_BASE = dict(hidden_size=128, intermediate_size=320, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5)
+# Families whose RMSNorm multiplies by (1 + w): their norm weights are centred on 0, not 1.
+CENTRED_NORMS = ("gemma2", "gemma3_text")
+MOE_SHARED = 0.9  # the part of each expert's variance common to all experts
+
+
+def make_family_checkpoint(tmp_path: Path, model_type: str, *, tokenizer: Path, dtype: str = "float32",
+                           seed: int = 0, tie: bool = False, **overrides) -> HFCheckpoint:
+    """Save a random-weight `model_type` causal LM (transformers' own class for it) as an HF folder.
+
+    Weights are drawn with std INIT_STD; norm weights and biases are randomised too (transformers
+    starts them at 1 or 0, which would hide a runtime that ignores them). `overrides` are config
+    fields on top of FAMILY_BASE."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    vocab = tokenizer_vocab_size(tokenizer)
+    kw = dict(FAMILY_BASE, vocab_size=vocab, initializer_range=INIT_STD, tie_word_embeddings=tie,
+              bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    kw.update(overrides)
+    config = AutoConfig.for_model(model_type, **kw)
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    centre = 0.0 if model_type in CENTRED_NORMS else 1.0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(0.3 * torch.randn_like(p))
+            elif p.dim() == 1:
+                p.copy_(centre + 0.3 * torch.randn_like(p))
+            elif p.dim() == 3:
+                # MoE experts [n_experts, ...]: sharing a common part, as experts upcycled from one
+                # dense MLP do. Independent random experts make every near-tie of the router that
+                # a rounding flips a jump far beyond anything a trained MoE shows.
+                p.copy_(MOE_SHARED ** 0.5 * p[:1] + (1 - MOE_SHARED) ** 0.5 * p)
+    tdtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    stored = model.to(tdtype)
+    if dtype != "float32":
+        ref = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+        ref.load_state_dict({k: v.float() for k, v in stored.state_dict().items()})
+    else:
+        ref = stored
+    folder = Path(tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    stored.save_pretrained(folder, safe_serialization=True)
+    (folder / "tokenizer.model").write_bytes(Path(tokenizer).read_bytes())
+    return HFCheckpoint(path=folder, model=ref, dtype=dtype, vocab_size=vocab)

@@ -13,8 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Property tests must not depend on the machine's speed or load: no per-example deadline, and no
+# health check that fails a run because generating examples was slow on a busy machine.
+settings.register_profile("lmpack", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("lmpack")
 # Run against the source tree when lmpack is not installed (an in-place build); an installed
 # lmpack (pip install .) is left alone so the tests exercise what was installed.
 if importlib.util.find_spec("lmpack") is None:
@@ -59,6 +65,24 @@ def hf_checkpoint(tmp_path_factory, sp_model_path):
         if key not in cache:
             folder = tmp_path_factory.mktemp("hf")
             cache[key] = checkpoints.make_hf_checkpoint(folder, **kwargs)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def family_checkpoint(tmp_path_factory, sp_model_path):
+    """make(model_type, **kwargs) -> checkpoints.HFCheckpoint of another family, cached per arguments.
+
+    kwargs are those of `checkpoints.make_family_checkpoint`; do not mutate the returned folder."""
+    cache: dict = {}
+
+    def make(model_type, **kwargs):
+        kwargs.setdefault("tokenizer", sp_model_path)
+        key = (model_type, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+        if key not in cache:
+            folder = tmp_path_factory.mktemp(model_type)
+            cache[key] = checkpoints.make_family_checkpoint(folder, model_type, **kwargs)
         return cache[key]
 
     return make

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -96,16 +97,22 @@ def _read_until(fd: int, needle: bytes, timeout: float = 60) -> bytes:
 
 
 def test_pseudo_terminal_ctrl_c(tiny_lmp):
+    # Deterministic whatever the load: the reply cannot end on its own (100k tokens into a context
+    # that holds them, EOS ignored), Ctrl-C is sent only once its first text has arrived, and the
+    # chat is stopped while the key goes in, so it cannot race ahead between our read and our write.
     pid, fd = pty.fork()
     if pid == 0:  # child: the chat on the terminal side of the pty
         os.environ["PYTHONPATH"] = lmpack_pythonpath()
         os.execv(sys.executable, [sys.executable, "-m", "lmpack", "chat", str(tiny_lmp), "-n", "100000",
-                                  "--ctx", "4096", "--seed", "2", "--ignore-eos"])
+                                  "--ctx", "200000", "--seed", "2", "--ignore-eos", "--threads", "1"])
     try:
         _read_until(fd, b"> ")
         os.write(fd, b"the cat\r")
-        time.sleep(1.0)           # let the (long) reply start
-        os.write(fd, b"\x03")     # Ctrl-C: stops the reply, the chat goes on
+        _read_until(fd, b"the cat\r\n")  # the terminal's echo of the line
+        _read_some(fd)                     # the reply's first streamed text
+        os.kill(pid, signal.SIGSTOP)
+        os.write(fd, b"\x03")              # Ctrl-C: SIGINT waits for the chat to run again
+        os.kill(pid, signal.SIGCONT)
         out = _read_until(fd, b"> ")
         assert b"stopped" in out
         os.write(fd, b"/exit\r")
@@ -117,6 +124,13 @@ def test_pseudo_terminal_ctrl_c(tiny_lmp):
         except ProcessLookupError:
             pass
         os.close(fd)
+
+
+def _read_some(fd: int, timeout: float = 60) -> bytes:
+    r, _, _ = select.select([fd], [], [], timeout)
+    if not r:
+        raise AssertionError("the reply did not start")
+    return os.read(fd, 4096)
 
 
 @pytest.mark.parametrize("args", [["--top-p", "2"], ["--temperature", "-1"]])

@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from lmpack import _core  # noqa: E402
+from lmpack.formats import arch  # noqa: E402
 
 import llama_reference  # noqa: E402
 from kernel_tables import using_kernels  # noqa: E402
@@ -51,6 +52,14 @@ def make_hf(*, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=None, ffn_
             if p.dim() == 1:  # transformers initialises norms to 1, which would hide an ignored norm
                 p.copy_(1.0 + 0.3 * torch.randn_like(p))
     return model
+
+
+def slots(weights: dict, cfg: dict) -> dict:
+    """The C core's weight slots for tensors named as in a Llama file (the family table's mapping)."""
+    from types import SimpleNamespace
+
+    c = SimpleNamespace(architecture="llama", n_layers=cfg["n_layers"], tie_embeddings="lm_head.weight" not in weights)
+    return arch.core_weights(c, weights)
 
 
 def to_bf16(a: np.ndarray) -> np.ndarray:
@@ -111,7 +120,7 @@ class Packed:
     q8: set = field(default_factory=set)
 
     def core(self, n_ctx=128, threads=1, buffer=None) -> "Core":
-        return Core(_core.Model(self.buffer if buffer is None else buffer, self.cfg, self.weights,
+        return Core(_core.Model(self.buffer if buffer is None else buffer, self.cfg, slots(self.weights, self.cfg),
                                 self.inv_freq, n_ctx, threads), self.cfg["vocab_size"])
 
     def replace(self, name: str, dtype: str) -> None:
@@ -402,10 +411,14 @@ def small() -> Packed:
     return packed("q8_0", dim=64, n_heads=2, n_kv_heads=1, ffn_dim=96, vocab=64, tie=False)
 
 
-def build(p: Packed, *, buffer=None, cfg=None, weights=None, inv_freq=None, n_ctx=16, threads=1):
-    return _core.Model(p.buffer if buffer is None else buffer, p.cfg if cfg is None else cfg,
-                       p.weights if weights is None else weights, p.inv_freq if inv_freq is None else inv_freq,
-                       n_ctx, threads)
+def build(p: Packed, *, buffer=None, cfg=None, weights=None, inv_freq=None, n_ctx=16, threads=1, raw=None):
+    """A _core.Model over p with some arguments replaced: `weights` named as in the file, or `raw`
+    slot dict as the C core takes it."""
+    cfg = p.cfg if cfg is None else cfg
+    if raw is None:
+        raw = slots(p.weights if weights is None else weights, p.cfg)
+    return _core.Model(p.buffer if buffer is None else buffer, cfg, raw,
+                       p.inv_freq if inv_freq is None else inv_freq, n_ctx, threads)
 
 
 def with_entry(p: Packed, name: str, **change) -> dict:
@@ -417,6 +430,7 @@ def with_entry(p: Packed, name: str, **change) -> dict:
 
 Q = "model.layers.1.self_attn.q_proj.weight"
 NORM = "model.layers.0.input_layernorm.weight"
+LABEL = {Q: "wq[1]", NORM: "attn_norm[0]", "lm_head.weight": "lm_head"}  # how the C core names them
 
 
 @pytest.mark.parametrize("name,change,match", [
@@ -453,7 +467,7 @@ def test_bad_tensor_entries(name, change, match):
         change = dict(offset=off + 32)
     with pytest.raises(ValueError, match=match) as e:
         build(p, weights=with_entry(p, name, **change))
-    assert name in str(e.value) and "\n" not in str(e.value)
+    assert f"'{LABEL[name]}'" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_numpy_integers_are_accepted():
@@ -470,21 +484,25 @@ def test_numpy_integers_are_accepted():
 
 def test_bad_tensor_sets():
     p = small()
-    w = dict(p.weights)
-    del w[Q]
-    with pytest.raises(ValueError, match=f"'{Q}': missing"):
-        build(p, weights=w)
-    w = {**p.weights, "model.layers.2.mlp.up_proj.weight": p.weights["model.layers.1.mlp.up_proj.weight"]}
-    with pytest.raises(ValueError, match="not part of this model"):
-        build(p, weights=w)
-    with pytest.raises(ValueError, match="lm_head.weight': not part"):  # present although tied
-        build(p, cfg={**p.cfg, "tie_embeddings": True})
+    w = slots(p.weights, p.cfg)
+    with pytest.raises(ValueError, match="'wq': missing"):
+        build(p, raw={k: v for k, v in w.items() if k != "wq"})
+    with pytest.raises(ValueError, match="'embed': missing"):
+        build(p, raw={k: v for k, v in w.items() if k != "embed"})
+    with pytest.raises(ValueError, match="list of n_layers = 2"):  # one layer too many
+        build(p, raw={**w, "w_up": w["w_up"] + w["w_up"][-1:]})
+    with pytest.raises(ValueError, match="list of n_layers"):
+        build(p, raw={**w, "w_up": tuple(w["w_up"])})
+    with pytest.raises(ValueError, match="not a slot"):
+        build(p, raw={**w, "model.layers.0.mlp.up_proj.weight": w["w_up"][0]})
     with pytest.raises(ValueError, match="tuple"):
-        build(p, weights={**p.weights, Q: list(p.weights[Q])})
+        build(p, raw={**w, "wq": [list(e) for e in w["wq"]]})
+    with pytest.raises(ValueError, match="tuple"):  # a model-wide slot given per layer
+        build(p, raw={**w, "embed": [w["embed"]]})
     with pytest.raises(ValueError):
-        build(p, weights={**p.weights, 7: p.weights[Q]})
+        build(p, raw={**w, 7: w["embed"]})
     with pytest.raises(ValueError):
-        build(p, weights=list(p.weights.items()))
+        build(p, raw=list(w.items()))
     # a q8_0 tensor needs whole blocks of 32 columns
     hf = make_hf(dim=48, n_heads=2, n_kv_heads=1, ffn_dim=64, vocab=64)
     f = pack(hf, "f32")
@@ -504,9 +522,19 @@ def test_bad_tensor_sets():
     (dict(n_heads=2**40), "n_heads"),
     (dict(norm_eps=float("nan")), "norm_eps"),
     (dict(norm_eps="1e-5"), "norm_eps"),
-    (dict(tie_embeddings=1), "tie_embeddings"),
+    (dict(norm_eps=0.0), "norm_eps"),
+    (dict(norm_eps=1.0), "norm_eps"),
+    (dict(n_heads=2**24, n_kv_heads=2**24), "n_heads \\* head_dim"),
     (dict(dim=96), "shape"),  # consistent on its own, but the tensors do not follow
-    (dict(n_layers=3), "missing"),
+    (dict(n_layers=3), "list of n_layers = 3"),
+    (dict(layer_window=[0]), "'layer_window' must be a list of n_layers = 2"),
+    (dict(layer_window=[0, -1]), "'layer_window'\\[1\\] must be an integer"),
+    (dict(layer_window=(0, 0)), "layer_window"),
+    (dict(n_experts=1, n_experts_used=1), "n_experts must be"),
+    (dict(n_experts_used=1), "n_experts must be"),
+    (dict(n_experts=4, n_experts_used=2), "'w_gate': not part of a mixture-of-experts"),  # over dense weights
+    (dict(rope_dim=33), "rope_dim"),
+    (dict(attn_softcap=-1.0), "attn_softcap"),
 ])
 def test_bad_config(change, match):
     p = small()

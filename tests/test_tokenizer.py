@@ -120,7 +120,7 @@ def test_vocab_and_special_ids(pair):
 ALPHABET = st.sampled_from(list("abcdefghij ABC  \n\t.,!?0123") + ["é", "ü", "日", "本", "🙂", "🦙", "€", "\u00a0"])
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(text=st.lists(ALPHABET, max_size=40).map("".join))
 def test_encode_random_text(trained, text):
     sp, m = trained

@@ -1,9 +1,9 @@
-"""Hugging Face Llama folders: `config.json` to ModelConfig, and the safetensors tensor source.
+"""Hugging Face folders: `config.json` to ModelConfig, and the safetensors tensor source.
 
-`read_hf_config` accepts both the older (`rope_theta` + `rope_scaling`) and the newer
-(`rope_parameters`) spellings and refuses what the runtime cannot run (other architectures,
-biases, other activations) with a message naming the field. `HFSafetensorsSource` streams
-tensors from a single or sharded safetensors checkpoint without copying them.
+`read_hf_config` reads the folder's JSON; the mapping of each family's fields onto the canonical
+config, and the refusal of what the runtime cannot run, is the family table's
+(`lmpack.formats.arch.config_from_hf`). `HFSafetensorsSource` streams tensors from a single or
+sharded safetensors checkpoint without copying them.
 """
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
+from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, split_fused
+from lmpack.convert.tokenizer_files import read_tokenizer, with_tokenizer
 from lmpack.errors import LmpackError
+from lmpack.formats import arch
 from lmpack.formats.config import ModelConfig
 from lmpack.formats.safetensors import SafetensorsFile
 
-SUPPORTED_MODEL_TYPES = ("llama",)
 # Tensors that HF checkpoints may carry but the model does not use.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -30,29 +31,6 @@ def _load_json(path: Path) -> Any:
         raise LmpackError(f"{path.parent}: no {path.name}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise LmpackError(f"{path}: not valid JSON ({e})") from None
-
-
-def _rope(cfg: dict[str, Any], where: str) -> tuple[float, dict[str, Any] | None]:
-    params = cfg.get("rope_parameters") or {}
-    scaling = cfg.get("rope_scaling") or {}
-    if not isinstance(params, dict) or not isinstance(scaling, dict):
-        raise LmpackError(f"{where}: rope_parameters/rope_scaling must be objects")
-    merged = {**scaling, **params}
-    theta = merged.get("rope_theta", cfg.get("rope_theta", 10000.0))
-    kind = merged.get("rope_type", merged.get("type", "default"))
-    if kind == "default":
-        return theta, None
-    if kind == "llama3":
-        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-        missing = [k for k in keys if k not in merged]
-        if missing:
-            raise LmpackError(f"{where}: llama3 rope scaling is missing '{missing[0]}'")
-        return theta, {"type": "llama3", **{k: merged[k] for k in keys}}
-    if kind == "linear":
-        if "factor" not in merged:
-            raise LmpackError(f"{where}: linear rope scaling is missing 'factor'")
-        return theta, {"type": "linear", "factor": merged["factor"]}
-    raise LmpackError(f"{where}: unsupported rope scaling type '{kind}' (supported: llama3, linear)")
 
 
 def _chat_format(folder: Path) -> str | None:
@@ -67,49 +45,8 @@ def _chat_format(folder: Path) -> str | None:
 
 
 def config_from_hf(cfg: Any, where: str, chat_format: str | None = None) -> ModelConfig:
-    """ModelConfig from a parsed HF `config.json` dict."""
-    if not isinstance(cfg, dict):
-        raise LmpackError(f"{where}: expected a JSON object")
-    model_type = cfg.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise LmpackError(f"{where}: unsupported model_type {model_type!r} (lmpack supports: llama)")
-    for key in ("attention_bias", "mlp_bias"):
-        if cfg.get(key):
-            raise LmpackError(f"{where}: {key}=true is not supported")
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise LmpackError(f"{where}: hidden_act {cfg.get('hidden_act')!r} is not supported (only silu)")
-
-    def need(key: str) -> Any:
-        if cfg.get(key) is None:
-            raise LmpackError(f"{where}: missing field '{key}'")
-        return cfg[key]
-
-    dim, heads = need("hidden_size"), need("num_attention_heads")
-    if not isinstance(dim, int) or not isinstance(heads, int) or heads <= 0:
-        raise LmpackError(f"{where}: hidden_size and num_attention_heads must be positive integers")
-    theta, scaling = _rope(cfg, where)
-    eos = cfg.get("eos_token_id", 2)
-    eos_ids = eos if isinstance(eos, list) else [eos]
-    bos = cfg.get("bos_token_id", 1)
-    config = {
-        "architecture": "llama",
-        "dim": dim,
-        "n_layers": need("num_hidden_layers"),
-        "n_heads": heads,
-        "n_kv_heads": cfg.get("num_key_value_heads") or heads,
-        "head_dim": cfg.get("head_dim") or dim // heads,
-        "ffn_dim": need("intermediate_size"),
-        "vocab_size": need("vocab_size"),
-        "norm_eps": cfg.get("rms_norm_eps", 1e-6),
-        "rope_theta": theta,
-        "rope_scaling": scaling,
-        "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
-        "max_context": cfg.get("max_position_embeddings", 2048),
-        "bos_id": 1 if bos is None else bos,
-        "eos_ids": [e for e in eos_ids if e is not None] or [2],
-        "chat_format": chat_format,
-    }
-    return ModelConfig.from_dict(config, where=where)
+    """ModelConfig from a parsed HF `config.json` dict (the mapping is the family table's)."""
+    return ModelConfig.from_dict({**arch.config_from_hf(cfg, where), "chat_format": chat_format}, where=where)
 
 
 def read_hf_config(folder: str | Path) -> ModelConfig:
@@ -152,8 +89,9 @@ class HFSafetensorsSource(FolderSource):
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self._config = read_hf_config(self.folder)
-        self._tokenizer = tokenizer_path(self.folder)
+        config = read_hf_config(self.folder)
+        self._tokenizer = read_tokenizer(self.folder)
+        self._config = with_tokenizer(config, self._tokenizer, str(self.folder / "config.json"))
         paths = shard_files(self.folder, "model.safetensors.index.json", "model.safetensors", "model*.safetensors")
         self.files = [SafetensorsFile(p) for p in paths]
         self._where: dict[str, SafetensorsFile] = {}
@@ -172,12 +110,21 @@ class HFSafetensorsSource(FolderSource):
     def _check_tensors(self) -> list[TensorSpec]:
         found = {name: (f.entries[name].shape, f.dtype_of(name) or f.entries[name].dtype, str(f.path))
                  for name, f in self._where.items()}
+        found, self._parts = split_fused(self._config, found)
         return check_tensor_set(self._config, found, self.folder, "config.json")
 
     def load(self, name: str) -> np.ndarray:
+        if name in self._parts:  # a row range of a fused tensor: a view of the map
+            fused, r0, r1, _ = self._parts[name]
+            return self._where[fused].load(fused)[r0:r1]
         return self._where[name].load(name)
 
     def release(self, name: str) -> None:
+        if name in self._parts:  # the fused tensor's pages go once its last part is written
+            fused, _, _, last = self._parts[name]
+            if last:
+                self._where[fused].release(fused)
+            return
         self._where[name].release(name)
 
     def close(self) -> None:

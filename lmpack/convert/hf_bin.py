@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from lmpack.convert.hf import IGNORED_SUFFIXES, read_hf_config, shard_files
-from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
+from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, split_fused
+from lmpack.convert.tokenizer_files import read_tokenizer, with_tokenizer
 from lmpack.errors import LmpackError
 from lmpack.formats.torchzip import TorchFile, TorchTensor
 
@@ -45,8 +46,9 @@ class HFBinSource(FolderSource):
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self._config = read_hf_config(self.folder)
-        self._tokenizer = tokenizer_path(self.folder)
+        config = read_hf_config(self.folder)
+        self._tokenizer = read_tokenizer(self.folder)
+        self._config = with_tokenizer(config, self._tokenizer, str(self.folder / "config.json"))
         weight_map = read_bin_index(self.folder)
         paths = shard_files(self.folder, BIN_INDEX, BIN_SINGLE, BIN_PATTERN)
         self.files: list[TorchFile] = []
@@ -85,17 +87,27 @@ class HFBinSource(FolderSource):
     def _check_tensors(self) -> list[TensorSpec]:
         found = {name: (t.shape, t.dtype or f"torch.{t.storage_type}", str(f.path))
                  for name, (f, t) in self._where.items()}
+        found, self._parts = split_fused(self._config, found)
         return check_tensor_set(self._config, found, self.folder, "config.json")
 
     def load(self, name: str) -> np.ndarray:
+        rows = None
+        if name in self._parts:  # a row range of a fused tensor
+            name, r0, r1, _ = self._parts[name]
+            rows = slice(r0, r1)
         got = self._where.get(name)
         if got is None:
             raise LmpackError(f"{self.folder}: no tensor '{name}'")
-        arr = got[1].array()
+        arr = got[1].array() if rows is None else got[1].array()[rows]
         # torch may save a transposed or strided view; hand out C order like every other source.
         return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
 
     def release(self, name: str) -> None:
+        if name in self._parts:
+            fused, _, _, last = self._parts[name]
+            if not last:
+                return
+            name = fused
         got = self._where.get(name)
         if got is not None:
             got[1].release()

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmpack.convert.tokenizer_files import TokenizerFiles
 from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec
 from lmpack.errors import LmpackError
 from lmpack.formats.config import ModelConfig
@@ -22,6 +23,11 @@ class LmpSource:
 
     def config(self) -> ModelConfig:
         return self._reader.config
+
+    def tokenizer(self) -> TokenizerFiles:
+        """The file's tokenizer and the header fields that go with it, carried over unchanged."""
+        r = self._reader
+        return TokenizerFiles(r.tokenizer_kind, r.tokenizer_bytes, dict(r.tokenizer_fields), dict(r.generation))
 
     def tokenizer_bytes(self) -> bytes:
         return self._reader.tokenizer_bytes

@@ -1,5 +1,7 @@
 """Meta Llama folders (`params.json` + `consolidated.NN.pth` + `tokenizer.model`) as a Source.
 
+The tokenizer.model is sentencepiece (Llama 1/2) or tiktoken (Llama 3, see tiktoken.py).
+
 Meta's reference code saves one file per model-parallel rank. This source renames Meta's tensors
 to the Hugging Face names, merges the ranks' slices tensor by tensor (never holding more than one
 merged tensor), and permutes the q/k rows from Meta's interleaved RoPE order into HF's half-split
@@ -16,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, tokenizer_path
+from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set
+from lmpack.convert.tokenizer_files import read_tokenizer
 from lmpack.errors import LmpackError
 from lmpack.formats.config import ModelConfig
 from lmpack.formats.torchzip import FLOAT_DTYPES, TorchFile, TorchTensor
@@ -115,7 +118,10 @@ class MetaSource(FolderSource):
         self.folder = Path(folder)
         self.params = self._read_params()
         paths = self._shard_paths()
-        self._tokenizer = tokenizer_path(self.folder)
+        scaled = self.params.get("use_scaled_rope", False)
+        # Llama 3's tiktoken tokenizer.model becomes byte-level BPE; 3.1 and later (the ones with
+        # scaled RoPE) name more of the 256 special tokens than 3.0 does.
+        self._tokenizer = read_tokenizer(self.folder, meta_llama3=scaled is True)
         self.files: list[TorchFile] = []
         try:
             states = []
@@ -215,21 +221,6 @@ class MetaSource(FolderSource):
             raise LmpackError(f"{self.folder / 'params.json'}: field '{key}' must be a number, got {value!r}")
         return float(value)
 
-    def _special_ids(self) -> tuple[int, int, int]:
-        """(bos, eos, piece count) from the sentencepiece tokenizer: params.json does not record them."""
-        import sentencepiece as spm
-
-        sp = spm.SentencePieceProcessor()
-        try:
-            sp.LoadFromSerializedProto(self._tokenizer.read_bytes())
-        except Exception:
-            raise LmpackError(f"{self._tokenizer}: not a sentencepiece model (Llama 3's tiktoken "
-                              f"tokenizer.model is not supported)") from None
-        bos, eos = sp.bos_id(), sp.eos_id()
-        if bos < 0 or eos < 0:
-            raise LmpackError(f"{self._tokenizer}: the tokenizer defines no BOS/EOS pieces")
-        return bos, eos, sp.get_piece_size()
-
     def _build_config(self, rope_scaling_factor: float | None) -> ModelConfig:
         where = str(self.folder / "params.json")
         dim, n_heads = self._int("dim"), self._int("n_heads")
@@ -252,9 +243,12 @@ class MetaSource(FolderSource):
                 scaling["factor"] = float(rope_scaling_factor)
         elif rope_scaling_factor is not None:
             raise LmpackError(f"{where}: a rope scaling factor was given but params.json has no use_scaled_rope")
-        bos, eos, pieces = self._special_ids()
-        if pieces > vocab:
-            raise LmpackError(f"{self._tokenizer}: {pieces} pieces but the model has only {vocab} embedding rows")
+        tok = self._tokenizer
+        if tok.n_ids > vocab:
+            raise LmpackError(f"{self.folder / 'tokenizer.model'}: {tok.n_ids} tokens but the model has only "
+                              f"{vocab} embedding rows")
+        if tok.bos_id is None or not tok.eos_ids:
+            raise LmpackError(f"{self.folder / 'tokenizer.model'}: the tokenizer defines no BOS/EOS tokens")
         cfg = {
             "architecture": "llama",
             "dim": dim,
@@ -269,8 +263,8 @@ class MetaSource(FolderSource):
             "rope_scaling": scaling,
             "tie_embeddings": False,
             "max_context": self._int("max_seq_len", 4096),
-            "bos_id": bos,
-            "eos_ids": [eos],
+            "bos_id": tok.bos_id,
+            "eos_ids": list(dict.fromkeys(tok.eos_ids)),
             "chat_format": None,
         }
         return ModelConfig.from_dict(cfg, where=where)

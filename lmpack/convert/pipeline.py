@@ -16,6 +16,7 @@ import numpy as np
 
 from lmpack.convert.source import Source, TensorSpec
 from lmpack.errors import LmpackError
+from lmpack.formats.arch import keeps_precision
 from lmpack.formats.dtypes import FLOAT_DTYPES, cast, numpy_dtype
 from lmpack.formats.lmp import LmpWriter
 
@@ -24,10 +25,11 @@ CAST_CHUNK_BYTES = 16 << 20
 
 
 def target_dtype(spec: TensorSpec, dtype: str, keep: Sequence[str] = ()) -> str:
-    """The stored dtype of one tensor: norms are f32; `keep` patterns keep the source precision."""
+    """The stored dtype of one tensor: norms are f32; `keep` patterns, and the tensors the family
+    table marks exact (MoE routers), keep the source precision."""
     if len(spec.shape) == 1:
         return "f32"
-    if dtype == "auto" or any(fnmatch.fnmatchcase(spec.name, p) for p in keep):
+    if dtype == "auto" or any(fnmatch.fnmatchcase(spec.name, p) for p in keep) or keeps_precision(spec.name):
         return spec.dtype
     if dtype == "q8_0" and spec.shape[-1] % 32:
         raise LmpackError(f"tensor '{spec.name}' has {spec.shape[-1]} columns, not a multiple of 32: "
@@ -69,7 +71,9 @@ def run(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[str
         "source_files": [{"name": f.name, "size": f.size} for f in source.info.files],
         "dtype": stored.pop() if len(stored) == 1 else "mixed",
     }
-    writer = LmpWriter(out, config, source.tokenizer_bytes(), plan, provenance)
+    tok = source.tokenizer()
+    writer = LmpWriter(out, config, tok.blob, plan, provenance, tokenizer_kind=tok.kind,
+                       tokenizer_fields=tok.header, generation=tok.generation)
     total = sum(e.nbytes for e in writer.entries)
     bar = _progress(description) if progress else None
     with bar or contextlib.nullcontext(), writer:
@@ -93,8 +97,10 @@ def _progress(description: str):
                                TransferSpeedColumn)
     from rich.console import Console
 
-    return Progress(TextColumn("{task.fields[name]}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), TextColumn("[dim]{task.description}"),
+    # file and tensor names are data: the text columns must not read them as markup
+    return Progress(TextColumn("{task.fields[name]}", markup=False), BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.description}", style="dim", markup=False),
                     console=Console(stderr=True), transient=False)
 
 

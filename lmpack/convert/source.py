@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from lmpack.formats.config import ModelConfig
+
+if TYPE_CHECKING:
+    from lmpack.convert.tokenizer_files import TokenizerFiles
 
 # Source dtypes a reader may produce. numpy has no bfloat16, so bf16 data travels as np.uint16
 # holding the raw bits; `TensorSpec.dtype` says how to read the array.
@@ -52,8 +55,11 @@ class Source(Protocol):
     def config(self) -> ModelConfig:
         """The model config, validated; raises LmpackError naming the missing field."""
 
+    def tokenizer(self) -> "TokenizerFiles":
+        """The tokenizer to embed, with its special tokens, chat template and sampling defaults."""
+
     def tokenizer_bytes(self) -> bytes:
-        """The original sentencepiece `tokenizer.model` bytes."""
+        """The embedded tokenizer's bytes (`tokenizer().blob`)."""
 
     def tensor_specs(self) -> list[TensorSpec]:
         """Every tensor the file will hold (canonical names), without reading data."""
@@ -77,14 +83,17 @@ class FolderSource:
     tokenizer file and checked its tensor set: the three Source accessors over that state."""
 
     _config: ModelConfig
-    _tokenizer: Path
+    _tokenizer: "TokenizerFiles"
     _specs: list[TensorSpec]
 
     def config(self) -> ModelConfig:
         return self._config
 
+    def tokenizer(self) -> "TokenizerFiles":
+        return self._tokenizer
+
     def tokenizer_bytes(self) -> bytes:
-        return self._tokenizer.read_bytes()
+        return self._tokenizer.blob
 
     def tensor_specs(self) -> list[TensorSpec]:
         return list(self._specs)
@@ -117,11 +126,60 @@ def check_tensor_set(config: ModelConfig, found: dict[str, tuple[tuple[int, ...]
     return specs
 
 
-def tokenizer_path(folder: Path) -> Path:
-    """The sentencepiece model beside a checkpoint, or an LmpackError saying it is missing."""
+def split_fused(config: ModelConfig, found: dict[str, tuple[tuple[int, ...], str, str]]
+                ) -> tuple[dict[str, tuple[tuple[int, ...], str, str]], dict[str, tuple[str, int, int, bool]]]:
+    """`found` (as check_tensor_set takes it) with each fused tensor the family table names
+    (Phi-3's qkv_proj, gate_up_proj) replaced by its parts, and the parts: name -> (fused name,
+    first row, end row, whether it is the fused tensor's last part). A source hands a part out as
+    a row range of the fused tensor, a view: nothing is copied or held twice."""
+    from lmpack.errors import LmpackError
+    from lmpack.formats.arch import fused_parts
+
+    parts = {name: p for name, p in fused_parts(config).items() if p[0] in found}
+    rows: dict[str, int] = {}
+    for fused, _, r1 in parts.values():
+        rows[fused] = max(rows.get(fused, 0), r1)
+    out = {k: v for k, v in found.items() if k not in rows}
+    for fused, total in rows.items():
+        shape, _, where = found[fused]
+        if len(shape) != 2 or shape[0] != total:
+            raise LmpackError(f"{where}: tensor '{fused}' has shape {list(shape)}, the config implies {total} rows")
+    for name, (fused, r0, r1) in parts.items():
+        shape, dtype, where = found[fused]
+        out[name] = ((r1 - r0, shape[1]), dtype, where)
+    return out, {name: (f, r0, r1, r1 == rows[f]) for name, (f, r0, r1) in parts.items()}
+
+
+def load_sentencepiece(path: Path):
+    """The sentencepiece model in `path`, or an LmpackError that says what the file is instead.
+
+    Checked when a conversion starts, so a wrong file (Llama 3's tiktoken ranks, Mistral's tekken
+    JSON under the old name) is refused with one line rather than embedded and failing at load."""
+    import sentencepiece as spm
+
     from lmpack.errors import LmpackError
 
-    path = Path(folder) / "tokenizer.model"
-    if not path.is_file():
-        raise LmpackError(f"{folder}: no tokenizer.model (a sentencepiece model is required)")
-    return path
+    data = Path(path).read_bytes()
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.LoadFromSerializedProto(data)
+        ok = sp.get_piece_size() > 0
+    except Exception:  # sentencepiece raises RuntimeError/OSError with C++ text
+        ok = False
+    if not ok:
+        raise LmpackError(f"{path}: not a sentencepiece model ({_looks_like(data)})")
+    return sp
+
+
+def _looks_like(data: bytes) -> str:
+    """A short guess at what a file that is not a sentencepiece model holds, for the message."""
+    head = data[:4096].lstrip()
+    if not head:
+        return "the file is empty"
+    if head[:1] in (b"{", b"["):
+        return "it is JSON, such as a tokenizer.json or Mistral's tekken.json"
+    first = head.split(b"\n", 1)[0].split(b" ")
+    if len(first) == 2 and first[1].strip().isdigit() and first[0] and all(
+            c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=" for c in first[0]):
+        return "it is a tiktoken BPE ranks file, like Llama 3's"
+    return "unrecognised contents"

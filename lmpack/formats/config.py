@@ -1,8 +1,8 @@
-"""The model config stored in a `.lmp` header, and the tensors it implies.
+"""The model config stored in a `.lmp` header.
 
-`ModelConfig` is the one description of a Llama-family model that the converter writes, the
-reader validates and the runtime runs; `expected_tensors` derives from it the exact set of tensor
-names and shapes a file must hold (docs/FORMAT.md, "Tensors").
+`ModelConfig` is the one description of a model that the converter writes, the reader validates
+and the runtime runs. Which tensors it implies, and how a family's config.json maps onto it, is
+the family table's job (`lmpack.formats.arch`, re-exported here as `expected_tensors`).
 """
 from __future__ import annotations
 
@@ -11,13 +11,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lmpack.errors import LmpackError
+from lmpack.formats.arch import MAX_DIM, MAX_EXPERTS, expected_tensors, family
 
-ARCHITECTURES = ("llama",)
+__all__ = ["ModelConfig", "expected_tensors"]
 CHAT_FORMATS = ("llama2",)
 ROPE_SCALING_KEYS = {
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
     "linear": ("factor",),
 }
+
+
+FEATURE_DEFAULTS: dict[str, Any] = {"sliding_window": None, "layer_types": None, "rope_local_theta": None,
+                                    "query_pre_attn_scalar": None, "attn_softcap": None, "final_softcap": None,
+                                    "rope_dim": None, "n_experts": 0, "n_experts_used": 0}
+LAYER_TYPES = ("full", "sliding")
 
 
 @dataclass
@@ -38,12 +45,38 @@ class ModelConfig:
     rope_scaling: dict[str, Any] | None = None
     chat_format: str | None = None
     architecture: str = "llama"
+    # Family features (docs/FORMAT.md); a header leaves out those at their default.
+    sliding_window: int | None = None  # positions a sliding layer attends to, itself included
+    layer_types: list[str] | None = None  # per layer "full" | "sliding"; None: all one kind
+    rope_local_theta: float | None = None  # RoPE base of sliding layers, unscaled (Gemma 3); None: as full ones
+    query_pre_attn_scalar: float | None = None  # q.k scale is its -1/2 power (Gemma); None: head_dim's
+    attn_softcap: float | None = None  # attention scores become cap*tanh(s/cap) (Gemma 2)
+    final_softcap: float | None = None  # the same on the logits
+    rope_dim: int | None = None  # RoPE rotates the first rope_dim dims of each head (Phi-3); None: all
+    n_experts: int = 0  # MoE: experts per layer (0: a dense MLP)
+    n_experts_used: int = 0  # MoE: experts each token takes (top-k)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, kept verbatim
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Every id generation stops at (config.json's, generation_config.json's and the tokenizer's EOS)."""
+        return list(self.eos_ids)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")
+        for key in FEATURE_DEFAULTS:
+            if d[key] == FEATURE_DEFAULTS[key]:
+                del d[key]
         return {**extra, **d}
+
+    def window(self, layer: int) -> int:
+        """The attention window of `layer` in positions; 0 for full causal attention."""
+        if self.sliding_window is None:
+            return 0
+        if self.layer_types is None or self.layer_types[layer] == "sliding":
+            return self.sliding_window
+        return 0
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "config") -> "ModelConfig":
@@ -90,6 +123,15 @@ class ModelConfig:
             tie_embeddings=get("tie_embeddings", bool, False),
             rope_scaling=d.get("rope_scaling"),
             chat_format=get("chat_format", str, None, optional=True),
+            sliding_window=get("sliding_window", int, None, optional=True),
+            layer_types=d.get("layer_types"),
+            rope_local_theta=get("rope_local_theta", float, None, optional=True),
+            query_pre_attn_scalar=get("query_pre_attn_scalar", float, None, optional=True),
+            attn_softcap=get("attn_softcap", float, None, optional=True),
+            final_softcap=get("final_softcap", float, None, optional=True),
+            rope_dim=get("rope_dim", int, None, optional=True),
+            n_experts=get("n_experts", int, 0),
+            n_experts_used=get("n_experts_used", int, 0),
             extra={k: v for k, v in d.items() if k not in known},
         )
         cfg.validate(where)
@@ -97,12 +139,13 @@ class ModelConfig:
 
     def validate(self, where: str = "config") -> None:
         """Raise LmpackError unless every field is consistent and in range."""
-        if self.architecture not in ARCHITECTURES:
-            raise LmpackError(f"{where}: unsupported architecture '{self.architecture}' (supported: llama)")
+        family(self.architecture, where)
         for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "vocab_size", "max_context"):
             value = getattr(self, key)
-            if not 0 < value <= 1 << 24:
+            if not 0 < value <= MAX_DIM:
                 raise LmpackError(f"{where}: field '{key}' out of range: {value}")
+        if self.n_heads * self.head_dim > MAX_DIM:
+            raise LmpackError(f"{where}: n_heads * head_dim ({self.n_heads * self.head_dim}) is above {MAX_DIM}")
         if self.n_heads % self.n_kv_heads:
             raise LmpackError(f"{where}: n_heads ({self.n_heads}) is not a multiple of n_kv_heads ({self.n_kv_heads})")
         if self.head_dim % 2:
@@ -117,6 +160,25 @@ class ModelConfig:
                     raise LmpackError(f"{where}: {key} {i} is outside the vocabulary (size {self.vocab_size})")
         if self.chat_format is not None and self.chat_format not in CHAT_FORMATS:
             raise LmpackError(f"{where}: unknown chat_format '{self.chat_format}'")
+        for key in ("rope_local_theta", "query_pre_attn_scalar", "attn_softcap", "final_softcap"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value <= 1e9:
+                raise LmpackError(f"{where}: field '{key}' must be positive, got {value}")
+        if self.n_experts or self.n_experts_used:
+            if not (2 <= self.n_experts <= MAX_EXPERTS and 1 <= self.n_experts_used <= self.n_experts):
+                raise LmpackError(f"{where}: n_experts must be in [2, {MAX_EXPERTS}] and n_experts_used in "
+                                  f"[1, n_experts], got {self.n_experts} and {self.n_experts_used}")
+        if self.rope_dim is not None and not (0 < self.rope_dim <= self.head_dim and self.rope_dim % 2 == 0):
+            raise LmpackError(f"{where}: field 'rope_dim' must be even and in [2, head_dim], got {self.rope_dim}")
+        if self.sliding_window is not None and not 0 < self.sliding_window <= MAX_DIM:
+            raise LmpackError(f"{where}: field 'sliding_window' out of range: {self.sliding_window}")
+        if self.layer_types is not None:
+            lt = self.layer_types
+            if not isinstance(lt, list) or len(lt) != self.n_layers or any(t not in LAYER_TYPES for t in lt):
+                raise LmpackError(f"{where}: field 'layer_types' must list 'full' or 'sliding' for each of the "
+                                  f"{self.n_layers} layers")
+            if "sliding" in lt and self.sliding_window is None:
+                raise LmpackError(f"{where}: sliding layers need a 'sliding_window'")
         if self.rope_scaling is not None:
             rs = self.rope_scaling
             if not isinstance(rs, dict) or rs.get("type") not in ROPE_SCALING_KEYS:
@@ -126,24 +188,3 @@ class ModelConfig:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                     raise LmpackError(f"{where}: rope_scaling.{key} must be a positive number, got {value!r}")
 
-
-def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor name a file for `cfg` must hold, with its shape, in canonical file order."""
-    q_rows = cfg.n_heads * cfg.head_dim
-    kv_rows = cfg.n_kv_heads * cfg.head_dim
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.dim)}
-    for i in range(cfg.n_layers):
-        p = f"model.layers.{i}."
-        shapes[p + "input_layernorm.weight"] = (cfg.dim,)
-        shapes[p + "self_attn.q_proj.weight"] = (q_rows, cfg.dim)
-        shapes[p + "self_attn.k_proj.weight"] = (kv_rows, cfg.dim)
-        shapes[p + "self_attn.v_proj.weight"] = (kv_rows, cfg.dim)
-        shapes[p + "self_attn.o_proj.weight"] = (cfg.dim, q_rows)
-        shapes[p + "post_attention_layernorm.weight"] = (cfg.dim,)
-        shapes[p + "mlp.gate_proj.weight"] = (cfg.ffn_dim, cfg.dim)
-        shapes[p + "mlp.up_proj.weight"] = (cfg.ffn_dim, cfg.dim)
-        shapes[p + "mlp.down_proj.weight"] = (cfg.dim, cfg.ffn_dim)
-    shapes["model.norm.weight"] = (cfg.dim,)
-    if not cfg.tie_embeddings:
-        shapes["lm_head.weight"] = (cfg.vocab_size, cfg.dim)
-    return shapes

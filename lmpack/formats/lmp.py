@@ -24,6 +24,7 @@ import numpy as np
 
 from lmpack import _core
 from lmpack.errors import LmpackError
+from lmpack.formats.arch import family
 from lmpack.formats.config import ModelConfig, expected_tensors
 from lmpack.formats.mmaps import drop_pages, open_readonly
 from lmpack.formats.dtypes import ALIGN, DTYPES, Q8_0_BLOCK, align_up, numpy_dtype, q8_0_planes, tensor_nbytes
@@ -34,7 +35,12 @@ PREAMBLE = struct.Struct("<8sIIQQQII16x")  # magic, version, flags, header_len, 
 PREAMBLE_SIZE = 64
 PAGE = 4096
 MAX_HEADER = 64 << 20
-TOKENIZER_KINDS = ("sentencepiece",)
+TOKENIZER_KINDS = ("sentencepiece", "tokenizers")
+# Optional fields of the header's `tokenizer` section and of its `generation` section (FORMAT.md).
+TOKENIZER_FIELDS = {"add_bos": bool, "legacy": bool, "clean_up_tokenization_spaces": bool, "chat_template": str,
+                    "special_tokens": dict, "chat_templates": dict}
+GENERATION_FIELDS = {"temperature": float, "top_p": float, "top_k": int, "repetition_penalty": float,
+                     "do_sample": bool}
 
 assert PREAMBLE.size == PREAMBLE_SIZE
 
@@ -173,7 +179,8 @@ class LmpWriter:
 
     def __init__(self, path: str | os.PathLike, config: ModelConfig, tokenizer: bytes,
                  tensors: Iterable[tuple[str, str, tuple[int, ...]]], provenance: dict[str, Any],
-                 tokenizer_kind: str = "sentencepiece"):
+                 tokenizer_kind: str = "sentencepiece", tokenizer_fields: dict[str, Any] | None = None,
+                 generation: dict[str, Any] | None = None):
         self.path = Path(path)
         if not self.path.parent.is_dir():
             raise LmpackError(f"{self.path}: output folder {self.path.parent} does not exist")
@@ -183,6 +190,8 @@ class LmpWriter:
         self.config = config
         self.tokenizer = bytes(tokenizer)
         self.tokenizer_kind = tokenizer_kind
+        self.tokenizer_fields = dict(tokenizer_fields or {})
+        self.generation = dict(generation or {})
         self.provenance = {"lmpack_version": _version(),
                            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                            **provenance}
@@ -199,8 +208,9 @@ class LmpWriter:
             "format": "lmpack",
             "version": VERSION,
             "config": self.config.to_dict(),
-            "tokenizer": {"kind": self.tokenizer_kind, "offset": self.tok_offset,
+            "tokenizer": {"kind": self.tokenizer_kind, **self.tokenizer_fields, "offset": self.tok_offset,
                           "nbytes": len(self.tokenizer), "crc32c": tok_crc},
+            **({"generation": self.generation} if self.generation else {}),
             "provenance": self.provenance,
             "tensors": [e.to_json() for e in self.entries],
         }
@@ -371,7 +381,11 @@ class LmpReader:
         tok = header["tokenizer"]
         if not isinstance(tok, dict) or tok.get("kind") not in TOKENIZER_KINDS:
             raise self._fail(f"unsupported tokenizer {tok.get('kind') if isinstance(tok, dict) else tok!r}")
-        self.tokenizer_entry = self._entry({"name": "<tokenizer>", "dtype": "u8", **tok}, size, raw_bytes=True)
+        self.tokenizer_entry = self._entry({**tok, "name": "<tokenizer>", "dtype": "u8"}, size, raw_bytes=True)
+        self.tokenizer_kind = tok["kind"]
+        self.tokenizer_fields = self._fields(tok, TOKENIZER_FIELDS, "tokenizer")
+        gen = header.get("generation", {})
+        self.generation = self._fields(gen if isinstance(gen, dict) else None, GENERATION_FIELDS, "generation")
         ranges.append((self.tokenizer_entry.offset, self.tokenizer_entry.nbytes, "tokenizer"))
 
         if not isinstance(header["tensors"], list):
@@ -388,7 +402,7 @@ class LmpReader:
             if o1 + n1 > o2:
                 raise self._fail(f"tensors '{a}' and '{b}' overlap")
 
-        want = 2 + 9 * self.config.n_layers + (not self.config.tie_embeddings)
+        want = family(self.config.architecture).tensor_count(self.config)
         if want > len(self.tensors) + 9:  # refuse before building the name set of a huge n_layers
             raise self._fail(f"the directory lists {len(self.tensors)} tensors, the config implies {want}")
         expected = expected_tensors(self.config)
@@ -404,6 +418,28 @@ class LmpReader:
                 raise self._fail(f"tensor '{name}' has shape {list(t.shape)}, the config implies {list(shape)}")
             if len(shape) == 1 and t.dtype != "f32":
                 raise self._fail(f"tensor '{name}' is {t.dtype}; norm weights must be f32")
+
+    def _fields(self, section: dict | None, kinds: dict[str, type], where: str) -> dict[str, Any]:
+        """The known optional fields of a header section, each of its type (string maps for dicts)."""
+        if section is None:
+            raise self._fail(f"corrupt header ({where} is not an object)")
+        out = {}
+        for key, kind in kinds.items():
+            if key not in section or section[key] is None:
+                continue
+            v = section[key]
+            if kind is float:
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and v != float("inf")
+            elif kind is int:
+                ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            elif kind is dict:
+                ok = isinstance(v, dict) and all(isinstance(a, str) and isinstance(b, str) for a, b in v.items())
+            else:
+                ok = isinstance(v, kind)
+            if not ok:
+                raise self._fail(f"corrupt header ({where}.{key} is {type(v).__name__}, expected {kind.__name__})")
+            out[key] = v
+        return out
 
     def _entry(self, t: Any, size: int, raw_bytes: bool = False) -> TensorEntry:
         if not isinstance(t, dict):

@@ -1,7 +1,8 @@
 """A loaded `.lmp` model: the Python face of the C forward pass.
 
-`Model` maps and validates the file (LmpReader), hands the C core the weight offsets and the
-RoPE frequencies, and runs it: `logits` for a fresh context, `generate` for streamed text. Python
+`Model` maps and validates the file (LmpReader), hands the C core the weight slots and forward
+features the family table derives from the config (`lmpack.formats.arch`) and the RoPE
+frequencies, and runs it: `logits` for a fresh context, `generate` for streamed text. Python
 runs once per token (sampling and detokenizing); everything per layer happens in C with the GIL
 released.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -18,17 +19,18 @@ import numpy as np
 
 from lmpack import _core
 from lmpack.errors import LmpackError
+from lmpack.formats import arch
 from lmpack.formats.config import ModelConfig
 from lmpack.formats.lmp import LmpReader
-from lmpack.runtime.sampler import Sampler
-from lmpack.runtime.tokenizer import StreamDecoder, Tokenizer
+from lmpack.runtime.sampler import Sampler, sampling_options
+from lmpack.runtime.tokenizer import StreamDecoder, open_tokenizer
 
 DEFAULT_MAX_CONTEXT = 4096  # the KV cache is sized from this, not from a 128k max_position_embeddings
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     """Per-pair RoPE inverse frequencies in float32, as transformers computes them."""
-    d = cfg.head_dim
+    d = cfg.rope_dim or cfg.head_dim  # the rotated dims of a head
     exponent = np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / np.float32(d)
     inv = (np.float32(1.0) / (np.float32(cfg.rope_theta) ** exponent)).astype(np.float32)
     rs = cfg.rope_scaling
@@ -44,6 +46,15 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
     medium = ~(wavelen < old / high) & ~(wavelen > old / low)
     return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_tables(cfg: ModelConfig) -> np.ndarray:
+    """The C core's RoPE tables [n, rotated dims/2]: the model's; then, for families whose sliding
+    layers have their own base (Gemma 3), that base unscaled (arch.core_config's layer_rope)."""
+    tables = [rope_inv_freq(cfg)]
+    if cfg.rope_local_theta is not None:
+        tables.append(rope_inv_freq(replace(cfg, rope_theta=cfg.rope_local_theta, rope_scaling=None)))
+    return np.ascontiguousarray(np.stack(tables), dtype=np.float32)
 
 
 def default_threads() -> int:
@@ -76,7 +87,8 @@ class Model:
         self._reader = LmpReader(self.path)
         cfg = self.config = self._reader.config
         try:
-            self.tokenizer = Tokenizer(self._reader.tokenizer_bytes, cfg.bos_id, cfg.eos_ids, cfg.vocab_size)
+            self.tokenizer = open_tokenizer(self._reader.tokenizer_kind, self._reader.tokenizer_bytes, cfg.bos_id,
+                                            cfg.eos_ids, cfg.vocab_size, self._reader.tokenizer_fields)
         except LmpackError as e:
             raise LmpackError(f"{self.path}: {e} (lmpack verify checks the file)") from None
         self.threads = default_threads() if threads is None else threads
@@ -85,14 +97,14 @@ class Model:
         self.n_ctx = min(cfg.max_context, DEFAULT_MAX_CONTEXT) if max_context is None else max_context
         if not isinstance(self.n_ctx, int) or self.n_ctx < 1:
             raise LmpackError(f"the context length must be a positive integer, got {max_context!r}")
-        weights = {e.name: (e.offset, e.nbytes, e.dtype, e.shape) for e in self._reader.tensors}
-        core_cfg = {k: getattr(cfg, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                                                  "ffn_dim", "vocab_size", "norm_eps", "tie_embeddings")}
+        entries = {e.name: (e.offset, e.nbytes, e.dtype, e.shape) for e in self._reader.tensors}
         try:
-            self._core = _core.Model(self._reader.buffer, core_cfg, weights, rope_inv_freq(cfg),
-                                     self.n_ctx, self.threads)
+            self._core = _core.Model(self._reader.buffer, arch.core_config(cfg), arch.core_weights(cfg, entries),
+                                     rope_tables(cfg), self.n_ctx, self.threads)
         except (ValueError, MemoryError) as e:
             raise LmpackError(f"{self.path}: {e}") from None
+        # Sampling defaults from the source's generation_config.json (docs/FORMAT.md, "generation").
+        self.generation_defaults = dict(self._reader.generation)
         self.last_stats = GenerationStats()
 
     # -- the forward pass
@@ -117,16 +129,29 @@ class Model:
         return self.forward(ids, 0, all_logits=True)
 
     # -- text generation
-    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, temperature: float = 0.8,
-                 top_p: float = 0.95, seed: int | None = None, stop_at_eos: bool = True) -> Iterator[str]:
-        """Stream text pieces continuing `prompt` (text gets BOS prepended; ids are used as given).
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, temperature: float | None = None,
+                 top_p: float | None = None, seed: int | None = None, stop_at_eos: bool = True,
+                 top_k: int | None = None, repetition_penalty: float | None = None) -> Iterator[str]:
+        """Stream text pieces continuing `prompt` (text is encoded with the model's own BOS rule; ids
+        are used as given).
 
-        Greedy at temperature 0. Stops at an EOS id, after max_tokens, or when the context is full;
+        Sampling options left as None take the model's generation_config.json defaults, else
+        temperature 0.8, top_p 0.95, no top-k, no repetition penalty (`sampling_options`); greedy at
+        temperature 0. Stops at any EOS id, after max_tokens, or when the context is full;
         `last_stats` then holds token counts and timings."""
         ids = self.tokenizer.encode(prompt, bos=True) if isinstance(prompt, str) else [int(i) for i in prompt]
         if not ids:
-            raise LmpackError("empty prompt (encode with bos=True to start from BOS)")
-        return self.continue_from(ids, 0, Sampler(temperature, top_p, seed), max_tokens, stop_at_eos)
+            raise LmpackError("empty prompt (this model's tokenizer adds no BOS token: give some text)"
+                              if isinstance(prompt, str) and prompt == "" else "empty prompt")
+        return self.continue_from(ids, 0, self.sampler(temperature, top_p, seed, top_k, repetition_penalty),
+                                  max_tokens, stop_at_eos)
+
+    def sampler(self, temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
+                top_k: int | None = None, repetition_penalty: float | None = None) -> Sampler:
+        """A Sampler with the given options, the model's defaults for the others (see `sampling_options`)."""
+        opts, _ = sampling_options(self.generation_defaults, temperature=temperature, top_p=top_p, top_k=top_k,
+                                   repetition_penalty=repetition_penalty)
+        return Sampler(seed=seed, **opts)
 
     def continue_from(self, ids: list[int], pos: int, sampler: Sampler, max_tokens: int,
                       stop_at_eos: bool = True, generated: list[int] | None = None) -> Iterator[str]:
@@ -134,6 +159,7 @@ class Model:
         max_tokens. Each sampled id is appended to `generated` (if given) as it is produced; the
         last one is not yet in the cache, so a caller that goes on must feed it first."""
         stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
+        sampler.see(ids)
         t0 = time.perf_counter()
         logits = self.forward(ids, pos)[-1]
         stats.prompt_seconds = time.perf_counter() - t0
@@ -144,6 +170,7 @@ class Model:
         try:
             for i in range(max_tokens):
                 token = sampler(logits)
+                sampler.see((token,))
                 if generated is not None:
                     generated.append(token)
                 if stop_at_eos and token in self.tokenizer.eos_ids:

@@ -56,18 +56,24 @@ def _open_source(path: Path):
     return open_source(path)
 
 
-def _prompt_ids(tokenizer_bytes: bytes, bos_id: int, prompt: str | None, text_file: Path | None,
-                max_tokens: int) -> list[int]:
-    import sentencepiece as spm
-
+def _prompt_ids(tokenizer, bos_id: int, prompt: str | None, text_file: Path | None, max_tokens: int) -> list[int]:
+    """The comparison text's ids with the model's own BOS rule (the source's tokenizer, loaded by its
+    own library), cut to max_tokens."""
     if text_file is not None:
         with open(text_file, encoding="utf-8", errors="replace") as f:
             text = f.read(max_tokens * TEXT_CHARS_PER_TOKEN)
     else:
         text = DEFAULT_PROMPT if prompt is None else prompt
-    sp = spm.SentencePieceProcessor()
-    sp.LoadFromSerializedProto(tokenizer_bytes)
-    return ([bos_id] + sp.encode(text))[:max_tokens]
+    if tokenizer.kind == "sentencepiece":
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor()
+        sp.LoadFromSerializedProto(tokenizer.blob)
+        bos = [bos_id] if tokenizer.header.get("add_bos", True) else []
+        return (bos + sp.encode(text))[:max_tokens]
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(tokenizer.blob.decode("utf-8")).encode(text).ids[:max_tokens]
 
 
 def _loosest_dtype(reader) -> str:
@@ -90,7 +96,8 @@ class _Bars:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
+        with Progress(TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
+                      TimeRemainingColumn(),
                       console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n: bar.advance(task, n)
@@ -167,9 +174,9 @@ def _faithfulness(result: VerifyResult, reader, against: Path, prompt, text_file
         check = checks["logits"]
         t0 = time.perf_counter()
         cfg = source.config()
-        ids = _prompt_ids(source.tokenizer_bytes(), cfg.bos_id, prompt, text_file, max_tokens)
+        ids = _prompt_ids(source.tokenizer(), cfg.bos_id, prompt, text_file, max_tokens)
         if len(ids) < 2:
-            raise UsageError("the prompt must give at least one token after BOS")
+            raise UsageError("the prompt must give at least one token after the first (BOS, where the model adds one)")
         result.prompt_tokens = ids
         with bars.phase("reference forward", cfg.n_layers) as advance:
             ref = reference.reference_logits(source, ids, (lambda done, total: advance(1)) if advance else None)
@@ -178,7 +185,7 @@ def _faithfulness(result: VerifyResult, reader, against: Path, prompt, text_file
         check.seconds = time.perf_counter() - t0
         if got is None:
             return
-        result.thresholds = thresholds_for(result.dtype, overrides)
+        result.thresholds = thresholds_for(result.dtype, overrides, moe=bool(cfg.n_experts))
         result.metrics = m = compare_logits(ref, got, ids)
         check.data = {"reference_seconds": t_ref, "tokens": len(ids)}
         for message in result.thresholds.judge(m):

@@ -2,7 +2,8 @@
 
 The structural checks are the reader's own (`LmpReader` validates everything docs/FORMAT.md
 lists before it exposes a byte); this module adds what a load deliberately skips: the CRC-32C of
-every byte of the tokenizer and of every tensor, a sentencepiece load of the tokenizer, and a scan
+every byte of the tokenizer and of every tensor, a load of the tokenizer with its own library (ids
+round-trip, special tokens, chat templates render), and a scan
 of every float for NaN and infinity (and of q8_0 blocks for non-finite scales and the -128 quant
 that ggml's quantizer never produces). The scans are chunked, so memory stays small whatever the
 file size, and read the mapped file at memory speed.
@@ -93,26 +94,78 @@ def check_checksums(reader: LmpReader, check: Check, progress: Progress | None =
                      + (f"; {check.problem_count} mismatched" if check.problem_count else ""))
 
 
-def check_tokenizer(reader: LmpReader, check: Check) -> None:
-    """The embedded sentencepiece model loads and has no more pieces than the vocabulary has rows."""
-    import sentencepiece as spm
+ROUND_TRIP = "Hello, world! 12345 \u00e9t\u00e9 \u65e5\u672c \U0001f999\n  two  spaces\tand a tab."
 
+
+def _load_tokenizer(kind: str, blob: bytes):
+    """(encode(text) -> ids without BOS/EOS, decode(ids) -> text, number of ids, id -> token or None),
+    straight from the library that runs each kind (not through the runtime)."""
+    if kind == "sentencepiece":
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor()
+        sp.LoadFromSerializedProto(blob)
+        n = sp.get_piece_size()
+        return sp.encode, sp.decode, n, lambda i: sp.id_to_piece(i) if 0 <= i < n else None
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(blob.decode("utf-8"))
+    n = 1 + max(tok.get_vocab(with_added_tokens=True).values(), default=-1)
+    return (lambda text: tok.encode(text, add_special_tokens=False).ids,
+            lambda ids: tok.decode(ids, skip_special_tokens=False), n, tok.id_to_token)
+
+
+def check_tokenizer(reader: LmpReader, check: Check) -> None:
+    """The embedded tokenizer (either kind) loads, has no more ids than the vocabulary has rows,
+    round-trips a mixed text, names the header's special tokens at the ids the config gives, and
+    the chat templates compile and render a one-message conversation."""
     t0 = time.perf_counter()
     cfg = reader.config
-    sp = spm.SentencePieceProcessor()
+    kind, fields = reader.tokenizer_kind, reader.tokenizer_fields
     try:
-        sp.LoadFromSerializedProto(reader.tokenizer_bytes)
-    except Exception as e:  # sentencepiece raises RuntimeError/OSError with C++ text
-        check.fail(f"sentencepiece cannot load it ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+        encode, decode, n, token_of = _load_tokenizer(kind, reader.tokenizer_bytes)
+    except Exception as e:  # sentencepiece and tokenizers raise bare exceptions with C++/serde text
+        check.fail(f"{kind} cannot load it ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})",
                    "<tokenizer>")
-    else:
-        pieces = sp.get_piece_size()
-        check.data = {"pieces": pieces, "vocab_size": cfg.vocab_size}
-        if pieces > cfg.vocab_size:
-            check.fail(f"{pieces} pieces but the model's vocabulary has only {cfg.vocab_size} rows", "<tokenizer>")
-        if check.status != "fail":
-            check.status = "pass"
-            check.summary = f"sentencepiece, {pieces} pieces for a vocabulary of {cfg.vocab_size}"
+        check.seconds = time.perf_counter() - t0
+        return
+    check.data = {"kind": kind, "pieces": n, "vocab_size": cfg.vocab_size}
+    if n > cfg.vocab_size:
+        check.fail(f"{n} tokens but the model's vocabulary has only {cfg.vocab_size} rows", "<tokenizer>")
+    # sentencepiece models may normalize whitespace, so they round-trip a plain sentence instead
+    text = ROUND_TRIP if kind != "sentencepiece" else "Hello world."
+    ids = encode(text)
+    if any(not 0 <= i < n for i in ids):
+        check.fail("encoding gives ids outside the tokenizer", "<tokenizer>")
+    elif decode(ids) != text:
+        check.fail(f"ids do not round-trip: {text!r} decodes as {decode(ids)[:80]!r}", "<tokenizer>")
+    for name, i in [("bos_id", cfg.bos_id), *(("eos_ids", e) for e in cfg.eos_ids)]:
+        if not 0 <= i < cfg.vocab_size:
+            check.fail(f"{name} {i} is outside the vocabulary", "<tokenizer>")
+    specials = fields.get("special_tokens") or {}
+    for key, ids in (("bos_token", [cfg.bos_id]), ("eos_token", cfg.eos_ids)):
+        if specials.get(key) is not None and all(token_of(i) != specials[key] for i in ids):
+            check.fail(f"{key} {specials[key]!r} is not the token at the config's {key[:3]} id(s) {ids}",
+                       "<tokenizer>")
+    templates = {"default": fields.get("chat_template"), **(fields.get("chat_templates") or {})}
+    rendered = 0
+    from lmpack.formats.chat_template import check_template
+
+    for name, source in templates.items():
+        if source is None:
+            continue
+        try:
+            check_template(source, specials)
+            rendered += 1
+        except LmpackError as e:
+            check.fail(f"chat template {name!r}: {e}", "<tokenizer>")
+    if check.status != "fail":
+        check.status = "pass"
+        check.summary = f"{kind}, {n} tokens for a vocabulary of {cfg.vocab_size}"
+        if n < cfg.vocab_size:  # embeddings padded to a round row count: common, and harmless
+            check.summary += f" ({cfg.vocab_size - n} padding rows without a piece)"
+        if rendered:
+            check.summary += f"; {rendered} chat template{'s' if rendered > 1 else ''}"
     check.seconds = time.perf_counter() - t0
 
 

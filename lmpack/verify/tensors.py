@@ -28,14 +28,22 @@ Q_SLACK = 1e-4  # x * (1/d) in float32 may round a near-tie the other way: |x - 
 
 
 def check_config(reader: LmpReader, source: Source, check: Check) -> bool:
-    """File config and tokenizer bytes equal the source's; True when the shapes can be compared."""
+    """File config, tokenizer (bytes, special tokens, templates) and sampling defaults equal the
+    source's; True when the shapes can be compared."""
     t0 = time.perf_counter()
     mine, theirs = reader.config.to_dict(), source.config().to_dict()
     for key in sorted(set(mine) | set(theirs)):
         if mine.get(key) != theirs.get(key):
             check.fail(f"config '{key}' is {mine.get(key)!r} in the file, {theirs.get(key)!r} in the source")
-    if reader.tokenizer_bytes != source.tokenizer_bytes():
-        check.fail("the embedded tokenizer differs from the source's tokenizer.model", "<tokenizer>")
+    tok = source.tokenizer()
+    if reader.tokenizer_kind != tok.kind or reader.tokenizer_bytes != tok.blob:
+        check.fail(f"the embedded tokenizer ({reader.tokenizer_kind}) differs from the source's ({tok.kind})",
+                   "<tokenizer>")
+    for key in sorted(set(reader.tokenizer_fields) | set(tok.header)):
+        if reader.tokenizer_fields.get(key) != tok.header.get(key):
+            check.fail(f"tokenizer '{key}' differs from the source's", "<tokenizer>")
+    if reader.generation != tok.generation:
+        check.fail(f"sampling defaults {reader.generation} differ from the source's {tok.generation}", "<tokenizer>")
     shapes_agree = all(mine.get(k) == theirs.get(k) for k in
                        ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "vocab_size",
                         "tie_embeddings"))
