@@ -16,6 +16,8 @@ static PyMethodDef core_methods[] = {
      "quantize_q8_0(src, src_dtype, quants_out, scales_out, threads=1) -> None: ggml-exact Q8_0."},
     {"count_nonfinite", lmp_py_count_nonfinite, METH_VARARGS,
      "count_nonfinite(buffer, dtype) -> int: NaN/Inf elements of an f32, f16 or bf16 (bits) buffer."},
+    {"q8_0_relayout", lmp_py_q8_0_relayout, METH_VARARGS,
+     "q8_0_relayout(quants, scales, blocks, to_blocks) -> None: Q8_0 planes <-> ggml 34-byte blocks."},
     {"write_behind", lmp_py_write_behind, METH_VARARGS,
      "write_behind(fd, offset, nbytes, wait) -> bool: start writing the range to disk (and, if wait,\n"
      "wait for it); False where the platform cannot, so the caller falls back to fdatasync."},
@@ -25,6 +27,8 @@ static PyMethodDef core_methods[] = {
      "_quantize_act_q8(x_f32, q_out, d_out): test hook, the activation quantizer."},
     {"_dot_f32", lmp_py_test_dot_f32, METH_VARARGS, "_dot_f32(a, b) -> float: test hook."},
     {"_axpy_f32", lmp_py_test_axpy_f32, METH_VARARGS, "_axpy_f32(a, x, y): test hook, y += a*x."},
+    {"_silu_mul_f32", lmp_py_test_silu_mul_f32, METH_VARARGS,
+     "_silu_mul_f32(g, u): test hook, g = silu(g) * u (the scalar loop where the table has none)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -158,21 +158,54 @@ def without_blas_threads(fn):
 def convert(
     src: Path = typer.Argument(..., help="Checkpoint folder: HF (config.json + *.safetensors or pytorch_model*.bin "
                                          "+ tokenizer.json or tokenizer.model) or Meta (params.json + consolidated.NN.pth + "
-                                         "tokenizer.model, sentencepiece or Llama 3 tiktoken)."),
-    output: Path = typer.Option(..., "-o", "--output", help="The .lmp file to write (written atomically)."),
+                                         "tokenizer.model, sentencepiece or Llama 3 tiktoken); or a GGUF file, or a "
+                                         "llama2.c .bin file."),
+    output: Path = typer.Option(..., "-o", "--output", help="The .lmp file to write (written atomically); "
+                                "a name ending in .gguf writes a GGUF file for llama.cpp instead."),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     keep: Optional[List[str]] = typer.Option(None, "--keep", help=KEEP_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Threads for quantization (default: all cores)."),
     kind: Optional[str] = typer.Option(None, "--kind", help="Source kind instead of detecting it: hf-safetensors, "
-                                       "hf-bin or meta (for folders that hold more than one)."),
+                                       "hf-bin or meta (for folders that hold more than one), gguf or llama2c."),
     rope_scaling_factor: Optional[float] = typer.Option(None, "--rope-scaling-factor", help="Meta Llama 3.x folders: "
                                                         "override the rope scaling factor (Llama 3.2 1B/3B need 32)."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="llama2.c .bin files: the tokenizer "
+                                             "(a sentencepiece tokenizer.model or llama2.c's tokenizer.bin; default: "
+                                             "tokenizer.model beside the file)."),
 ):
-    """Convert a checkpoint folder into one .lmp file, streaming tensor by tensor (memory ~ one tensor)."""
+    """Convert a checkpoint into one .lmp file (or a GGUF file for -o *.gguf), streaming tensor by tensor
+    (memory ~ one tensor). Sources: HF and Meta folders, GGUF files, llama2.c .bin files."""
     from lmpack.convert.pipeline import convert as run_convert
 
     out = run_convert(src, output, dtype=dtype, keep=tuple(keep or ()), progress=True, threads=threads,
-                      kind=kind, rope_scaling_factor=rope_scaling_factor)
+                      kind=kind, rope_scaling_factor=rope_scaling_factor, tokenizer=tokenizer,
+                      log=lambda line: err.print(Text(line), highlight=False, soft_wrap=True))
+    err.print(Text(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"), highlight=False)
+
+
+@app.command()
+@handles_errors
+@without_blas_threads
+def export(
+    src: Path = typer.Argument(..., help="The .lmp file to export."),
+    output: Path = typer.Option(..., "-o", "--output", help="The GGUF file to write (written atomically)."),
+    dtype: str = typer.Option("auto", "--dtype", help="Stored type of the weight matrices: auto keeps the file's "
+                              "(q8_0 blocks are re-laid, never re-quantized), f32, f16, bf16 or q8_0."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Threads for quantization (default: all cores)."),
+):
+    """Write an .lmp file as a GGUF file for llama.cpp, Ollama or LM Studio (streamed, atomic)."""
+    from lmpack.convert.gguf_export import export as run_export
+    from lmpack.convert.lmp_source import LmpSource
+
+    if output.suffix.lower() != ".gguf":
+        raise LmpackError(f"{output}: the output of export is a GGUF file; name it *.gguf")
+    if Path(src).resolve() == Path(output).resolve():
+        raise LmpackError("the output must be a different file than the input")
+    source = LmpSource(src, allow_quantized=True)
+    try:
+        out = run_export(source, output, dtype=dtype, progress=True, threads=threads, name=Path(src).stem)
+    finally:
+        source.close()
     err.print(Text(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"), highlight=False)
 
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from lmpack.convert.source import Source, TensorSpec
 from lmpack.errors import LmpackError
 from lmpack.formats.arch import keeps_precision
-from lmpack.formats.dtypes import FLOAT_DTYPES, cast, numpy_dtype
-from lmpack.formats.lmp import LmpWriter
+from lmpack.formats.dtypes import FLOAT_DTYPES, Q8_0_BLOCK, cast, numpy_dtype, q8_0_planes
+from lmpack.formats.lmp import LmpWriter, Q8Tensor
 
 TARGET_DTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
 CAST_CHUNK_BYTES = 16 << 20
@@ -78,7 +78,39 @@ def check_finite(name: str, x: np.ndarray, dtype: str) -> None:
                           f"computes NaN logits (repair the checkpoint)")
 
 
-def encode(name: str, x: np.ndarray, src: str, dst: str, threads: int | None) -> Iterator[memoryview]:
+def q8_rows(x: Q8Tensor, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows r0..r1 of a q8_0 tensor as contiguous (int8 quants (n, cols), fp16 scales (n, cols/32))."""
+    q = np.ascontiguousarray(x.quants[r0:r1]).reshape(r1 - r0, -1)
+    d = np.ascontiguousarray(x.scales[r0:r1]).reshape(r1 - r0, -1)
+    return q, d
+
+
+def q8_passthrough_chunks(x: Q8Tensor) -> Iterator[memoryview]:
+    """The stored bytes of a q8_0 tensor that already is q8_0: its planes, copied, never re-quantized."""
+    rows = x.quants.shape[0]
+    cols = x.scales.shape[1] * Q8_0_BLOCK
+    scales_at, _ = q8_0_planes((rows, cols))
+    step = max(1, CAST_CHUNK_BYTES // cols)
+    for r0 in range(0, rows, step):
+        q, _ = q8_rows(x, r0, min(rows, r0 + step))
+        yield memoryview(q).cast("B")
+    yield memoryview(bytes(scales_at - rows * cols))
+    yield memoryview(np.ascontiguousarray(x.scales).view(np.uint8)).cast("B")
+
+
+def q8_dequantized_chunks(x: Q8Tensor, dst: str) -> Iterator[memoryview]:
+    """A q8_0 tensor's values (fp16 scale times quant, exact in f32) cast to a float dtype, row blocks at a time."""
+    rows = x.quants.shape[0]
+    cols = x.scales.shape[1] * Q8_0_BLOCK
+    step = max(1, CAST_CHUNK_BYTES // (cols * 4))
+    for r0 in range(0, rows, step):
+        values = Q8Tensor(*q8_rows(x, r0, min(rows, r0 + step))).dequantize()
+        yield memoryview(np.ascontiguousarray(cast(values, "f32", dst), dtype=numpy_dtype(dst))).cast("B")
+
+
+def encode(name: str, x: np.ndarray | Q8Tensor, src: str, dst: str, threads: int | None) -> Iterator[memoryview]:
+    if isinstance(x, Q8Tensor):
+        return q8_passthrough_chunks(x) if dst == "q8_0" else q8_dequantized_chunks(x, dst)
     if dst == "q8_0":
         from lmpack.quantize import q8_0_chunks
         return q8_0_chunks(name, x, src, threads)
@@ -109,12 +141,13 @@ def run(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[str
                        tokenizer_fields=tok.header, generation=tok.generation)
     total = sum(e.nbytes for e in writer.entries)
     bar = _progress(description) if progress else None
-    with _quiet_on_failure(bar), writer:
+    with quiet_on_failure(bar), writer:
         task = bar.add_task(description, total=total, name=out.name) if bar else None
         for (name, dst, _), spec in zip(plan, specs):
             x = source.load(name)
-            if tuple(x.shape) != spec.shape:
-                raise LmpackError(f"tensor '{name}': source gave shape {list(x.shape)}, expected {list(spec.shape)}")
+            shape = (x.quants.shape[0], x.scales.shape[1] * Q8_0_BLOCK) if isinstance(x, Q8Tensor) else x.shape
+            if tuple(shape) != spec.shape:
+                raise LmpackError(f"tensor '{name}': source gave shape {list(shape)}, expected {list(spec.shape)}")
             check_finite(name, x, spec.dtype)
             if bar:
                 bar.update(task, description=f"{description} {name}")
@@ -145,6 +178,10 @@ def input_paths(source: Source) -> list[Path]:
     reader = getattr(source, "_reader", None)
     if reader is not None:
         paths.append(Path(reader.path))
+    for attr in ("path", "tokenizer_file"):  # one-file sources: a GGUF or llama2.c checkpoint
+        single = getattr(source, attr, None)
+        if isinstance(single, (str, Path)):
+            paths.append(Path(single))
     return paths
 
 
@@ -170,7 +207,7 @@ def refuse_overwriting_inputs(out: Path, inputs: Sequence[Path]) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_on_failure(bar):
+def quiet_on_failure(bar):
     """Run `bar` (or nothing) around the conversion; if it fails, the bar leaves no line behind, so
     the error is the only thing a failed command prints."""
     if bar is None:
@@ -200,15 +237,41 @@ def _progress(description: str):
 
 def convert(src: str | Path, out: str | Path, dtype: str = "auto", keep: Sequence[str] = (),
             progress: bool = False, threads: int | None = None, kind: str | None = None,
-            rope_scaling_factor: float | None = None) -> Path:
-    """Convert a checkpoint folder (HF safetensors / HF .bin / Meta) into one `.lmp` file.
+            rope_scaling_factor: float | None = None, tokenizer: str | Path | None = None,
+            log: Callable[[str], None] | None = None) -> Path:
+    """Convert a checkpoint (HF / Meta folder, GGUF file, llama2.c file) into one `.lmp` file, or
+    into a GGUF file when `out` ends in `.gguf`.
 
     `kind` forces the source kind instead of detecting it; `rope_scaling_factor` overrides the
-    Llama 3 rope scaling factor of Meta checkpoints (Meta's code says 8, Llama 3.2 needs 32)."""
+    Llama 3 rope scaling factor of Meta checkpoints (Meta's code says 8, Llama 3.2 needs 32);
+    `tokenizer` is a llama2.c checkpoint's tokenizer file; `log` receives lines worth telling
+    the user (what was dequantized or re-quantized, and at what error)."""
     from lmpack.convert.detect import open_source
 
-    source = open_source(Path(src), kind=kind, rope_scaling_factor=rope_scaling_factor)
+    if Path(src).resolve() == Path(out).resolve():
+        raise LmpackError("the output must be a different file than the input")
+    source = open_source(Path(src), kind=kind, rope_scaling_factor=rope_scaling_factor, tokenizer=tokenizer)
     try:
-        return run(source, out, dtype, keep, progress, threads, "converting")
+        dequantized = getattr(source, "dequantized", None)
+        if dequantized and dtype == "auto":
+            kinds = "/".join(sorted(set(dequantized.values())))
+            raise LmpackError(f"{src}: {len(dequantized)} tensors are {kinds}, which lmpack does not store; "
+                              f"choose what they become with --dtype bf16, f32 or q8_0")
+        if is_gguf(out):
+            from lmpack.convert.gguf_export import export
+
+            result = export(source, out, dtype, keep, progress, threads, name=Path(src).stem)
+        else:
+            result = run(source, out, dtype, keep, progress, threads, "converting")
+        report = getattr(source, "report", None)
+        if report is not None and log is not None:
+            for line in report(Path(result), dtype):
+                log(line)
+        return result
     finally:
         source.close()
+
+
+def is_gguf(path: str | Path) -> bool:
+    """Whether an output path asks for a GGUF file rather than an `.lmp` (by its suffix)."""
+    return Path(path).suffix.lower() == ".gguf"
