@@ -15,6 +15,7 @@ Targets, each a reader with its own seed input built from a tiny random-weight c
   tokconfig    an HF folder whose `tokenizer_config.json`, `generation_config.json` or `tokenizer.model`
                is damaged
   tokjson      an HF folder with a byte-level BPE `tokenizer.json` (and a chat template) damaged
+  gguf         a GGUF file (f32 or q8_0, written by lmpack's exporter): raw byte damage, converted
 Folder targets run the whole conversion to a `.lmp` in a scratch folder.
 
 Every case runs in a worker process with a 10 s watchdog (a case over it is a hang: the worker is
@@ -46,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("lmpack") is None:  # run from a source tree without an install
     sys.path.insert(0, str(ROOT))
-TARGETS = ("lmp", "safetensors", "index", "torchzip", "pickle", "meta", "config", "tokconfig", "tokjson")
+TARGETS = ("lmp", "safetensors", "index", "torchzip", "pickle", "meta", "config", "tokconfig", "tokjson", "gguf")
 CASE_TIMEOUT = 10.0
 WORKER_MEMORY = 4 << 30
 
@@ -61,6 +62,8 @@ def build_seeds(folder: Path) -> Path:
     if (folder / "done").is_file():
         if not (folder / "hfjson").is_dir():
             _build_tokenizer_json_seed(folder)
+        if not (folder / "model-q8_0.gguf").is_file():
+            _build_gguf_seeds(folder)
         return folder
     import checkpoints
     import torch_sources
@@ -79,8 +82,22 @@ def build_seeds(folder: Path) -> Path:
     convert(hf, folder / "model.lmp")
     convert(hf, folder / "model-q8_0.lmp", dtype="q8_0")
     _build_tokenizer_json_seed(folder)
+    _build_gguf_seeds(folder)
     (folder / "done").write_text("ok")
     return folder
+
+
+def _build_gguf_seeds(folder: Path) -> None:
+    """The HF seed exported as GGUF files (f32 and q8_0) by lmpack's exporter."""
+    from lmpack.convert.detect import open_source
+    from lmpack.convert.gguf_export import export
+
+    for dtype in ("auto", "q8_0"):
+        source = open_source(folder / "hf")
+        try:
+            export(source, folder / f"model-{dtype}.gguf", dtype=dtype)
+        finally:
+            source.close()
 
 
 def _build_tokenizer_json_seed(folder: Path) -> None:
@@ -312,6 +329,10 @@ def make_case(target: str, seeds: Path, work: Path, rng: random.Random) -> Path:
             data = mutate_bytes(seed, rng)
         path = work / "model.safetensors"
         path.write_bytes(data)
+        return path
+    if target == "gguf":
+        path = work / "model.gguf"
+        path.write_bytes(mutate_bytes((seeds / rng.choice(["model-auto.gguf", "model-q8_0.gguf"])).read_bytes(), rng))
         return path
     if target in ("torchzip", "pickle"):
         seed = (seeds / "bin" / "pytorch_model.bin").read_bytes()
