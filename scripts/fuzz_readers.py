@@ -14,7 +14,9 @@ Targets, each a reader with its own seed input built from a tiny random-weight c
   config       an HF folder whose `config.json` is damaged (JSON-aware)
   tokconfig    an HF folder whose `tokenizer_config.json`, `generation_config.json` or `tokenizer.model`
                is damaged
-Folder targets run the whole conversion to a `.lmp` in a scratch folder.
+  gguf         a GGUF file (lmpack's export of the seed, Q8_0): raw byte damage (needs gguf-py)
+  llama2c      a llama2.c v0 `.bin` (beside its tokenizer.model): raw byte damage
+Folder and single-file checkpoint targets run the whole conversion to a `.lmp` in a scratch folder.
 
 Every case runs in a worker process with a 10 s watchdog (a case over it is a hang: the worker is
 killed and replaced) under a 4 GB address-space limit; a worker that dies is a crash; an exception
@@ -45,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("lmpack") is None:  # run from a source tree without an install
     sys.path.insert(0, str(ROOT))
-TARGETS = ("lmp", "safetensors", "index", "torchzip", "pickle", "meta", "config", "tokconfig")
+TARGETS = ("lmp", "safetensors", "index", "torchzip", "pickle", "meta", "config", "tokconfig", "gguf", "llama2c")
 CASE_TIMEOUT = 10.0
 WORKER_MEMORY = 4 << 30
 
@@ -75,8 +77,35 @@ def build_seeds(folder: Path) -> Path:
     torch_sources.hf_to_meta(hf, folder / "meta", mp=1)
     convert(hf, folder / "model.lmp")
     convert(hf, folder / "model-q8_0.lmp", dtype="q8_0")
+    if importlib.util.find_spec("gguf") is not None:
+        convert(hf, folder / "model.gguf", dtype="q8_0")
+    _write_llama2c_v0(folder / "model.lmp", folder / "l2c")
     (folder / "done").write_text("ok")
     return folder
+
+
+def _write_llama2c_v0(lmp: Path, folder: Path) -> None:
+    """A llama2.c legacy (v0) checkpoint of the `.lmp` seed's weights, beside its tokenizer.model
+    (the layout of llama2.c's export.py; q/k rows stay in HF order, which a fuzz seed may)."""
+    import numpy as np
+
+    from lmpack.formats.lmp import LmpReader
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with LmpReader(lmp) as r:
+        c = r.config
+        t = lambda name: np.asarray(r.tensor(name), dtype="<f4").tobytes()  # noqa: E731
+        vocab = c.vocab_size if c.tie_embeddings else -c.vocab_size
+        out = [struct.pack("<7i", c.dim, c.ffn_dim, c.n_layers, c.n_heads, c.n_kv_heads, vocab, c.max_context),
+               t("model.embed_tokens.weight")]
+        for part in ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                     "post_attention_layernorm", "mlp.gate_proj", "mlp.down_proj", "mlp.up_proj"):
+            out += [t(f"model.layers.{i}.{part}.weight") for i in range(c.n_layers)]
+        out += [t("model.norm.weight"), bytes(2 * c.max_context * (c.head_dim // 2) * 4)]
+        if not c.tie_embeddings:
+            out.append(t("lm_head.weight"))
+        (folder / "model.bin").write_bytes(b"".join(out))
+        (folder / "tokenizer.model").write_bytes(r.tokenizer_bytes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,6 +323,13 @@ def make_case(target: str, seeds: Path, work: Path, rng: random.Random) -> Path:
             data = mutate_bytes(seed, rng)
         path = work / "model.safetensors"
         path.write_bytes(data)
+        return path
+    if target in ("gguf", "llama2c"):
+        src = seeds / "model.gguf" if target == "gguf" else seeds / "l2c" / "model.bin"
+        path = work / src.name
+        path.write_bytes(mutate_bytes(src.read_bytes(), rng))
+        if target == "llama2c":
+            shutil.copy(seeds / "l2c" / "tokenizer.model", work / "tokenizer.model")
         return path
     if target in ("torchzip", "pickle"):
         seed = (seeds / "bin" / "pytorch_model.bin").read_bytes()
