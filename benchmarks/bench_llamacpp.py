@@ -13,8 +13,15 @@ thread count taken in the same run (benchmarks/readbw.py, before and after the t
 llama.cpp comes from the optional `bench` extra (`pip install -e .[bench]`; llama-cpp-python builds
 it from source: CMAKE_ARGS="-DGGML_NATIVE=ON" makes it use this CPU's instruction sets).
 
+Each lmpack kernel table is best set against a llama.cpp built for the same instruction set:
+--table NAME[=DIR] (repeatable) runs the whole comparison once per table, each in a child process
+with LMPACK_KERNELS=NAME and, when DIR is given, the llama-cpp-python installed there
+(`pip install --target DIR`), whose build flags are read from DIR/CMAKE_ARGS if that file exists.
+The CPU (model and instruction-set flags), each llama.cpp's compiled features and flags, and every
+number go to the output and to --json.
+
     python benchmarks/bench_llamacpp.py --shapes stories110m tinyllama --types q8_0 bf16 --threads 2 \\
-        --json docs/bench.json
+        --table avx512=/opt/llamacpp-native --table avx2=/opt/llamacpp-avx2 --json docs/bench.json
 """
 from __future__ import annotations
 
@@ -148,7 +155,32 @@ def llama_cpp_info() -> str:
     except ImportError:
         return ""
     info = llama_cpp.llama_print_system_info()
-    return f"llama-cpp-python {llama_cpp.__version__}: {info.decode() if isinstance(info, bytes) else info}"
+    info = info.decode() if isinstance(info, bytes) else info
+    where = Path(llama_cpp.__file__).resolve().parent.parent
+    flags = where / "CMAKE_ARGS"
+    built = f"; built with CMAKE_ARGS={flags.read_text().strip()}" if flags.is_file() else ""
+    return f"llama-cpp-python {llama_cpp.__version__} ({where}): {info.strip()}{built}"
+
+
+# The instruction-set flags that decide which kernels either engine can run.
+ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512dq",
+             "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp")
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in ISA_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def cpu_desc() -> str:
+    """Model name, core count and instruction-set flags, e.g. 'AMD EPYC, 2 CPUs, avx2 ... avx512_bf16'."""
+    return f"{cpu_name()}, {os.cpu_count()} CPUs, flags: {' '.join(cpu_flags()) or '?'}"
 
 
 # ---- measurements ----------------------------------------------------------------------------------
@@ -218,7 +250,11 @@ def main() -> None:
     ap.add_argument("--llama-extra-bufts", action="store_true",
                     help="let llama.cpp repack weights into its extra (AMX) buffers")
     ap.add_argument("--json", type=Path, help="also write every number here (for roofline.py)")
+    ap.add_argument("--table", action="append", default=[], metavar="NAME[=DIR]",
+                    help="run once per lmpack kernel table, against the llama-cpp-python installed in DIR")
     a = ap.parse_args()
+    if a.table:
+        return run_tables(a)
 
     LlamaCpp.extra_bufts = a.llama_extra_bufts
     have_llama = False
@@ -228,7 +264,7 @@ def main() -> None:
             have_llama = True
         except ImportError:
             print("llama-cpp-python is not installed (pip install -e .[bench]): lmpack only")
-    print(f"lmpack kernels: {_core.kernel_path()}, threads {a.threads}, {platform.processor() or platform.machine()}")
+    print(f"lmpack kernels: {_core.kernel_path()}, threads {a.threads}; CPU: {cpu_desc()}")
     if have_llama:
         print(llama_cpp_info())
     bw = {"before": {}, "after": {}}
@@ -263,8 +299,56 @@ def main() -> None:
         meta = {"threads": a.threads, "reps": a.reps, "kernels": _core.kernel_path(),
                 "llama_extra_bufts": a.llama_extra_bufts,
                 "llama_cpp": llama_cpp_info() if have_llama else None, "cpu": cpu_name(),
+                "cpu_flags": cpu_flags(), "cpus": os.cpu_count(),
                 "command": " ".join([Path(sys.executable).name] + sys.argv)}
         a.json.write_text(json.dumps({"meta": meta, "read_bw": bw, "peaks": peaks, "checks": checks, "results": results}, indent=1))
+        print(f"wrote {a.json}")
+
+
+def strip_table_args(argv: list[str]) -> list[str]:
+    """argv without its --table and --json options (either spelling: '--x v' or '--x=v')."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--table", "--json"):
+            skip = True
+        elif not arg.startswith(("--table=", "--json=")):
+            out.append(arg)
+    return out
+
+
+def run_tables(a) -> None:
+    """One child run per --table, each with its kernel table and its llama.cpp; one merged JSON."""
+    import tempfile
+
+    runnable = _core.kernel_paths()
+    print(f"CPU: {cpu_desc()}", flush=True)
+    merged = {"meta": {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "cpus": os.cpu_count(),
+                       "threads": a.threads, "reps": a.reps,
+                       "command": " ".join([Path(sys.executable).name] + sys.argv)},
+              "tables": {}}
+    base = strip_table_args(sys.argv[1:])
+    for spec in a.table:
+        name, _, where = spec.partition("=")
+        if name not in runnable:
+            print(f"error: kernel table {name!r} cannot run here (runnable: {', '.join(runnable)})", file=sys.stderr)
+            sys.exit(2)
+        env = dict(os.environ, LMPACK_KERNELS=name)
+        if where:
+            if not (Path(where) / "llama_cpp").is_dir():
+                print(f"error: no llama_cpp package in {where}", file=sys.stderr)
+                sys.exit(2)
+            env["PYTHONPATH"] = os.pathsep.join([str(Path(where).resolve())] +
+                                                [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "table.json"
+            print(f"\n==== kernel table {name} against llama.cpp from {where or 'the default install'}", flush=True)
+            subprocess.run([sys.executable, str(Path(__file__).resolve())] + base + ["--json", str(out)],
+                           env=env, check=True)
+            merged["tables"][name] = json.loads(out.read_text())
+    if a.json:
+        a.json.write_text(json.dumps(merged, indent=1))
         print(f"wrote {a.json}")
 
 

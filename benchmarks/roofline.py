@@ -100,5 +100,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", type=Path)
     ap.add_argument("-o", "--output", type=Path, default=Path("docs/roofline.png"))
+    ap.add_argument("--table", help="kernel table to plot from a multi-table run (default: the first)")
     a = ap.parse_args()
-    plot(json.loads(a.json.read_text()), a.output)
+    data = json.loads(a.json.read_text())
+    if "tables" in data:  # bench_llamacpp.py --table ...: one run per kernel table
+        data = data["tables"][a.table or next(iter(data["tables"]))]
+    plot(data, a.output)

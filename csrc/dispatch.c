@@ -11,6 +11,7 @@
  */
 #include "pyapi.h" /* Python.h first, as it asks */
 
+#include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -465,5 +466,30 @@ PyObject *lmp_py_test_axpy_f32(PyObject *self, PyObject *args) {
     lmp_active_kernels()->axpy_f32(a, xb.buf, yb.buf, xb.len / 4);
     PyBuffer_Release(&yb);
     PyBuffer_Release(&xb);
+    Py_RETURN_NONE;
+}
+
+PyObject *lmp_py_test_silu_mul_f32(PyObject *self, PyObject *args) {
+    PyObject *go, *uo;
+    if (!PyArg_ParseTuple(args, "OO:_silu_mul_f32", &go, &uo)) return NULL;
+    Py_buffer gb, ub;
+    if (get_buf(go, &gb, 1, -1, 4, "g") < 0) return NULL;
+    if (gb.len % 4 != 0) {
+        PyErr_SetString(PyExc_ValueError, "g must hold float32 values");
+        PyBuffer_Release(&gb);
+        return NULL;
+    }
+    if (get_buf(uo, &ub, 0, gb.len, 4, "u") < 0) {
+        PyBuffer_Release(&gb);
+        return NULL;
+    }
+    const lmp_kernels *k = lmp_active_kernels();
+    float *g = gb.buf;
+    const float *u = ub.buf;
+    const int64_t n = gb.len / 4;
+    if (k->silu_mul_f32) k->silu_mul_f32(g, u, n);
+    else for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    PyBuffer_Release(&ub);
+    PyBuffer_Release(&gb);
     Py_RETURN_NONE;
 }

@@ -368,11 +368,20 @@ static void att_task(void *ctx, int64_t task, int thread) {
         return;
     }
 
+    /* locals: the stores to s[] could otherwise alias the job's floats and force reloads */
+    const float scale = j->scale, cap = j->softcap;
     float mx = -INFINITY;
-    for (int64_t p = 0; p < npos; p++) {
-        s[p] = j->k->dot_f32(qh, kc + p * kv_dim + kvh * hd, hd) * j->scale;
-        if (j->softcap) s[p] = tanhf(s[p] / j->softcap) * j->softcap;
-        if (s[p] > mx) mx = s[p];
+    if (cap) {
+        for (int64_t p = 0; p < npos; p++) {
+            s[p] = j->k->dot_f32(qh, kc + p * kv_dim + kvh * hd, hd) * scale;
+            s[p] = tanhf(s[p] / cap) * cap;
+            if (s[p] > mx) mx = s[p];
+        }
+    } else {
+        for (int64_t p = 0; p < npos; p++) {
+            s[p] = j->k->dot_f32(qh, kc + p * kv_dim + kvh * hd, hd) * scale;
+            if (s[p] > mx) mx = s[p];
+        }
     }
     float sum = 0.0f;
     for (int64_t p = 0; p < npos; p++) {
@@ -397,7 +406,7 @@ static void add_bias(float *x, const float *b, int64_t n, int64_t cols) {
 }
 
 /* The MLP's gate times its up projection, in place in m->gate: SwiGLU or GeGLU. */
-static void glu(lmp_model *m, int64_t count) {
+static void glu(lmp_model *m, const lmp_kernels *k, int64_t count) {
     if (m->cfg.act == LMP_ACT_GELU_TANH) {
         /* gelu(g) = g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))), torch's tanh form */
         const float k0 = 0.7978845608028654f, k1 = 0.044715f;
@@ -405,6 +414,8 @@ static void glu(lmp_model *m, int64_t count) {
             float g = m->gate[i];
             m->gate[i] = 0.5f * g * (1.0f + tanhf(k0 * (g + k1 * g * g * g))) * m->up[i];
         }
+    } else if (k->silu_mul_f32) {
+        k->silu_mul_f32(m->gate, m->up, count);
     } else {
         for (int64_t i = 0; i < count; i++) {
             float g = m->gate[i];
@@ -423,7 +434,7 @@ static void mlp(lmp_model *m, const lmp_kernels *k, const lmp_weight *gate, cons
         const int64_t ld[2] = {ffn, ffn};
         matmuls(m, k, x, dim, n, 2, ws, ys, ld);
     }
-    glu(m, n * ffn);
+    glu(m, k, n * ffn);
     const lmp_weight *ws[1] = {down};
     float *ys[1] = {m->proj};
     const int64_t ld[1] = {dim};

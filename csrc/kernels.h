@@ -50,6 +50,9 @@ typedef struct {
     /* Optional (NULL: the caller composes dot_f32 and axpy_f32): one query row q[hd] against
      * npos cached positions whose key and value rows sit at k + p*ld and v + p*ld:
      * out = sum_p softmax_p(scale * q.k_p) v_p, with s[npos] as scratch. */
+    /* Optional (NULL: the caller's scalar loop): g[i] = silu(g[i]) * u[i] = g/(1 + e^-g) * u, the
+     * SwiGLU gate, for i < n. */
+    void (*silu_mul_f32)(float *g, const float *u, int64_t n);
     void (*attend_f32)(const float *q, const float *k, const float *v, int64_t ld, int64_t npos, int64_t hd,
                        float scale, float *s, float *out);
 } lmp_kernels;

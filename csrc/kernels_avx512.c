@@ -28,6 +28,7 @@
 #include <float.h>
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "half.h"
@@ -124,86 +125,254 @@ DEFINE_FMATMUL(matmul_bf16, ftile_bf16, 2)
 
 /* ---- q8_0 weights x q8 activations -------------------------------------------------------- */
 
-/* A 64-byte step covers two blocks. vpdpbusd multiplies unsigned by signed bytes, so the
- * activations are offset to x+128 (unsigned) and the row's 128*sum(w) is subtracted back by
- * seeding the accumulator with it: exact, since every sum fits easily in int32. Lane l of the
- * int32 result holds 4 products of block (l < 8 ? first : second); it is converted to float
- * and FMA'd with that block's d_w*d_x into the float accumulator. */
+/* Every output follows the scalar reference's chain exactly: per 32-block the exact int32 dot,
+ * then acc = acc + float(isum) * (d_w * d_x), blocks in order, each operation rounded on its own
+ * (-ffp-contract=off). So q8_0 results are bit-identical to the scalar table's, whatever the tile,
+ * the batch size or the thread split.
+ *
+ * To get one exact int32 per (row, block) without horizontal sums, lanes are rows: a "panel"
+ * vector holds the same 4 columns of 16 rows (a 16x16 dword transpose of 16 row vectors), and
+ * VPDPBUSD against the activation's 4 bytes broadcast adds those 4 products into each row's
+ * lane; 8 such steps are one block. VPDPBUSD multiplies unsigned by signed bytes, so the
+ * weights are offset to w+128 (xor 0x80) and the accumulator is seeded with -128*sum(x) of the
+ * block, computed once per token: exact, every partial sum fits in int32.
+ *
+ * Prompts (ntok > 1) copy each panel of 32 rows x QKB blocks into a buffer once and reuse it for
+ * every tile of QRN tokens (the transpose costs 64 shuffles per KiB, the tiles 8*QRN VPDPBUSD).
+ * Generation (ntok == 1) streams the rows in their row-major layout and folds lanes instead
+ * (q8_gemv8). */
 
-#define QRM 4 /* tile rows */
-#define QRN 3 /* tile tokens: 12 accumulators + 3 zmm per row + 2 per token */
+#define QRN 6   /* tokens of a prompt tile: 12 int32 + 12 f32 accumulators for 32 rows */
+#define QKB 32  /* blocks of a packed panel: 32 rows x 1024 bytes, stays in L1 */
+
+/* r[i] = 16 dwords of row i -> r[k] lane i = dword k of row i. */
+INLINE void transpose16(__m512i r[16]) {
+    __m512i t[16], u[16];
+    UNROLL for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    UNROLL for (int q = 0; q < 4; q++) { /* u[4q+m]: rows 4q..4q+3, dword 4L+m in 128-bit lane L */
+        u[4 * q + 0] = _mm512_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
+        u[4 * q + 1] = _mm512_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
+        u[4 * q + 2] = _mm512_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
+        u[4 * q + 3] = _mm512_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
+    }
+    UNROLL for (int m = 0; m < 4; m++) { /* 4x4 transpose of 128-bit lanes */
+        __m512i v0 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0x44), v1 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0xee);
+        __m512i v2 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0x44), v3 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0xee);
+        r[m] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+        r[4 + m] = _mm512_shuffle_i32x4(v0, v2, 0xdd);
+        r[8 + m] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+        r[12 + m] = _mm512_shuffle_i32x4(v1, v3, 0xdd);
+    }
+}
+
+/* Loads 2 blocks (or 1 if one) of nr <= 16 rows at wq (row stride cols), offset by 128, as 16
+ * panel vectors: p[k] = dword k (k < 8: first block, else second). Missing rows read as 0. */
+INLINE void load_panel(const int8_t *wq, int64_t cols, int nr, int one, __m512i p[16]) {
+    const __m512i k128 = _mm512_set1_epi8((char)0x80);
+    const __mmask64 m = one ? (__mmask64)0xffffffffu : ~(__mmask64)0;
+    UNROLL for (int i = 0; i < 16; i++)
+        p[i] = i < nr ? _mm512_maskz_loadu_epi8(m, wq + i * cols) : _mm512_setzero_si512();
+    transpose16(p);
+    UNROLL for (int k = 0; k < 16; k++) p[k] = _mm512_xor_si512(p[k], k128);
+}
+
+/* f32 scales of block b of nr <= 16 rows (row stride nb), missing rows 0. */
+INLINE __m512 load_scales(const uint16_t *ws, int64_t nb, int64_t b, int nr) {
+    uint16_t s[16];
+    UNROLL for (int i = 0; i < 16; i++) s[i] = i < nr ? ws[i * nb + b] : 0;
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
+}
+
+/* -128 * sum of each block's activation quants, per token: the seeds of the int accumulators. */
+static void act_seeds(const lmp_q8_act *x, int64_t ntok, int64_t cols, int32_t *seed) {
+    const __m512i ones = _mm512_set1_epi8(1);
+    const int64_t nb = cols / LMP_QK;
+    for (int64_t t = 0; t < ntok; t++)
+        for (int64_t b = 0; b < nb; b++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(x->q + t * cols + b * LMP_QK));
+            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones,
+                                            _mm512_castsi256_si512(q)); /* upper half: 0 */
+            seed[t * nb + b] = -128 * _mm512_reduce_add_epi32(s);
+        }
+}
+
+/* acc + float(isum) * (dw * dx), each rounded (the adds' explicit rounding keeps them unfused). */
+INLINE __m512 q8_step(__m512 acc, __m512i isum, __m512 dw, float dx) {
+    __m512 s = _mm512_mul_round_ps(dw, _mm512_set1_ps(dx), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 p = _mm512_mul_round_ps(_mm512_cvtepi32_ps(isum), s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_add_round_ps(acc, p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+INLINE int32_t ld32(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
 
 INLINE __m512 expand2(__m128 two) { /* [a, b, ...] -> [a x8, b x8] */
     const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(two));
 }
 
-INLINE void qtile(const int8_t *wq, const uint16_t *ws, const lmp_q8_act *x, int64_t t0,
-                  int64_t cols, int rm, int rn, float *y, int64_t ldy) {
+/* Generation: rows [r, r+nr) (nr <= 8) against one token, streamed as the tiles of the float
+ * GEMVs are. Per 64-byte step each row's VPDPBUSD leaves 8 partial sums of each of its 2 blocks
+ * in the lanes (the block seeds ride in lanes 0 and 8); three levels of shuffles and adds fold
+ * the 8 rows into one vector of exact block sums [rows 0-3 b, rows 0-3 b+1, rows 4-7 b,
+ * rows 4-7 b+1], which a permute puts in row order, block b in the low half. */
+INLINE void q8_gemv8(const int8_t *wq, const uint16_t *ws, const int8_t *xq, const float *xd,
+                     const int32_t *seed, int64_t cols, int nr, float *y) {
     const int64_t nb = cols / LMP_QK;
     const __m512i k128 = _mm512_set1_epi8((char)0x80);
-    const __m512i zero = _mm512_setzero_si512();
-    __m512 acc[QRM][QRN];
-    UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++) acc[i][j] =
-        _mm512_setzero_ps();
-    const int prefetch = rn == 1 && cols < GEMV_SHORT_ROW;
+    const __m512i order = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
+    const __m256i srow = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i sidx = _mm256_mullo_epi32(srow, _mm256_set1_epi32((int)nb * 2));
+    const __mmask8 rmask = (__mmask8)((1u << nr) - 1);
+    __m256 acc = _mm256_setzero_ps();
+    const int prefetch = cols < GEMV_SHORT_ROW;
     for (int64_t b = 0; b < nb; b += 2) {
         if (prefetch) { /* see GEMV_SHORT_ROW */
-            GEMV_PREFETCH(wq, GEMV_AHEAD_Q8 + b * LMP_QK * rm, rm * 2 * LMP_QK);
-            GEMV_PREFETCH(ws, GEMV_AHEAD_Q8 / 16 + b * 2 * rm, 1);
+            GEMV_PREFETCH(wq, GEMV_AHEAD_Q8 + b * LMP_QK * nr, nr * 2 * LMP_QK);
+            GEMV_PREFETCH(ws, GEMV_AHEAD_Q8 / 16 + b * 2 * nr, 1);
         }
-        const int two = b + 1 < nb;
-        const __mmask64 m = two ? ~(__mmask64)0 : (__mmask64)0xffffffffu;
-        __m512i wv[QRM], nc[QRM];
-        __m512 dw[QRM];
-        UNROLL for (int i = 0; i < rm; i++) {
-            wv[i] = _mm512_maskz_loadu_epi8(m, wq + i * cols + b * LMP_QK);
-            nc[i] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, k128, wv[i]));
-            const uint16_t *s = ws + i * nb + b;
-            uint32_t bits = two ? (uint32_t)s[0] | (uint32_t)s[1] << 16 : s[0];
-            dw[i] = expand2(_mm_cvtph_ps(_mm_cvtsi32_si128((int)bits)));
+        const int one = b + 1 == nb;
+        const __mmask64 m = one ? (__mmask64)0xffffffffu : ~(__mmask64)0;
+        const __m512i xv = _mm512_maskz_loadu_epi8(m, xq + b * LMP_QK);
+        const __m512i sv = _mm512_maskz_set1_epi32(1, seed[b]);
+        const __m512i sd = one ? sv : _mm512_mask_set1_epi32(sv, 1 << 8, seed[b + 1]);
+        __m512i r[8];
+        UNROLL for (int i = 0; i < 8; i++) {
+            __m512i wv = i < nr ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, wq + i * cols + b * LMP_QK), k128)
+                                : _mm512_setzero_si512();
+            r[i] = _mm512_dpbusd_epi32(i < nr ? sd : _mm512_setzero_si512(), wv, xv);
         }
-        UNROLL for (int j = 0; j < rn; j++) {
-            const int8_t *xq = x->q + (t0 + j) * cols + b * LMP_QK;
-            const float *xd = x->d + (t0 + j) * nb + b;
-            __m512i xu = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, xq), k128);
-            /* two f32 scales through an integer load: xd is only 4-byte aligned, and a double
-             * pointer to it would be undefined behaviour */
-            __m512 dx = expand2(two ? _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)xd))
-                                    : _mm_load_ss(xd));
-            UNROLL for (int i = 0; i < rm; i++) {
-                __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc[i], xu, wv[i]));
-                acc[i][j] = _mm512_fmadd_ps(f, _mm512_mul_ps(dw[i], dx), acc[i][j]);
+        __m512i t[4], u[2];
+        UNROLL for (int i = 0; i < 4; i++)
+            t[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]),
+                                    _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]));
+        UNROLL for (int i = 0; i < 2; i++)
+            u[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * i], t[2 * i + 1]),
+                                    _mm512_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
+        __m512i c = _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], 0x88), _mm512_shuffle_i32x4(u[0], u[1], 0xdd));
+        __m512 f = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(order, c));
+        /* scales of blocks b and b+1 of each row: one dword per row, b in the low half */
+        __m512 dw;
+        if (!one) {
+            __m256i sw = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), rmask, sidx, ws + b, 1);
+            dw = _mm512_cvtph_ps(_mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm256_cvtepi32_epi16(_mm256_and_si256(sw, _mm256_set1_epi32(0xffff)))),
+                _mm256_cvtepi32_epi16(_mm256_srli_epi32(sw, 16)), 1));
+        } else { /* the last, odd block: its scale may end the array */
+            uint16_t s1[16] = {0};
+            for (int i = 0; i < nr; i++) s1[i] = ws[i * nb + b];
+            dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s1));
+        }
+        __m512 dx = expand2(one ? _mm_load_ss(xd + b) : _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(xd + b))));
+        __m512 pr = _mm512_mul_round_ps(f, _mm512_mul_round_ps(dw, dx, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        acc = _mm256_add_ps(acc, _mm512_castps512_ps256(pr));
+        if (!one) acc = _mm256_add_ps(acc, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(pr), 1)));
+    }
+    _mm256_mask_storeu_ps(y, rmask, acc);
+}
+
+/* Copies blocks [b0, b0+kb) of nr <= 32 rows into the panel buffer: for each block, 8 steps of
+ * 2 panel vectors (rows 0-15, 16-31), then the block's 2 scale vectors in sd. */
+static void pack_panel(const int8_t *wq, const uint16_t *ws, int64_t cols, int nr, int64_t b0, int kb,
+                       __m512i *pw, __m512 *sd) {
+    const int64_t nb = cols / LMP_QK;
+    for (int g = 0; g < 2; g++) {
+        int ng = nr - 16 * g;
+        ng = ng < 0 ? 0 : ng > 16 ? 16 : ng;
+        const int8_t *wg = wq + 16 * g * cols;
+        for (int b = 0; b < kb; b += 2) {
+            const int one = b + 1 == kb;
+            __m512i p[16];
+            load_panel(wg + (b0 + b) * LMP_QK, cols, ng, one, p);
+            UNROLL for (int k = 0; k < 8; k++) pw[(b * 8 + k) * 2 + g] = p[k];
+            if (!one) UNROLL for (int k = 0; k < 8; k++) pw[((b + 1) * 8 + k) * 2 + g] = p[8 + k];
+        }
+        for (int b = 0; b < kb; b++) sd[b * 2 + g] = load_scales(ws + 16 * g * nb, nb, b0 + b, ng);
+    }
+}
+
+/* One tile: the packed panel's 32 rows x RN tokens over its kb blocks, continuing the chains held
+ * in y (first: start from 0). y: &Y[t0*ldy + r]; nr rows are stored. */
+INLINE void q8_tile(const __m512i *pw, const __m512 *sd, int kb, const int8_t *xq, const float *xd,
+                    const int32_t *seed, int64_t cols, int64_t nb, int first, int nr, int rn,
+                    float *y, int64_t ldy) {
+    const __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
+    const __mmask16 m1 = nr >= 32 ? 0xffff : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
+    __m512 acc[2][QRN];
+    UNROLL for (int j = 0; j < rn; j++) {
+        acc[0][j] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, y + j * ldy);
+        acc[1][j] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, y + j * ldy + 16);
+    }
+    for (int b = 0; b < kb; b++) {
+        __m512i s[2][QRN];
+        UNROLL for (int j = 0; j < rn; j++) s[0][j] = s[1][j] = _mm512_set1_epi32(seed[j * nb + b]);
+        const int8_t *xb = xq + b * LMP_QK;
+        UNROLL for (int k = 0; k < 8; k++) {
+            const __m512i w0 = pw[(b * 8 + k) * 2], w1 = pw[(b * 8 + k) * 2 + 1];
+            UNROLL for (int j = 0; j < rn; j++) {
+                const __m512i xv = _mm512_set1_epi32(ld32(xb + j * cols + 4 * k));
+                s[0][j] = _mm512_dpbusd_epi32(s[0][j], w0, xv);
+                s[1][j] = _mm512_dpbusd_epi32(s[1][j], w1, xv);
             }
         }
+        UNROLL for (int j = 0; j < rn; j++) {
+            acc[0][j] = q8_step(acc[0][j], s[0][j], sd[b * 2], xd[j * nb + b]);
+            acc[1][j] = q8_step(acc[1][j], s[1][j], sd[b * 2 + 1], xd[j * nb + b]);
+        }
     }
-    UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++)
-        y[j * ldy + i] = hsum16(acc[i][j]);
-}
-
-#define QCASE(RM, RN) case (RM) * 16 + (RN): qtile(wq, ws, x, t0, cols, RM, RN, y, ldy); break;
-
-static void qtile_any(const int8_t *wq, const uint16_t *ws, const lmp_q8_act *x, int64_t t0,
-                      int64_t cols, int rm, int rn, float *y, int64_t ldy) {
-    switch (rm * 16 + rn) {
-        QCASE(1, 1) QCASE(1, 2) QCASE(1, 3) QCASE(2, 1) QCASE(2, 2) QCASE(2, 3)
-        QCASE(3, 1) QCASE(3, 2) QCASE(3, 3) QCASE(4, 1) QCASE(4, 2) QCASE(4, 3)
-    default: break;
+    UNROLL for (int j = 0; j < rn; j++) {
+        _mm512_mask_storeu_ps(y + j * ldy, m0, acc[0][j]);
+        if (m1) _mm512_mask_storeu_ps(y + j * ldy + 16, m1, acc[1][j]);
     }
 }
+
+#define Q8CASE(RN) case RN: q8_tile(pw, sd, kb, xq, xd, sq, cols, nb, first, nr, RN, yt, ldy); break;
 
 static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv,
                         int64_t ntok, float *y, int64_t ldy) {
     const lmp_q8_act *x = xv;
     const int8_t *wq = w->data;
     const int64_t cols = w->cols, nb = cols / LMP_QK;
-    for (int64_t r = r0; r < r1; r += QRM) {
-        int rm = r1 - r < QRM ? (int)(r1 - r) : QRM;
-        for (int64_t t = 0; t < ntok; t += QRN) {
-            int rn = ntok - t < QRN ? (int)(ntok - t) : QRN;
-            qtile_any(wq + r * cols, w->scales + r * nb, x, t, cols, rm, rn, y + t * ldy + r, ldy);
+    int32_t seed_small[256];
+    int32_t *seed = ntok * nb <= 256 ? seed_small : malloc((size_t)(ntok * nb) * sizeof(int32_t));
+    if (!seed) { /* no memory for the seeds: the scalar chain gives the same bits */
+        lmp_kernels_scalar.matmul[LMP_Q8_0](w, r0, r1, xv, ntok, y, ldy);
+        return;
+    }
+    act_seeds(x, ntok, cols, seed);
+    if (ntok == 1) {
+        for (int64_t r = r0; r < r1; r += 8) {
+            int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
+            q8_gemv8(wq + r * cols, w->scales + r * nb, x->q, x->d, seed, cols, nr, y + r);
+        }
+    } else {
+        _Alignas(64) __m512i pw[QKB * 16];
+        _Alignas(64) __m512 sd[QKB * 2];
+        for (int64_t r = r0; r < r1; r += 32) {
+            const int nr = r1 - r < 32 ? (int)(r1 - r) : 32;
+            for (int64_t b0 = 0; b0 < nb; b0 += QKB) {
+                const int kb = nb - b0 < QKB ? (int)(nb - b0) : QKB;
+                pack_panel(wq + r * cols, w->scales + r * nb, cols, nr, b0, kb, pw, sd);
+                for (int64_t t = 0; t < ntok; t += QRN) {
+                    const int rn = ntok - t < QRN ? (int)(ntok - t) : QRN;
+                    const int8_t *xq = x->q + t * cols + b0 * LMP_QK;
+                    const float *xd = x->d + t * nb + b0;
+                    const int32_t *sq = seed + t * nb + b0;
+                    const int first = b0 == 0;
+                    float *yt = y + t * ldy + r;
+                    switch (rn) { Q8CASE(1) Q8CASE(2) Q8CASE(3) Q8CASE(4) Q8CASE(5) Q8CASE(6) default: break; }
+                }
+            }
         }
     }
+    if (seed != seed_small) free(seed);
 }
 
 /* ---- quantizers ------------------------------------------------------------------------- */
@@ -486,6 +655,18 @@ INLINE __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
+/* The SwiGLU gate: g/(1 + e^-g) * u, the division and multiply rounded as the scalar loop's. */
+static void silu_mul_f32(float *g, const float *u, int64_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f), sign = _mm512_set1_ps(-0.0f);
+    int64_t i = 0;
+    for (; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 gv = _mm512_maskz_loadu_ps(m, g + i);
+        __m512 s = _mm512_div_ps(gv, _mm512_add_ps(one, exp512(_mm512_xor_ps(gv, sign))));
+        _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, u + i)));
+    }
+}
+
 /* s[p] = e^(s[p] - mx) for p < n; returns their sum (16 lanes by p mod 16, fixed reduction). */
 static float softmax_exp(float *s, int64_t n, float mx) {
     const __m512 m = _mm512_set1_ps(mx);
@@ -567,6 +748,7 @@ const lmp_kernels lmp_kernels_avx512 = {
     .quantize_act_q8 = quantize_act_q8,
     .dot_f32 = dot_f32,
     .axpy_f32 = axpy_f32,
+    .silu_mul_f32 = silu_mul_f32,
     .attend_f32 = attend_f32,
 };
 

@@ -27,6 +27,8 @@ static PyMethodDef core_methods[] = {
      "_quantize_act_q8(x_f32, q_out, d_out): test hook, the activation quantizer."},
     {"_dot_f32", lmp_py_test_dot_f32, METH_VARARGS, "_dot_f32(a, b) -> float: test hook."},
     {"_axpy_f32", lmp_py_test_axpy_f32, METH_VARARGS, "_axpy_f32(a, x, y): test hook, y += a*x."},
+    {"_silu_mul_f32", lmp_py_test_silu_mul_f32, METH_VARARGS,
+     "_silu_mul_f32(g, u): test hook, g = silu(g) * u (the scalar loop where the table has none)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -51,16 +51,26 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
-def _catch_signals() -> None:
-    """From here on Ctrl-C and SIGTERM unwind the command (temp files removed) instead of ending
-    the process where it stands (see lmpack/__main__.py for the time before)."""
+@contextlib.contextmanager
+def _catch_signals():
+    """While a command runs, Ctrl-C and SIGTERM unwind it (temp files removed) instead of ending
+    the process where it stands (see lmpack/__main__.py for the time before); the handlers found
+    are put back afterwards, for applications that run commands in-process."""
     import signal
 
     try:
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread (an embedding application): leave its handlers alone
-        pass
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def handles_errors(fn):
@@ -68,10 +78,10 @@ def handles_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        _catch_signals()
         _show_warnings()
         try:
-            return fn(*args, **kwargs)
+            with _catch_signals():
+                return fn(*args, **kwargs)
         except LmpackError as e:
             raise _fail(str(e)) from None
         except KeyboardInterrupt:

@@ -181,3 +181,24 @@ def test_gguf_to_gguf_keeps_every_tensor_byte(hf_checkpoint, tmp_path, sp_model_
     for name, t in a.items():
         assert b[name].tensor_type == t.tensor_type, name
         assert bytes(b[name].data.tobytes()) == bytes(t.data.tobytes()), name
+
+
+def test_output_that_is_an_input_is_refused(hf_checkpoint, converted, tmp_path, run_lmpack, sp_model_path):
+    """GGUF and llama2.c sources are single files: writing the output over one of them (or over the
+    tokenizer a llama2.c file names) must be refused, whatever container the output is."""
+    direct = converted(hf_checkpoint(), "auto")
+    gguf_path = tmp_path / "m.gguf"
+    assert run_lmpack("export", direct, "-o", gguf_path).returncode == 0
+    before = gguf_path.read_bytes()
+    for out in (gguf_path, tmp_path / "link.gguf"):
+        if out.name == "link.gguf":
+            out.symlink_to(gguf_path)
+        res = run_lmpack("convert", gguf_path, "-o", out)
+        assert res.returncode == 1 and "is one of the input files" in res.stderr, res.stderr
+        assert gguf_path.read_bytes() == before
+    link = tmp_path / "lmp-link.gguf"
+    link.symlink_to(direct)
+    size = direct.stat().st_size
+    res = run_lmpack("export", direct, "-o", link)
+    assert res.returncode == 1 and "input" in res.stderr, res.stderr
+    assert direct.stat().st_size == size

@@ -274,3 +274,34 @@ def test_env_var_naming_an_unrunnable_path_warns_and_falls_back():
                          text=True, check=True)
     assert out.stdout.strip() == PATHS[-1]
     assert "LMPACK_KERNELS=avx9000 is not a kernel path this CPU can run" in out.stderr
+
+
+@pytest.mark.parametrize("rows,cols,ntok", [(45, 96, 1), (45, 96, 13), (33, 2080, 7), (7, 32, 2), (70, 1056, 1)])
+def test_avx512_q8_0_matmul_bit_identical_to_scalar(rows, cols, ntok):
+    """The AVX-512 q8_0 matmul keeps the scalar chain (exact block sums, then one rounded multiply
+    and add per block, in order), so prompts and generation give the reference's bits."""
+    if "avx512" not in PATHS:
+        pytest.skip("no AVX-512 on this CPU")
+    rng = np.random.default_rng(rows + cols + ntok)
+    w, ws, _ = make_weight("q8_0", rows, cols, rng)
+    arg = quantize_act(rng.standard_normal((ntok, cols)).astype(np.float32))
+    with using_kernels("scalar"):
+        ref = matmul("q8_0", w, ws, rows, cols, arg, ntok)
+    with using_kernels("avx512"):
+        y = matmul("q8_0", w, ws, rows, cols, arg, ntok)
+    np.testing.assert_array_equal(y, ref)
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 1000])
+def test_silu_mul_close_to_float64_on_every_path(path, n):
+    """The SwiGLU gate entry (or the scalar loop standing in for it) against float64, specials included."""
+    rng = np.random.default_rng(n)
+    g = (rng.standard_normal(n) * 6).astype(np.float32)
+    g[: min(n, 4)] = np.array([0.0, -200.0, 100.0, np.inf], np.float32)[: min(n, 4)]
+    u = rng.standard_normal(n).astype(np.float32)
+    g64 = g.astype(np.float64)
+    with np.errstate(over="ignore"):
+        want = g64 / (1.0 + np.exp(-g64)) * u
+    got = g.copy()
+    _core._silu_mul_f32(got, u)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-30)

@@ -10,7 +10,6 @@ ggml's 34-byte blocks (fp16 scale, 32 int8) without re-quantizing.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -19,7 +18,8 @@ import numpy as np
 from lmpack.convert.gguf_arch import family_of, llama3_rope_divisors, write_config
 from lmpack.convert.gguf_vocab import write_tokenizer
 from lmpack.convert.rope_order import interleaved_rows
-from lmpack.convert.pipeline import CAST_CHUNK_BYTES, TARGET_DTYPES, _progress, q8_rows, target_dtype
+from lmpack.convert.pipeline import (CAST_CHUNK_BYTES, TARGET_DTYPES, _progress, check_finite, input_paths,
+                                     q8_rows, quiet_on_failure, refuse_overwriting_inputs, target_dtype)
 from lmpack.convert.source import Source
 from lmpack import _core
 from lmpack.errors import LmpackError
@@ -102,6 +102,7 @@ def export(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[
     if dtype not in TARGET_DTYPES:
         raise LmpackError(f"unknown dtype '{dtype}' (choose from {', '.join(TARGET_DTYPES)})")
     out = Path(out)
+    refuse_overwriting_inputs(out, input_paths(source))
     config = source.config()
     family = family_of(config)
     names = family.tensor_names(config)
@@ -126,10 +127,11 @@ def export(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[
     writer = GgufWriter(out, family.gguf_name, metadata, tensors)
     bar = _progress("exporting") if progress else None
     release = getattr(source, "release", None)
-    with bar or contextlib.nullcontext(), writer:
+    with quiet_on_failure(bar), writer:
         task = bar.add_task("exporting", total=writer.total_bytes, name=out.name) if bar else None
         for spec, dst in plan:
             x = source.load(spec.name)
+            check_finite(spec.name, x, spec.dtype)
             heads = family.rope_heads(spec.name, config)
             order = None if heads is None else interleaved_rows(spec.shape[0], heads)
             if bar:

@@ -222,6 +222,7 @@ class Llama2cSource:
             if path is None:
                 raise self._fail("llama2.c files hold no tokenizer: put its tokenizer.model (or llama2.c's "
                                  "tokenizer.bin) beside it, or pass --tokenizer")
+        self.tokenizer_file = path  # an input the output must not replace
         data = path.read_bytes()
         pieces = read_tokenizer_bin(data, self._config.vocab_size)
         if pieces is not None:

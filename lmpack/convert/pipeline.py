@@ -141,7 +141,7 @@ def run(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[str
                        tokenizer_fields=tok.header, generation=tok.generation)
     total = sum(e.nbytes for e in writer.entries)
     bar = _progress(description) if progress else None
-    with _quiet_on_failure(bar), writer:
+    with quiet_on_failure(bar), writer:
         task = bar.add_task(description, total=total, name=out.name) if bar else None
         for (name, dst, _), spec in zip(plan, specs):
             x = source.load(name)
@@ -178,6 +178,10 @@ def input_paths(source: Source) -> list[Path]:
     reader = getattr(source, "_reader", None)
     if reader is not None:
         paths.append(Path(reader.path))
+    for attr in ("path", "tokenizer_file"):  # one-file sources: a GGUF or llama2.c checkpoint
+        single = getattr(source, attr, None)
+        if isinstance(single, (str, Path)):
+            paths.append(Path(single))
     return paths
 
 
@@ -203,7 +207,7 @@ def refuse_overwriting_inputs(out: Path, inputs: Sequence[Path]) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_on_failure(bar):
+def quiet_on_failure(bar):
     """Run `bar` (or nothing) around the conversion; if it fails, the bar leaves no line behind, so
     the error is the only thing a failed command prints."""
     if bar is None:

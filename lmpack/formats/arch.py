@@ -18,9 +18,9 @@ from typing import Any, Callable
 from lmpack.errors import LmpackError, LmpackWarning, brief
 
 # The one limit on every config dimension, and on n_heads*head_dim, shared with csrc/py_model.c
-# (LMP_MAX_DIM): products of two such numbers fit an int64 with room to spare.
+# (MAX_DIM): products of two such numbers fit an int64 with room to spare.
 MAX_DIM = 1 << 24
-MAX_EXPERTS = 256  # also csrc/py_model.c LMP_MAX_EXPERTS
+MAX_EXPERTS = 256  # also csrc/forward.h LMP_MAX_EXPERTS
 
 LAYER_PREFIX = "model.layers."
 
