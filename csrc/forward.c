@@ -340,48 +340,23 @@ static void att_task(void *ctx, int64_t task, int thread) {
     const int wraps = row0 + npos > j->len;
     const float *kc = j->kc + row0 * kv_dim, *vc = j->vc + row0 * kv_dim;
     float *s = m->scores + (int64_t)thread * m->n_ctx;
-    if (wraps) { /* two runs of rows: scores over both, one softmax, then the V sum */
-        const int64_t n1 = j->len - row0;
-        float mx = -INFINITY;
-        for (int64_t p = 0; p < npos; p++) {
-            const float *kr = p < n1 ? kc + p * kv_dim : j->kc + (p - n1) * kv_dim;
-            s[p] = j->k->dot_f32(qh, kr + kvh * hd, hd) * j->scale;
-            if (j->softcap) s[p] = tanhf(s[p] / j->softcap) * j->softcap;
-            if (s[p] > mx) mx = s[p];
-        }
-        float sum = 0.0f;
-        for (int64_t p = 0; p < npos; p++) {
-            s[p] = expf(s[p] - mx);
-            sum += s[p];
-        }
-        float inv = 1.0f / sum;
-        float *o = m->att + t * q_dim + h * hd;
-        memset(o, 0, (size_t)hd * sizeof(float));
-        for (int64_t p = 0; p < npos; p++) {
-            const float *vr = p < n1 ? vc + p * kv_dim : j->vc + (p - n1) * kv_dim;
-            j->k->axpy_f32(s[p] * inv, vr + kvh * hd, o, hd);
-        }
-        return;
-    }
-    if (j->k->attend_f32 && !j->softcap) { /* the fused kernel: no call per position */
-        j->k->attend_f32(qh, kc + kvh * hd, vc + kvh * hd, kv_dim, npos, hd, j->scale, s, m->att + t * q_dim + h * hd);
+    float *o = m->att + t * q_dim + h * hd;
+    if (!wraps && !j->softcap && j->k->attend_f32) { /* the fused kernel: no call per position */
+        j->k->attend_f32(qh, kc + kvh * hd, vc + kvh * hd, kv_dim, npos, hd, j->scale, s, o);
         return;
     }
 
+    /* the rows are [row0, row0 + n1), then (a ring that wraps) [0, npos - n1) */
+    const int64_t n1 = wraps ? j->len - row0 : npos;
     /* locals: the stores to s[] could otherwise alias the job's floats and force reloads */
     const float scale = j->scale, cap = j->softcap;
     float mx = -INFINITY;
-    if (cap) {
-        for (int64_t p = 0; p < npos; p++) {
-            s[p] = j->k->dot_f32(qh, kc + p * kv_dim + kvh * hd, hd) * scale;
-            s[p] = tanhf(s[p] / cap) * cap;
-            if (s[p] > mx) mx = s[p];
-        }
-    } else {
-        for (int64_t p = 0; p < npos; p++) {
-            s[p] = j->k->dot_f32(qh, kc + p * kv_dim + kvh * hd, hd) * scale;
-            if (s[p] > mx) mx = s[p];
-        }
+    for (int64_t p = 0; p < npos; p++) {
+        const float *kr = p < n1 ? kc + p * kv_dim : j->kc + (p - n1) * kv_dim;
+        float x = j->k->dot_f32(qh, kr + kvh * hd, hd) * scale;
+        if (cap) x = tanhf(x / cap) * cap;
+        s[p] = x;
+        if (x > mx) mx = x;
     }
     float sum = 0.0f;
     for (int64_t p = 0; p < npos; p++) {
@@ -389,9 +364,11 @@ static void att_task(void *ctx, int64_t task, int thread) {
         sum += s[p];
     }
     float inv = 1.0f / sum;
-    float *o = m->att + t * q_dim + h * hd;
     memset(o, 0, (size_t)hd * sizeof(float));
-    for (int64_t p = 0; p < npos; p++) j->k->axpy_f32(s[p] * inv, vc + p * kv_dim + kvh * hd, o, hd);
+    for (int64_t p = 0; p < npos; p++) {
+        const float *vr = p < n1 ? vc + p * kv_dim : j->vc + (p - n1) * kv_dim;
+        j->k->axpy_f32(s[p] * inv, vr + kvh * hd, o, hd);
+    }
 }
 
 /* ---- the step ------------------------------------------------------------------------------ */
