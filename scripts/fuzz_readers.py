@@ -16,7 +16,8 @@ Targets, each a reader with its own seed input built from a tiny random-weight c
                is damaged
   tokjson      an HF folder with a byte-level BPE `tokenizer.json` (and a chat template) damaged
   gguf         a GGUF file (f32 or q8_0, written by lmpack's exporter): raw byte damage, converted
-Folder targets run the whole conversion to a `.lmp` in a scratch folder.
+  llama2c      a llama2.c v0 `.bin` (beside its tokenizer.model): raw byte damage, converted
+Folder and single-file checkpoint targets run the whole conversion to a `.lmp` in a scratch folder.
 
 Every case runs in a worker process with a 10 s watchdog (a case over it is a hang: the worker is
 killed and replaced) under a 4 GB address-space limit; a worker that dies is a crash; an exception
@@ -47,7 +48,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("lmpack") is None:  # run from a source tree without an install
     sys.path.insert(0, str(ROOT))
-TARGETS = ("lmp", "safetensors", "index", "torchzip", "pickle", "meta", "config", "tokconfig", "tokjson", "gguf")
+TARGETS = ("lmp", "safetensors", "index", "torchzip", "pickle", "meta", "config", "tokconfig", "tokjson", "gguf",
+           "llama2c")
 CASE_TIMEOUT = 10.0
 WORKER_MEMORY = 4 << 30
 
@@ -83,6 +85,7 @@ def build_seeds(folder: Path) -> Path:
     convert(hf, folder / "model-q8_0.lmp", dtype="q8_0")
     _build_tokenizer_json_seed(folder)
     _build_gguf_seeds(folder)
+    _write_llama2c_v0(folder / "model.lmp", folder / "l2c")
     (folder / "done").write_text("ok")
     return folder
 
@@ -112,6 +115,30 @@ def _build_tokenizer_json_seed(folder: Path) -> None:
     checkpoints.make_hf_checkpoint(folder / "hfjson", tokenizer=None, tokenizer_files=tok_dir,
                                    vocab=hf_tokenizers.n_tokens(tok_dir), special_ids=special,
                                    dims=dict(dim=64, n_layers=1, n_heads=2, ffn_dim=128))
+
+
+def _write_llama2c_v0(lmp: Path, folder: Path) -> None:
+    """A llama2.c legacy (v0) checkpoint of the `.lmp` seed's weights, beside its tokenizer.model
+    (the layout of llama2.c's export.py; q/k rows stay in HF order, which a fuzz seed may)."""
+    import numpy as np
+
+    from lmpack.formats.lmp import LmpReader
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with LmpReader(lmp) as r:
+        c = r.config
+        t = lambda name: np.asarray(r.tensor(name), dtype="<f4").tobytes()  # noqa: E731
+        vocab = c.vocab_size if c.tie_embeddings else -c.vocab_size
+        out = [struct.pack("<7i", c.dim, c.ffn_dim, c.n_layers, c.n_heads, c.n_kv_heads, vocab, c.max_context),
+               t("model.embed_tokens.weight")]
+        for part in ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                     "post_attention_layernorm", "mlp.gate_proj", "mlp.down_proj", "mlp.up_proj"):
+            out += [t(f"model.layers.{i}.{part}.weight") for i in range(c.n_layers)]
+        out += [t("model.norm.weight"), bytes(2 * c.max_context * (c.head_dim // 2) * 4)]
+        if not c.tie_embeddings:
+            out.append(t("lm_head.weight"))
+        (folder / "model.bin").write_bytes(b"".join(out))
+        (folder / "tokenizer.model").write_bytes(r.tokenizer_bytes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,6 +360,11 @@ def make_case(target: str, seeds: Path, work: Path, rng: random.Random) -> Path:
     if target == "gguf":
         path = work / "model.gguf"
         path.write_bytes(mutate_bytes((seeds / rng.choice(["model-auto.gguf", "model-q8_0.gguf"])).read_bytes(), rng))
+        return path
+    if target == "llama2c":
+        path = work / "model.bin"
+        path.write_bytes(mutate_bytes((seeds / "l2c" / "model.bin").read_bytes(), rng))
+        shutil.copy(seeds / "l2c" / "tokenizer.model", work / "tokenizer.model")
         return path
     if target in ("torchzip", "pickle"):
         seed = (seeds / "bin" / "pytorch_model.bin").read_bytes()

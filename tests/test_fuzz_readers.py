@@ -4,7 +4,8 @@ The targets, seeds and mutations are those of scripts/fuzz_readers.py (the by-ha
 cases with a watchdog and memory tracking); here hypothesis picks the mutation seeds, derandomized
 so CI runs the same cases every time. Targets: `.lmp` (bytes and header JSON, then the C core),
 safetensors (bytes and header JSON), a sharded folder's index, torch zip archives (bytes) and
-their pickles, Meta params.json, config.json, tokenizer_config.json / tokenizer.model.
+their pickles, Meta params.json, config.json, tokenizer_config.json / tokenizer.model, GGUF files and
+llama2.c checkpoints.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def seeds(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("target", fuzz_readers.TARGETS)
 def test_reader_refuses_or_accepts_but_never_fails_otherwise(target, seeds, tmp_path_factory):
+    if target == "gguf" and not (seeds / "model.gguf").is_file():
+        pytest.skip("gguf-py is not installed")
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(case=st.integers(min_value=0, max_value=2**63))
@@ -56,7 +59,9 @@ def test_seeds_are_accepted(seeds, tmp_path):
 
     cases = {"lmp": seeds / "model.lmp", "safetensors": seeds / "hf" / "model.safetensors",
              "torchzip": seeds / "bin" / "pytorch_model.bin", "index": seeds / "sharded", "meta": seeds / "meta",
-             "config": seeds / "hf"}
+             "config": seeds / "hf", "llama2c": seeds / "l2c" / "model.bin"}
+    if (seeds / "model.gguf").is_file():
+        cases["gguf"] = seeds / "model.gguf"
     for target, path in cases.items():
         work = tmp_path / target
         work.mkdir()

@@ -248,8 +248,6 @@ def convert(src: str | Path, out: str | Path, dtype: str = "auto", keep: Sequenc
     the user (what was dequantized or re-quantized, and at what error)."""
     from lmpack.convert.detect import open_source
 
-    if Path(src).resolve() == Path(out).resolve():
-        raise LmpackError("the output must be a different file than the input")
     source = open_source(Path(src), kind=kind, rope_scaling_factor=rope_scaling_factor, tokenizer=tokenizer)
     try:
         dequantized = getattr(source, "dequantized", None)
