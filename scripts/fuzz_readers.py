@@ -66,6 +66,8 @@ def build_seeds(folder: Path) -> Path:
             _build_tokenizer_json_seed(folder)
         if not (folder / "model-q8_0.gguf").is_file():
             _build_gguf_seeds(folder)
+        if not (folder / "l2c" / "model.bin").is_file():
+            _write_llama2c_v0(folder / "model.lmp", folder / "l2c")
         return folder
     import checkpoints
     import torch_sources

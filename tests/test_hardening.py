@@ -603,3 +603,21 @@ def test_tokenizer_json_that_panics_tokenizers_is_refused(tmp_path):
     (folder / "tokenizer.json").write_text(json.dumps(tj))
     with pytest.raises(LmpackError, match="continuing_subword_prefix"):
         read_tokenizer(folder)
+
+
+def test_tokenizer_json_with_absurd_token_ids_is_refused(tmp_path):
+    """An added token with id 2^31 made tokenizers size its tables by it (47 s, GBs; found by
+    scripts/fuzz_readers.py): ids past any vocabulary are refused first, at convert and at load."""
+    import hf_tokenizers
+
+    from lmpack.convert.tokenizer_files import read_tokenizer
+    from lmpack.runtime.tokenizer import HFTokenizer
+
+    folder = hf_tokenizers.qwen2(tmp_path / "tok")
+    tj = json.loads((folder / "tokenizer.json").read_text())
+    tj["added_tokens"][0]["id"] = 2**31
+    (folder / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(LmpackError, match="beyond any vocabulary"):
+        read_tokenizer(folder)
+    with pytest.raises(LmpackError, match="beyond any vocabulary"):
+        HFTokenizer(json.dumps(tj).encode(), 0, [1], 1000)

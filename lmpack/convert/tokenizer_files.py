@@ -157,13 +157,27 @@ def generation_defaults(folder: Path) -> tuple[dict[str, Any], list[int], int | 
     return defaults, eos_ids, bos if isinstance(bos, int) and not isinstance(bos, bool) else None
 
 
-def _check_bpe_affixes(text: str, path: Path) -> None:
-    """Refuse a BPE model whose continuing_subword_prefix is longer than the second half of one
-    of its merges: tokenizers then panics in Rust (a crash message on stderr, not an error)."""
+MAX_TOKEN_ID = (1 << 24) - 1  # the largest vocabulary a config may have (formats/arch.py MAX_DIM)
+
+
+def check_tokenizer_json(text: str, path: Path | str) -> None:
+    """Refuse what makes tokenizers misbehave before it sees the file: token ids past any possible
+    vocabulary (tokenizers sizes tables by the largest id: 2^31 took 47 s and GBs), and a BPE
+    continuing_subword_prefix longer than the second half of a merge (tokenizers panics in Rust)."""
     from lmpack.formats.jsonfile import parse_json
 
-    model = parse_json(text, str(path))
-    model = model.get("model") if isinstance(model, dict) else None
+    doc = parse_json(text, str(path))
+    added = doc.get("added_tokens") if isinstance(doc, dict) else None
+    vocab = doc.get("model", {}).get("vocab") if isinstance(doc, dict) and isinstance(doc.get("model"), dict) else None
+    ids = [t.get("id") for t in added if isinstance(t, dict)] if isinstance(added, list) else []
+    if isinstance(vocab, dict):
+        ids += list(vocab.values())
+    elif isinstance(vocab, list):  # Unigram: [piece, score] pairs, ids are positions
+        ids.append(len(vocab) - 1)
+    big = [i for i in ids if isinstance(i, int) and not isinstance(i, bool) and not -1 <= i <= MAX_TOKEN_ID]
+    if big:
+        raise LmpackError(f"{path}: token id {brief(big[0])} is beyond any vocabulary (at most {MAX_TOKEN_ID})")
+    model = doc.get("model") if isinstance(doc, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE":
         return
     prefix = model.get("continuing_subword_prefix")
@@ -183,7 +197,7 @@ def _tokenizers_json(path: Path, cfg: dict[str, Any], specials: dict[str, str]):
 
     try:
         text = _text(path)
-        _check_bpe_affixes(text, path)
+        check_tokenizer_json(text, path)
         tok = Tokenizer.from_str(text)
     except LmpackError:
         raise

@@ -143,8 +143,14 @@ class HFTokenizer(Tokenizer):
         from tokenizers import Tokenizer as Backend
 
         super().__init__(bos_id, eos_ids, vocab_size, fields)
+        from lmpack.convert.tokenizer_files import check_tokenizer_json
+
         try:
-            self._tok = Backend.from_str(json_bytes.decode("utf-8"))
+            text = json_bytes.decode("utf-8")
+            check_tokenizer_json(text, "embedded tokenizer.json")
+            self._tok = Backend.from_str(text)
+        except LmpackError:
+            raise
         except BaseException as e:  # tokenizers raises a bare Exception with serde's text, or a Rust panic
             if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
                 raise  # Ctrl-C and friends
