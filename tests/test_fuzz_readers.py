@@ -35,7 +35,7 @@ def seeds(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("target", fuzz_readers.TARGETS)
 def test_reader_refuses_or_accepts_but_never_fails_otherwise(target, seeds, tmp_path_factory):
-    if target == "gguf" and not (seeds / "model.gguf").is_file():
+    if target == "gguf" and not (seeds / "model-q8_0.gguf").is_file():
         pytest.skip("gguf-py is not installed")
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -60,8 +60,8 @@ def test_seeds_are_accepted(seeds, tmp_path):
     cases = {"lmp": seeds / "model.lmp", "safetensors": seeds / "hf" / "model.safetensors",
              "torchzip": seeds / "bin" / "pytorch_model.bin", "index": seeds / "sharded", "meta": seeds / "meta",
              "config": seeds / "hf", "llama2c": seeds / "l2c" / "model.bin"}
-    if (seeds / "model.gguf").is_file():
-        cases["gguf"] = seeds / "model.gguf"
+    if (seeds / "model-q8_0.gguf").is_file():
+        cases["gguf"] = seeds / "model-q8_0.gguf"
     for target, path in cases.items():
         work = tmp_path / target
         work.mkdir()
