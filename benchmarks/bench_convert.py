@@ -2,9 +2,14 @@
 
     python benchmarks/models.py tinyllama /tmp/bench/tinyllama-bf16
     python benchmarks/bench_convert.py /tmp/bench/tinyllama-bf16 --dtype bf16 q8_0 --reps 5
+    python benchmarks/bench_convert.py /tmp/bench/tinyllama-bf16 --dtype q8_0 --formats lmp gguf \
+        --llama-cpp-convert path/to/llama.cpp/convert_hf_to_gguf.py
 
 Each conversion runs in a fresh process (`python -m lmpack convert`) so its peak RSS is its own;
-the source is read once beforehand so every run starts with the same warm page cache.
+the source is read once beforehand so every run starts with the same warm page cache. `--formats`
+picks the output containers (`.lmp`, and GGUF through the same command); `--llama-cpp-convert`
+adds llama.cpp's own HF -> GGUF converter for the same dtypes (it is a script in llama.cpp's
+repository, not a pip package, so it is timed only when given).
 """
 from __future__ import annotations
 
@@ -35,6 +40,9 @@ def main() -> None:
     ap.add_argument("--dtype", nargs="+", default=["bf16", "q8_0"])
     ap.add_argument("--reps", type=int, default=3, help="rounds; medians are reported")
     ap.add_argument("--out-dir", type=Path, default=None)
+    ap.add_argument("--formats", nargs="+", default=["lmp"], choices=["lmp", "gguf"])
+    ap.add_argument("--llama-cpp-convert", type=Path, default=None,
+                    help="llama.cpp's convert_hf_to_gguf.py, to time it on the same source")
     a = ap.parse_args()
     src_bytes = sum(p.stat().st_size for p in a.src.glob("*.safetensors"))
     out_dir = a.out_dir or Path(tempfile.mkdtemp(prefix="lmpack-bench-"))
@@ -55,27 +63,31 @@ def main() -> None:
 
     # The copies and conversions alternate, round by round, so a machine whose speed drifts
     # (shared hosts do) moves both sides of the ratio alike.
-    times: dict[str, list[float]] = {"copy": [], "copy+sync": [], **{d: [] for d in a.dtype}}
+    runs = {f"{d} {fmt}": [sys.executable, "-m", "lmpack", "convert", str(a.src), "-o",
+                           str(out_dir / f"out-{d}.{fmt}"), "--dtype", d] for d in a.dtype for fmt in a.formats}
+    if a.llama_cpp_convert is not None:
+        for d in a.dtype:
+            runs[f"{d} gguf (llama.cpp)"] = [sys.executable, str(a.llama_cpp_convert), str(a.src), "--outfile",
+                                             str(out_dir / f"llama-{d}.gguf"), "--outtype", d]
+    times: dict[str, list[float]] = {"copy": [], "copy+sync": [], **{k: [] for k in runs}}
     peak: dict[str, float] = {}
     for _ in range(a.reps):
         times["copy"].append(copy(False))
         times["copy+sync"].append(copy(True))
-        for dtype in a.dtype:
-            out = out_dir / f"out-{dtype}.lmp"
-            wall, rss = run_measured([sys.executable, "-m", "lmpack", "convert", str(a.src), "-o", str(out),
-                                      "--dtype", dtype])
-            times[dtype].append(wall)
-            peak[dtype] = max(peak.get(dtype, 0.0), rss)
-            out.unlink()
+        for key, cmd in runs.items():
+            wall, rss = run_measured(cmd)
+            times[key].append(wall)
+            peak[key] = max(peak.get(key, 0.0), rss)
+            Path(cmd[cmd.index("-o") + 1] if "-o" in cmd else cmd[cmd.index("--outfile") + 1]).unlink()
     med = {k: statistics.median(v) for k, v in times.items()}
     copy_t, sync_t = med["copy"], med["copy+sync"]
     print(f"source: {a.src} ({src_bytes / 1e6:.0f} MB), medians of {a.reps}: plain copy {copy_t:.2f} s "
           f"({src_bytes / copy_t / 1e6:.0f} MB/s), copy + sync {sync_t:.2f} s")
-    print(f"{'dtype':<6} {'seconds':>8} {'MB/s':>7} {'x copy':>7} {'x copy+sync':>12} {'peak RSS MB':>12}")
-    for dtype in a.dtype:
-        wall = med[dtype]
-        print(f"{dtype:<6} {wall:8.2f} {src_bytes / wall / 1e6:7.0f} {wall / copy_t:7.2f} {wall / sync_t:12.2f} "
-              f"{peak[dtype]:12.0f}", flush=True)
+    print(f"{'output':<24} {'seconds':>8} {'MB/s':>7} {'x copy':>7} {'x copy+sync':>12} {'peak RSS MB':>12}")
+    for key in runs:
+        wall = med[key]
+        print(f"{key:<24} {wall:8.2f} {src_bytes / wall / 1e6:7.0f} {wall / copy_t:7.2f} {wall / sync_t:12.2f} "
+              f"{peak[key]:12.0f}", flush=True)
     if not a.out_dir:
         shutil.rmtree(out_dir)
 

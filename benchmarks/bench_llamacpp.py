@@ -2,7 +2,8 @@
 
 For each model shape and weight type this makes (once, in --workdir) the HF folder
 (benchmarks/models.py), the `.lmp` file (`lmpack convert`) and a GGUF file of the same weights
-(benchmarks/gguf_export.py), checks that both engines compute the same logits on the same ids, then
+(`lmpack convert ... -o X.gguf`: llama arch names, q/k rows permuted to llama.cpp's RoPE order,
+the same Q8_0 bytes or BF16 bit copies), checks that both engines compute the same logits on the same ids, then
 times prompt processing (ppN: N random ids from position 0, tokens/s) and generation (tgN: N single
 token steps after a one-token prompt, tokens/s), each test run alternately by the two engines and
 reported as the median of --reps runs. Generation's bytes moved per token (every weight matrix but
@@ -40,7 +41,6 @@ import numpy as np  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # the sibling scripts, and lmpack when not installed
 
-import gguf_export  # noqa: E402
 import models  # noqa: E402
 import readbw  # noqa: E402
 
@@ -67,9 +67,8 @@ def prepare(workdir: Path, shape: str, qtype: str) -> tuple[Path, Path]:
                         "--dtype", qtype], check=True, stdout=subprocess.DEVNULL, cwd=HERE.parent)
     if not gg.exists():
         print(f"exporting {gg}", flush=True)
-        tmp = gg.with_suffix(".gguf.tmp")
-        gguf_export.export(folder, tmp, qtype)
-        os.replace(tmp, gg)
+        subprocess.run([sys.executable, "-m", "lmpack", "convert", str(folder), "-o", str(gg),
+                        "--dtype", qtype], check=True, stdout=subprocess.DEVNULL, cwd=HERE.parent)
     return lmp, gg
 
 

@@ -87,8 +87,8 @@ def main() -> None:
     lmp, gguf = work / "in-bf16.lmp", work / "in-bf16.gguf"
     subprocess.run([sys.executable, "-m", "lmpack", "convert", str(a.src), "-o", str(lmp)], check=True,
                    stderr=subprocess.DEVNULL)
-    subprocess.run([sys.executable, str(HERE / "gguf_export.py"), str(a.src), str(gguf), "--type", "bf16"],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "lmpack", "convert", str(a.src), "-o", str(gguf), "--dtype", "bf16"],
+                   check=True, stderr=subprocess.DEVNULL)
     runs = {"lmpack": [], "llama.cpp": []}
     for rep in range(a.reps):
         order = ["lmpack", "llama.cpp"] if rep % 2 == 0 else ["llama.cpp", "lmpack"]

@@ -35,6 +35,10 @@ def per_token(cfg: ModelConfig, nbytes: dict[str, int]) -> tuple[int, int]:
     return used, dense
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e9:.3f} GB" if n >= 1e9 else f"{n / 1e6:.3f} MB"
+
+
 def q8_bytes(shape: tuple[int, ...]) -> int:
     n = 1
     for d in shape:
@@ -66,8 +70,8 @@ def main() -> None:
         ap.error("not a mixture-of-experts model")
     used, dense = per_token(cfg, nbytes)
     print(f"{cfg.architecture}: {cfg.n_experts_used} of {cfg.n_experts} experts per token")
-    print(f"bytes read per generated token: {used / 1e9:.3f} GB")
-    print(f"dense equivalent (every expert): {dense / 1e9:.3f} GB  (ratio {used / dense:.3f})")
+    print(f"bytes read per generated token: {_size(used)}")
+    print(f"dense equivalent (every expert): {_size(dense)}  (ratio {used / dense:.3f})")
 
 
 if __name__ == "__main__":

@@ -368,11 +368,20 @@ static void att_task(void *ctx, int64_t task, int thread) {
         return;
     }
 
+    /* locals: the stores to s[] could otherwise alias the job's floats and force reloads */
+    const float scale = j->scale, cap = j->softcap;
     float mx = -INFINITY;
-    for (int64_t p = 0; p < npos; p++) {
-        s[p] = j->k->dot_f32(qh, kc + p * kv_dim + kvh * hd, hd) * j->scale;
-        if (j->softcap) s[p] = tanhf(s[p] / j->softcap) * j->softcap;
-        if (s[p] > mx) mx = s[p];
+    if (cap) {
+        for (int64_t p = 0; p < npos; p++) {
+            s[p] = j->k->dot_f32(qh, kc + p * kv_dim + kvh * hd, hd) * scale;
+            s[p] = tanhf(s[p] / cap) * cap;
+            if (s[p] > mx) mx = s[p];
+        }
+    } else {
+        for (int64_t p = 0; p < npos; p++) {
+            s[p] = j->k->dot_f32(qh, kc + p * kv_dim + kvh * hd, hd) * scale;
+            if (s[p] > mx) mx = s[p];
+        }
     }
     float sum = 0.0f;
     for (int64_t p = 0; p < npos; p++) {

@@ -14,6 +14,10 @@ static PyMethodDef core_methods[] = {
      "set_kernel_path(name) -> None: force a kernel table (ValueError if this CPU cannot run it)."},
     {"quantize_q8_0", (PyCFunction)(void (*)(void))lmp_py_quantize_q8_0, METH_VARARGS | METH_KEYWORDS,
      "quantize_q8_0(src, src_dtype, quants_out, scales_out, threads=1) -> None: ggml-exact Q8_0."},
+    {"count_nonfinite", lmp_py_count_nonfinite, METH_VARARGS,
+     "count_nonfinite(buffer, dtype) -> int: NaN/Inf elements of an f32, f16 or bf16 (bits) buffer."},
+    {"q8_0_relayout", lmp_py_q8_0_relayout, METH_VARARGS,
+     "q8_0_relayout(quants, scales, blocks, to_blocks) -> None: Q8_0 planes <-> ggml 34-byte blocks."},
     {"write_behind", lmp_py_write_behind, METH_VARARGS,
      "write_behind(fd, offset, nbytes, wait) -> bool: start writing the range to disk (and, if wait,\n"
      "wait for it); False where the platform cannot, so the caller falls back to fdatasync."},

@@ -24,6 +24,10 @@ PyObject *lmp_py_test_silu_mul_f32(PyObject *self, PyObject *args);
 
 /* py_quant.c */
 PyObject *lmp_py_quantize_q8_0(PyObject *self, PyObject *args, PyObject *kwargs);
+PyObject *lmp_py_q8_0_relayout(PyObject *self, PyObject *args);
+
+/* finite.c */
+PyObject *lmp_py_count_nonfinite(PyObject *self, PyObject *args);
 
 /* writeback.c */
 PyObject *lmp_py_write_behind(PyObject *self, PyObject *args);

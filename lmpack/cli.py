@@ -41,18 +41,55 @@ def say_error(message: str) -> None:
     err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT, so that whatever
+    is being written is cleaned up on the way out (and `except KeyboardInterrupt` in the chat loop,
+    which means "stop this reply", does not swallow it)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _catch_signals():
+    """While a command runs, Ctrl-C and SIGTERM unwind it (temp files removed) instead of ending
+    the process where it stands (see lmpack/__main__.py for the time before); the handlers found
+    are put back afterwards, for applications that run commands in-process."""
+    import signal
+
+    try:
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (an embedding application): leave its handlers alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
 def handles_errors(fn):
     """Run a command, turning bad input into a one-line error and a non-zero exit."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        _show_warnings()
         try:
-            return fn(*args, **kwargs)
+            with _catch_signals():
+                return fn(*args, **kwargs)
         except LmpackError as e:
             raise _fail(str(e)) from None
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
+        except Terminated:
+            err.print("terminated")
+            raise typer.Exit(143) from None
         except OSError as e:
             raise _fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}") from None
         except MemoryError:
@@ -63,6 +100,30 @@ def handles_errors(fn):
             raise _fail(f"internal error: {type(e).__name__}: {e} (set LMPACK_DEBUG=1 for a traceback)", 2) from None
 
     return wrapper
+
+
+def _utf8(text: str, what: str) -> str:
+    """`text` if it encodes as UTF-8; bytes that are not UTF-8 reach Python as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise LmpackError(f"{what} is not valid UTF-8 text (at character {e.start})") from None
+    return text
+
+
+def _show_warnings() -> None:
+    """lmpack's warnings (LmpackWarning) as one `warning:` line each on stderr, not markup."""
+    import warnings
+
+    from lmpack.errors import LmpackWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, LmpackWarning):
+            err.print(Text.assemble(("warning:", "yellow"), " ", str(message)), highlight=False, soft_wrap=True)
+        else:
+            warnings._showwarnmsg_impl(warnings.WarningMessage(message, category, filename, lineno, file, line))
+
+    warnings.showwarning = show
 
 
 DTYPE_HELP = ("Stored type of the weight matrices: auto keeps the source's (bf16 stays bf16), f32, f16, bf16, "
@@ -97,21 +158,54 @@ def without_blas_threads(fn):
 def convert(
     src: Path = typer.Argument(..., help="Checkpoint folder: HF (config.json + *.safetensors or pytorch_model*.bin "
                                          "+ tokenizer.json or tokenizer.model) or Meta (params.json + consolidated.NN.pth + "
-                                         "tokenizer.model, sentencepiece or Llama 3 tiktoken)."),
-    output: Path = typer.Option(..., "-o", "--output", help="The .lmp file to write (written atomically)."),
+                                         "tokenizer.model, sentencepiece or Llama 3 tiktoken); or a GGUF file, or a "
+                                         "llama2.c .bin file."),
+    output: Path = typer.Option(..., "-o", "--output", help="The .lmp file to write (written atomically); "
+                                "a name ending in .gguf writes a GGUF file for llama.cpp instead."),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     keep: Optional[List[str]] = typer.Option(None, "--keep", help=KEEP_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Threads for quantization (default: all cores)."),
     kind: Optional[str] = typer.Option(None, "--kind", help="Source kind instead of detecting it: hf-safetensors, "
-                                       "hf-bin or meta (for folders that hold more than one)."),
+                                       "hf-bin or meta (for folders that hold more than one), gguf or llama2c."),
     rope_scaling_factor: Optional[float] = typer.Option(None, "--rope-scaling-factor", help="Meta Llama 3.x folders: "
                                                         "override the rope scaling factor (Llama 3.2 1B/3B need 32)."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="llama2.c .bin files: the tokenizer "
+                                             "(a sentencepiece tokenizer.model or llama2.c's tokenizer.bin; default: "
+                                             "tokenizer.model beside the file)."),
 ):
-    """Convert a checkpoint folder into one .lmp file, streaming tensor by tensor (memory ~ one tensor)."""
+    """Convert a checkpoint into one .lmp file (or a GGUF file for -o *.gguf), streaming tensor by tensor
+    (memory ~ one tensor). Sources: HF and Meta folders, GGUF files, llama2.c .bin files."""
     from lmpack.convert.pipeline import convert as run_convert
 
     out = run_convert(src, output, dtype=dtype, keep=tuple(keep or ()), progress=True, threads=threads,
-                      kind=kind, rope_scaling_factor=rope_scaling_factor)
+                      kind=kind, rope_scaling_factor=rope_scaling_factor, tokenizer=tokenizer,
+                      log=lambda line: err.print(Text(line), highlight=False, soft_wrap=True))
+    err.print(Text(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"), highlight=False)
+
+
+@app.command()
+@handles_errors
+@without_blas_threads
+def export(
+    src: Path = typer.Argument(..., help="The .lmp file to export."),
+    output: Path = typer.Option(..., "-o", "--output", help="The GGUF file to write (written atomically)."),
+    dtype: str = typer.Option("auto", "--dtype", help="Stored type of the weight matrices: auto keeps the file's "
+                              "(q8_0 blocks are re-laid, never re-quantized), f32, f16, bf16 or q8_0."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Threads for quantization (default: all cores)."),
+):
+    """Write an .lmp file as a GGUF file for llama.cpp, Ollama or LM Studio (streamed, atomic)."""
+    from lmpack.convert.gguf_export import export as run_export
+    from lmpack.convert.lmp_source import LmpSource
+
+    if output.suffix.lower() != ".gguf":
+        raise LmpackError(f"{output}: the output of export is a GGUF file; name it *.gguf")
+    if Path(src).resolve() == Path(output).resolve():
+        raise LmpackError("the output must be a different file than the input")
+    source = LmpSource(src, allow_quantized=True)
+    try:
+        out = run_export(source, output, dtype=dtype, progress=True, threads=threads, name=Path(src).stem)
+    finally:
+        source.close()
     err.print(Text(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"), highlight=False)
 
 
@@ -163,12 +257,15 @@ def run(
 
     if n < 0:
         raise LmpackError("--max-tokens must be >= 0")
+    _utf8(prompt, "the prompt")
     m = load(file, threads=threads, max_context=ctx)
     pieces = m.generate(prompt, max_tokens=n, temperature=temperature, top_p=top_p, seed=seed,
                         stop_at_eos=not ignore_eos, top_k=top_k, repetition_penalty=repetition_penalty)
-    # (generate checked the sampling options before any output)
+    # (generate checked the sampling options before any output; the prompt runs before it too, so
+    # a file that cannot compute, NaN weights say, fails with its error line alone)
+    first = next(pieces, "")
     _say_sampling(m, temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
-    sys.stdout.write(prompt)
+    sys.stdout.write(prompt + first)
     sys.stdout.flush()
     for piece in pieces:
         sys.stdout.write(piece)
@@ -244,6 +341,10 @@ def demo(
             err.print(Text(f"kept {full} and {q8}"), highlight=False)
 
 
+def _mb(size) -> str:
+    return f"{size / 1e6:.1f} MB" if isinstance(size, (int, float)) and not isinstance(size, bool) else "? MB"
+
+
 def _say_sampling(m, **given) -> None:
     """One stderr line: the sampling a run uses and which options came from the model."""
     from lmpack.runtime.sampler import describe, sampling_options
@@ -291,9 +392,10 @@ def inspect(file: Path = typer.Argument(..., help="The .lmp file to describe."))
         for k in ("source_kind", "dtype", "lmpack_version", "created"):
             if k in prov:
                 t.add_row(k, Text(str(prov[k])))
-        files = prov.get("source_files") or []
+        files = prov.get("source_files")
+        files = [f for f in files if isinstance(f, dict)] if isinstance(files, list) else []
         if files:
-            t.add_row("source_files", Text(", ".join(f"{f.get('name')} ({f.get('size', 0) / 1e6:.1f} MB)" for f in files[:8]) +
+            t.add_row("source_files", Text(", ".join(f"{f.get('name')} ({_mb(f.get('size'))})" for f in files[:8]) +
                       (f" and {len(files) - 8} more" if len(files) > 8 else "")))
         out.print(t)
         tt = Table(title=f"{len(r.tensors)} tensors")
@@ -332,6 +434,7 @@ def chat(
     from lmpack.runtime.model import load
 
     m = load(file, threads=threads, max_context=ctx)
+    _utf8(system or "", "the system prompt")
     if system is not None and plain:
         raise LmpackError("--system needs a chat format; --plain has none")
     session = ChatSession(m, system=system, chat_format=None if plain else "auto")
@@ -344,10 +447,12 @@ def chat(
     turn_seed = seed
     while True:
         try:
-            line = input("> " if interactive else "")
+            line = _utf8(input("> " if interactive else ""), "the input line")
         except (EOFError, KeyboardInterrupt):
             err.print("")
             break
+        except UnicodeDecodeError as e:
+            raise LmpackError(f"the input is not valid UTF-8 text (byte {e.start} of the line)") from None
         if line.strip() == "/exit":
             break
         if line.strip() == "/reset":
@@ -412,6 +517,13 @@ def verify(
     import json
 
     from lmpack.verify import UsageError, render, verify as run_verify
+
+    if prompt is not None:
+        try:
+            _utf8(prompt, "the prompt")
+        except LmpackError as e:
+            say_error(str(e))
+            raise SystemExit(2) from None
 
     overrides = {"max_error_rel_std": max_error, "min_top1": min_top1, "max_kl_mean": max_kl,
                  "max_kl_max": max_kl_token, "max_ppl_rel_diff": max_ppl_diff}

@@ -351,17 +351,19 @@ CENTRED_NORMS = ("gemma2", "gemma3_text")
 MOE_SHARED = 0.9  # the part of each expert's variance common to all experts
 
 
-def make_family_checkpoint(tmp_path: Path, model_type: str, *, tokenizer: Path, dtype: str = "float32",
-                           seed: int = 0, tie: bool = False, **overrides) -> HFCheckpoint:
+def make_family_checkpoint(tmp_path: Path, model_type: str, *, tokenizer: Path | None, dtype: str = "float32",
+                           seed: int = 0, tie: bool = False, tokenizer_files: Path | None = None,
+                           **overrides) -> HFCheckpoint:
     """Save a random-weight `model_type` causal LM (transformers' own class for it) as an HF folder.
 
     Weights are drawn with std INIT_STD; norm weights and biases are randomised too (transformers
     starts them at 1 or 0, which would hide a runtime that ignores them). `overrides` are config
-    fields on top of FAMILY_BASE."""
+    fields on top of FAMILY_BASE. `tokenizer_files` is a folder whose files (tokenizer.json, ...)
+    are copied in instead of a sentencepiece `tokenizer` (then give vocab_size)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    vocab = tokenizer_vocab_size(tokenizer)
+    vocab = overrides.pop("vocab_size") if tokenizer is None else tokenizer_vocab_size(tokenizer)
     kw = dict(FAMILY_BASE, vocab_size=vocab, initializer_range=INIT_STD, tie_word_embeddings=tie,
               bos_token_id=1, eos_token_id=2, pad_token_id=0)
     kw.update(overrides)
@@ -391,5 +393,10 @@ def make_family_checkpoint(tmp_path: Path, model_type: str, *, tokenizer: Path, 
     folder = Path(tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     stored.save_pretrained(folder, safe_serialization=True)
-    (folder / "tokenizer.model").write_bytes(Path(tokenizer).read_bytes())
+    if tokenizer is not None:
+        (folder / "tokenizer.model").write_bytes(Path(tokenizer).read_bytes())
+    if tokenizer_files is not None:
+        for p in Path(tokenizer_files).iterdir():
+            if p.is_file():
+                (folder / p.name).write_bytes(p.read_bytes())
     return HFCheckpoint(path=folder, model=ref, dtype=dtype, vocab_size=vocab)

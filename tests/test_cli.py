@@ -114,7 +114,8 @@ def test_help_mentions_options(cmd, helps):
 
 
 def test_console_script_entry_point():
-    """pyproject's `lmpack = "lmpack.cli:app"` must resolve to the Typer app."""
+    """pyproject's `lmpack` script must resolve to the command line's entry (lmpack/__main__.py,
+    which guards the CLI's import against an early Ctrl-C, then runs the Typer app)."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     from pathlib import Path
 
@@ -129,7 +130,7 @@ def test_console_script_entry_point():
     module, attr = target.split(":")
     obj = getattr(__import__(module, fromlist=[attr]), attr)
     assert isinstance(obj, typer.Typer) or callable(obj)
-    assert Path(__import__(module, fromlist=[attr]).__file__).name == "cli.py"
+    assert Path(__import__(module, fromlist=[attr]).__file__).name == "__main__.py"
 
 
 def test_cli_logits_agree_with_bf16_reference(cli_bf16, tiny_hf):

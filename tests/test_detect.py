@@ -63,7 +63,10 @@ def test_naming_a_file_or_kind_picks_one(folders):
     # config.json or tokenizer.model name the folder, which is then detected as usual.
     assert detect(folders["meta"] / "tokenizer.model") == (folders["meta"], "meta")
     assert detect(folders["hf-bin"] / "config.json") == (folders["hf-bin"], "hf-bin")
-    with pytest.raises(LmpackError, match="one of: hf-safetensors, hf-bin, meta"):
+    with pytest.raises(LmpackError, match="one of: hf-safetensors, hf-bin, meta, gguf, llama2c"):
+        open_source(mixed, kind="tflite")
+    # the single-file kinds want a file
+    with pytest.raises(LmpackError, match="no such file"):
         open_source(mixed, kind="gguf")
 
 

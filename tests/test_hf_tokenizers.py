@@ -514,3 +514,49 @@ def test_template_keyword_arguments_as_in_transformers(family, tmp_path):
             want = ref.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, **kwargs)
             want = want["input_ids"] if hasattr(want, "keys") else want
             assert m.tokenizer.apply_chat_template(conv, **kwargs) == want, kwargs
+
+
+def test_template_chat_context_full_is_refused_before_starting(family):
+    from lmpack.runtime.chat import ChatSession, ContextFull
+
+    _, m, _, _ = family("qwen2")
+    small = lmpack.load(m.path, threads=1, max_context=120)
+    s = ChatSession(small)
+    with pytest.raises(ContextFull):
+        list(s.reply("word " * 200, max_tokens=4))
+    assert s.pos == 0 and s.messages == []
+    list(s.reply("hi", max_tokens=100, temperature=0, stop_at_eos=False))
+    assert small.last_stats.stopped_by == "context" and s.pos == small.n_ctx
+
+
+@pytest.mark.parametrize("layout", ["jinja-files", "config-list"])
+def test_template_sources_and_named_templates_as_transformers_finds_them(family, tmp_path, layout):
+    from lmpack.convert import convert
+
+    src = _bad_folder(family, tmp_path, "qwen2")
+    cfg = json.loads((src / "tokenizer_config.json").read_text())
+    default = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
+    tool_use = "TOOLS{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+    if layout == "jinja-files":  # chat_template.jinja wins over tokenizer_config.json's template
+        (src / "chat_template.jinja").write_text(default)
+        (src / "additional_chat_templates").mkdir()
+        (src / "additional_chat_templates" / "tool_use.jinja").write_text(tool_use)
+    else:
+        cfg["chat_template"] = [{"name": "default", "template": default}, {"name": "tool_use", "template": tool_use}]
+        (src / "tokenizer_config.json").write_text(json.dumps(cfg))
+    ref = H.auto_tokenizer(src)
+    conv = CONVERSATIONS["system-turns"]
+    with lmpack.load(convert(src, tmp_path / "out.lmp")) as m:
+        for name in (None, "tool_use"):
+            want = ref.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, chat_template=name)
+            want = want["input_ids"] if hasattr(want, "keys") else want
+            assert m.tokenizer.apply_chat_template(conv, template=name) == want, name
+        assert sorted(m.tokenizer.chat_templates) == ["tool_use"]
+
+
+def test_piece_of_every_kind(family, tiny_lmp):
+    _, m, _, _ = family("llama3")
+    assert m.tokenizer.piece(m.config.bos_id) == "<|begin_of_text|>"
+    assert m.tokenizer.piece(m.config.vocab_size + 5) == ""
+    with lmpack.load(tiny_lmp) as sp:
+        assert sp.tokenizer.piece(sp.config.bos_id) == "<s>" and sp.tokenizer.piece(10 ** 6) == ""

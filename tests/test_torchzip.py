@@ -392,7 +392,7 @@ def test_malicious_pickle_never_runs(tmp_path, which):
         assert _wait_for(sentinel), f"{which}: the test payload does not work"
         sentinel.unlink()
     path = archive(tmp_path / "evil.pt", payload, {})
-    with pytest.raises(UnsafePickleError, match="refusing pickle global"):
+    with pytest.raises(UnsafePickleError, match="refusing pickle (global|opcode)"):
         TorchFile(path)
     time.sleep(0.2)
     assert not sentinel.exists()
@@ -418,7 +418,7 @@ def test_extension_registry_opcode_refused(tmp_path):
 def test_build_cannot_mutate_admitted_globals(tmp_path):
     # BUILD on an admitted function would otherwise set attributes on lmpack's own objects.
     payload = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n}S'__defaults__'\n(I1\ntsb."
-    with pytest.raises(UnsafePickleError, match="set state"):
+    with pytest.raises(UnsafePickleError, match="set state|BUILD"):
         TorchFile(archive(tmp_path / "b.pt", payload, {}))
 
 

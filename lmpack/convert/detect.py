@@ -1,9 +1,10 @@
 """Tell which kind of checkpoint a path holds and open it as a Source.
 
-Three kinds are recognised by their file names: HF safetensors (`model*.safetensors`), HF PyTorch
-(`pytorch_model*.bin`) and Meta (`params.json` + `consolidated.NN.pth`). A folder holding more
-than one kind is refused rather than guessed at; naming one of its files (or passing `kind`)
-picks that kind.
+Three kinds of folder are recognised by their file names: HF safetensors (`model*.safetensors`),
+HF PyTorch (`pytorch_model*.bin`) and Meta (`params.json` + `consolidated.NN.pth`). A folder
+holding more than one kind is refused rather than guessed at; naming one of its files (or passing
+`kind`) picks that kind. Two kinds are single files: a GGUF (`*.gguf`) and a llama2.c checkpoint
+(any other `*.bin`); an `.lmp` file is a source too (re-encoding, or GGUF export).
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 from lmpack.convert.source import Source
 from lmpack.errors import LmpackError
 
-KINDS = ("hf-safetensors", "hf-bin", "meta")
+KINDS = ("hf-safetensors", "hf-bin", "meta", "gguf", "llama2c", "lmp")
+FILE_KINDS = ("gguf", "llama2c", "lmp")  # the checkpoint is the file itself, not its folder
 _LABELS = {"hf-safetensors": "HF safetensors", "hf-bin": "HF PyTorch .bin", "meta": "Meta consolidated.*.pth"}
 
 
@@ -24,6 +26,18 @@ def _kind_of_file(name: str) -> str | None:
         return "hf-bin"
     if (name.startswith("consolidated.") and name.endswith(".pth")) or name == "params.json":
         return "meta"
+    return None
+
+
+def _file_kind(path: Path) -> str | None:
+    """The kind of a single-file checkpoint named directly: GGUF, or a llama2.c `.bin`."""
+    name = path.name.lower()
+    if name.endswith(".gguf"):
+        return "gguf"
+    if name.endswith(".lmp"):
+        return "lmp"
+    if name.endswith(".bin") and _kind_of_file(path.name) is None:
+        return "llama2c"
     return None
 
 
@@ -54,7 +68,8 @@ def detect(path: str | Path) -> tuple[Path, str]:
         prefer = _kind_of_file(path.name)
         if prefer is None and path.name not in ("config.json", "tokenizer.model"):
             raise LmpackError(f"{path} is a file, not a checkpoint folder; pass the folder holding config.json "
-                              f"and model*.safetensors or pytorch_model*.bin, or params.json and consolidated.*.pth")
+                              f"and model*.safetensors or pytorch_model*.bin, or params.json and consolidated.*.pth, "
+                              f"or a *.gguf or llama2.c *.bin file")
         path = path.parent
     if not path.is_dir():
         raise LmpackError(f"{path}: not a folder")
@@ -72,13 +87,39 @@ def detect(path: str | Path) -> tuple[Path, str]:
     return path, next(iter(found))
 
 
-def open_source(path: str | Path, kind: str | None = None, rope_scaling_factor: float | None = None) -> Source:
-    """Open the checkpoint at `path` (a folder, or one of its files) as a Source.
+def open_source(path: str | Path, kind: str | None = None, rope_scaling_factor: float | None = None,
+                tokenizer: str | Path | None = None) -> Source:
+    """Open the checkpoint at `path` (a folder, one of its files, a GGUF or a llama2.c file) as a Source.
 
     `kind` forces one of KINDS instead of detecting it; `rope_scaling_factor` overrides the Llama 3
-    rope scaling factor of Meta checkpoints (HF folders record theirs in config.json)."""
+    rope scaling factor of Meta checkpoints (HF folders record theirs in config.json); `tokenizer`
+    is the tokenizer file of a llama2.c checkpoint (default: tokenizer.model beside it)."""
     if kind is not None and kind not in KINDS:
         raise LmpackError(f"unknown checkpoint kind '{kind}' (one of: {', '.join(KINDS)})")
+    single = _file_kind(Path(path)) if kind is None else (kind if kind in FILE_KINDS else None)
+    if single is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise LmpackError(f"{path}: no such file")
+        if rope_scaling_factor is not None:
+            raise LmpackError(f"{path}: a rope scaling factor override applies only to Meta checkpoints")
+        if single == "lmp":
+            from lmpack.convert.lmp_source import LmpSource
+
+            if tokenizer is not None:
+                raise LmpackError(f"{path}: an .lmp file carries its own tokenizer; --tokenizer applies to llama2.c files")
+            return LmpSource(path, allow_quantized=True)
+        if single == "gguf":
+            from lmpack.convert.gguf_source import GgufSource
+
+            if tokenizer is not None:
+                raise LmpackError(f"{path}: a GGUF carries its own tokenizer; --tokenizer applies to llama2.c files")
+            return GgufSource(path)
+        from lmpack.convert.llama2c import Llama2cSource
+
+        return Llama2cSource(path, tokenizer=tokenizer)
+    if tokenizer is not None:
+        raise LmpackError("--tokenizer applies only to llama2.c .bin files (folders carry their tokenizer)")
     folder, detected = detect(path) if kind is None else (_folder_of(path), kind)
     if rope_scaling_factor is not None and detected != "meta":
         raise LmpackError(f"{folder}: a rope scaling factor override applies only to Meta checkpoints "

@@ -7,7 +7,6 @@ sharded safetensors checkpoint without copying them.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,10 @@ import numpy as np
 
 from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, split_fused
 from lmpack.convert.tokenizer_files import read_tokenizer, with_tokenizer
-from lmpack.errors import LmpackError
+from lmpack.errors import LmpackError, brief
 from lmpack.formats import arch
 from lmpack.formats.config import ModelConfig
+from lmpack.formats.jsonfile import read_json
 from lmpack.formats.safetensors import SafetensorsFile
 
 # Tensors that HF checkpoints may carry but the model does not use.
@@ -25,12 +25,7 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LmpackError(f"{path.parent}: no {path.name}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LmpackError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path)
 
 
 def _chat_format(folder: Path) -> str | None:
@@ -38,8 +33,8 @@ def _chat_format(folder: Path) -> str | None:
     if not path.is_file():
         return None
     try:
-        template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        template = read_json(path).get("chat_template")
+    except (LmpackError, AttributeError):
         return None
     return "llama2" if isinstance(template, str) and "[INST]" in template else None
 
@@ -56,6 +51,14 @@ def read_hf_config(folder: str | Path) -> ModelConfig:
     return config_from_hf(_load_json(path), str(path), _chat_format(folder))
 
 
+def _is_file(path: Path) -> bool:
+    """Path.is_file, with names the OS refuses (too long, say) counted as not there."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def shard_files(folder: Path, index_name: str, single_name: str, pattern: str) -> list[Path]:
     """The checkpoint files of an HF folder: from its index if present, else the single file."""
     index = folder / index_name
@@ -64,12 +67,12 @@ def shard_files(folder: Path, index_name: str, single_name: str, pattern: str) -
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise LmpackError(f"{index}: no weight_map")
-        names = set(weight_map.values())
-        bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
+        bad = [n for n in weight_map.values() if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
         if bad:
-            raise LmpackError(f"{index}: shard name {bad[0]!r} is not a plain file name in the folder")
+            raise LmpackError(f"{index}: shard name {brief(bad[0])} is not a plain file name in the folder")
+        names = set(weight_map.values())
         files = sorted(folder / f for f in names)
-        missing = [f for f in files if not f.is_file()]
+        missing = [f for f in files if not _is_file(f)]
         if missing:
             raise LmpackError(f"{index}: shard {missing[0].name} is missing")
         return files
@@ -82,6 +85,19 @@ def shard_files(folder: Path, index_name: str, single_name: str, pattern: str) -
     if found:
         raise LmpackError(f"{folder}: several {pattern} files but no {index_name}")
     raise LmpackError(f"{folder}: no {single_name}")
+
+
+def check_weight_map(index: Path, weight_map: dict[str, Any], stored_in: dict[str, str]) -> None:
+    """The index's {tensor: shard} map against where each tensor really is ({tensor: file name}):
+    a tensor listed in one shard but stored in another, or not stored at all, is refused."""
+    for name, file in weight_map.items():
+        if name.endswith(IGNORED_SUFFIXES):
+            continue
+        got = stored_in.get(name)
+        if got is None:
+            raise LmpackError(f"{index}: tensor '{name}' is listed in {file} but not stored there")
+        if got != file:
+            raise LmpackError(f"{index}: tensor '{name}' is listed in {file} but stored in {got}")
 
 
 class HFSafetensorsSource(FolderSource):
@@ -102,6 +118,9 @@ class HFSafetensorsSource(FolderSource):
                 if name in self._where:
                     raise LmpackError(f"{self.folder}: tensor '{name}' appears in two shards")
                 self._where[name] = f
+        index = self.folder / "model.safetensors.index.json"
+        if index.is_file():  # shard_files read and checked it; here its map meets the shards
+            check_weight_map(index, read_json(index)["weight_map"], {n: f.path.name for n, f in self._where.items()})
         self.info = SourceInfo("hf-safetensors", [SourceFile(p.name, p.stat().st_size) for p in paths])
         if self._config.tie_embeddings:
             self._where.pop("lm_head.weight", None)

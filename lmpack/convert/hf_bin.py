@@ -6,15 +6,15 @@ and no tensor is copied unless torch saved it as a non-contiguous view.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from lmpack.convert.hf import IGNORED_SUFFIXES, read_hf_config, shard_files
+from lmpack.convert.hf import IGNORED_SUFFIXES, check_weight_map, read_hf_config, shard_files
 from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set, split_fused
 from lmpack.convert.tokenizer_files import read_tokenizer, with_tokenizer
-from lmpack.errors import LmpackError
+from lmpack.errors import LmpackError, brief
+from lmpack.formats.jsonfile import read_json
 from lmpack.formats.torchzip import TorchFile, TorchTensor
 
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -28,16 +28,13 @@ def read_bin_index(folder: Path) -> dict[str, str] | None:
     path = folder / BIN_INDEX
     if not path.is_file():
         return None
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LmpackError(f"{path}: not valid JSON ({e})") from None
+    index = read_json(path)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise LmpackError(f"{path}: no weight_map")
     for name, file in weight_map.items():
         if not isinstance(file, str) or not file or Path(file).name != file or file in (".", ".."):
-            raise LmpackError(f"{path}: tensor '{name}' maps to {file!r}, not a file name in the folder")
+            raise LmpackError(f"{path}: tensor '{name}' maps to {brief(file)}, not a file name in the folder")
     return weight_map
 
 
@@ -75,14 +72,7 @@ class HFBinSource(FolderSource):
         self.info = SourceInfo("hf-bin", [SourceFile(p.name, p.stat().st_size) for p in paths])
 
     def _check_index(self, weight_map: dict[str, str]) -> None:
-        for name, file in weight_map.items():
-            if name.endswith(IGNORED_SUFFIXES):
-                continue
-            got = self._where.get(name)
-            if got is None:
-                raise LmpackError(f"{self.folder / BIN_INDEX}: tensor '{name}' is listed in {file} but not stored there")
-            if got[0].path.name != file:
-                raise LmpackError(f"{self.folder / BIN_INDEX}: tensor '{name}' is listed in {file} but stored in {got[0].path.name}")
+        check_weight_map(self.folder / BIN_INDEX, weight_map, {n: f.path.name for n, (f, _) in self._where.items()})
 
     def _check_tensors(self) -> list[TensorSpec]:
         found = {name: (t.shape, t.dtype or f"torch.{t.storage_type}", str(f.path))

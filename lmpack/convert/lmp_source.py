@@ -1,4 +1,5 @@
-"""An existing `.lmp` file as a conversion source, so `lmpack quantize` reuses the streaming pipeline."""
+"""An existing `.lmp` file as a conversion source, so `lmpack quantize` and `lmpack export` reuse the
+streaming pipeline."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,15 +11,17 @@ from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec
 from lmpack.errors import LmpackError
 from lmpack.formats.config import ModelConfig
 from lmpack.formats.dtypes import FLOAT_DTYPES
-from lmpack.formats.lmp import LmpReader
+from lmpack.formats.lmp import LmpReader, Q8Tensor
 
 
 class LmpSource:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, allow_quantized: bool = False):
+        """`allow_quantized` hands q8_0 tensors out as they are stored (for export); without it a
+        quantized file is refused (quantizing it again would compound the rounding)."""
         self._reader = LmpReader(path)
         self.info = SourceInfo("lmp", [SourceFile(Path(path).name, self._reader.file_size)])
         for e in self._reader.tensors:
-            if e.dtype not in FLOAT_DTYPES:
+            if e.dtype not in FLOAT_DTYPES and not allow_quantized:
                 raise LmpackError(f"{path}: tensor '{e.name}' is already {e.dtype}; quantize a f32/f16/bf16 file")
 
     def config(self) -> ModelConfig:
@@ -35,7 +38,7 @@ class LmpSource:
     def tensor_specs(self) -> list[TensorSpec]:
         return [TensorSpec(e.name, e.shape, e.dtype) for e in self._reader.tensors]
 
-    def load(self, name: str) -> np.ndarray:
+    def load(self, name: str) -> np.ndarray | Q8Tensor:
         return self._reader.tensor(name)
 
     def release(self, name: str) -> None:

@@ -9,7 +9,6 @@ order, so a Meta folder yields exactly the numbers of its HF twin.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -20,8 +19,9 @@ import numpy as np
 
 from lmpack.convert.source import FolderSource, SourceFile, SourceInfo, TensorSpec, check_tensor_set
 from lmpack.convert.tokenizer_files import read_tokenizer
-from lmpack.errors import LmpackError
-from lmpack.formats.config import ModelConfig
+from lmpack.errors import LmpackError, brief
+from lmpack.formats.config import ModelConfig, _finite
+from lmpack.formats.jsonfile import read_json
 from lmpack.formats.torchzip import FLOAT_DTYPES, TorchFile, TorchTensor
 
 SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth")
@@ -142,12 +142,7 @@ class MetaSource(FolderSource):
 
     def _read_params(self) -> dict[str, Any]:
         path = self.folder / "params.json"
-        try:
-            params = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise LmpackError(f"{self.folder}: no params.json") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise LmpackError(f"{path}: not valid JSON ({e})") from None
+        params = read_json(path)
         if not isinstance(params, dict):
             raise LmpackError(f"{path}: expected a JSON object")
         return params
@@ -162,7 +157,7 @@ class MetaSource(FolderSource):
         if not found:
             raise LmpackError(f"{self.folder}: no consolidated.NN.pth files")
         if sorted(found) != list(range(len(found))):
-            missing = min(set(range(max(found) + 1)) - set(found))
+            missing = next(i for i in range(len(found)) if i not in found)
             raise LmpackError(f"{self.folder}: model-parallel shard {missing} of {max(found) + 1} is missing")
         return [found[i] for i in range(len(found))]
 
@@ -208,7 +203,7 @@ class MetaSource(FolderSource):
                 raise LmpackError(f"{self.folder / 'params.json'}: missing field '{key}'")
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            raise LmpackError(f"{self.folder / 'params.json'}: field '{key}' must be an integer, got {value!r}")
+            raise LmpackError(f"{self.folder / 'params.json'}: field '{key}' must be an integer, got {brief(value)}")
         return value
 
     def _float(self, key: str, default: Any = ...) -> float:
@@ -217,8 +212,8 @@ class MetaSource(FolderSource):
             if default is ...:
                 raise LmpackError(f"{self.folder / 'params.json'}: missing field '{key}'")
             return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise LmpackError(f"{self.folder / 'params.json'}: field '{key}' must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+            raise LmpackError(f"{self.folder / 'params.json'}: field '{key}' must be a number, got {brief(value)}")
         return float(value)
 
     def _build_config(self, rope_scaling_factor: float | None) -> ModelConfig:

@@ -20,8 +20,11 @@ if TYPE_CHECKING:
     from lmpack.convert.tokenizer_files import TokenizerFiles
 
 # Source dtypes a reader may produce. numpy has no bfloat16, so bf16 data travels as np.uint16
-# holding the raw bits; `TensorSpec.dtype` says how to read the array.
+# holding the raw bits; `TensorSpec.dtype` says how to read the array. Sources that already hold
+# ggml Q8_0 (an .lmp, a GGUF) hand those tensors out as `Q8Tensor`s (dtype "q8_0"), so they are
+# copied, never re-quantized.
 SOURCE_DTYPES = ("f32", "f16", "bf16")
+QUANTIZED_DTYPES = ("q8_0",)
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ class Source(Protocol):
         """Every tensor the file will hold (canonical names), without reading data."""
 
     def load(self, name: str) -> np.ndarray:
-        """One tensor's values in canonical layout: float32, float16, or uint16 bits for bf16.
+        """One tensor's values in canonical layout: float32, float16, or uint16 bits for bf16
+        (or a `lmpack.formats.lmp.Q8Tensor` for a "q8_0" spec).
 
         May be a read-only view over a memory map; the caller copies or casts it and drops it
         before asking for the next one."""
@@ -109,6 +113,12 @@ def check_tensor_set(config: ModelConfig, found: dict[str, tuple[tuple[int, ...]
     from lmpack.errors import LmpackError
     from lmpack.formats.config import expected_tensors
 
+    # Sizes from a config are claims: check the layer count against the tensors the files hold
+    # before building the name set (a claimed 2^24 layers would otherwise cost minutes and GBs).
+    want = 2 + 9 * config.n_layers + (not config.tie_embeddings)
+    if want > len(found) + 9:
+        raise LmpackError(f"{folder}: {config_file} describes {config.n_layers} layers ({want} tensors), "
+                          f"but the checkpoint holds {len(found)} tensors")
     expected = expected_tensors(config)
     specs = []
     for name, shape in expected.items():
@@ -117,7 +127,7 @@ def check_tensor_set(config: ModelConfig, found: dict[str, tuple[tuple[int, ...]
         got_shape, dtype, where = found[name]
         if tuple(got_shape) != shape:
             raise LmpackError(f"{where}: tensor '{name}' has shape {list(got_shape)}, {config_file} implies {list(shape)}")
-        if dtype not in SOURCE_DTYPES:
+        if dtype not in SOURCE_DTYPES + QUANTIZED_DTYPES:
             raise LmpackError(f"{where}: tensor '{name}' has dtype {dtype}; lmpack reads f32, f16 and bf16")
         specs.append(TensorSpec(name, shape, dtype))
     extra = sorted(set(found) - set(expected))
@@ -159,7 +169,9 @@ def load_sentencepiece(path: Path):
 
     from lmpack.errors import LmpackError
 
-    data = Path(path).read_bytes()
+    from lmpack.formats.jsonfile import MAX_TOKENIZER_BYTES, read_regular
+
+    data = read_regular(path, MAX_TOKENIZER_BYTES, "a tokenizer model")
     sp = spm.SentencePieceProcessor()
     try:
         sp.LoadFromSerializedProto(data)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lmpack.errors import LmpackError
+from lmpack.errors import LmpackError, brief
 from lmpack.formats.config import ModelConfig
 
 # The named special tokens transformers passes to a chat template (SPECIAL_TOKENS_ATTRIBUTES).
@@ -45,13 +45,9 @@ class TokenizerFiles:
 
 
 def _read(path: Path) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > MAX_TOKENIZER_BYTES:
-            raise LmpackError(f"{path}: {size} bytes is too large for a tokenizer file")
-        return path.read_bytes()
-    except OSError as e:
-        raise LmpackError(f"{path}: cannot read ({e.strerror or e})") from None
+    from lmpack.formats.jsonfile import read_regular  # regular files only: a FIFO cannot hang us
+
+    return read_regular(path, MAX_TOKENIZER_BYTES, "a tokenizer file")
 
 
 def _json(path: Path, required: bool = False) -> Any:
@@ -59,10 +55,9 @@ def _json(path: Path, required: bool = False) -> Any:
         if required:
             raise LmpackError(f"{path.parent}: no {path.name}")
         return None
-    try:
-        value = json.loads(_read(path).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LmpackError(f"{path}: not valid JSON ({e})") from None
+    from lmpack.formats.jsonfile import parse_json  # depth, huge integers, bad UTF-8: LmpackError
+
+    value = parse_json(_read(path), str(path))
     if not isinstance(value, dict):
         raise LmpackError(f"{path}: expected a JSON object")
     return value
@@ -162,15 +157,39 @@ def generation_defaults(folder: Path) -> tuple[dict[str, Any], list[int], int | 
     return defaults, eos_ids, bos if isinstance(bos, int) and not isinstance(bos, bool) else None
 
 
+def _check_bpe_affixes(text: str, path: Path) -> None:
+    """Refuse a BPE model whose continuing_subword_prefix is longer than the second half of one
+    of its merges: tokenizers then panics in Rust (a crash message on stderr, not an error)."""
+    from lmpack.formats.jsonfile import parse_json
+
+    model = parse_json(text, str(path))
+    model = model.get("model") if isinstance(model, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE":
+        return
+    prefix = model.get("continuing_subword_prefix")
+    if not isinstance(prefix, str) or not prefix:
+        return
+    for merge in model.get("merges") or []:
+        parts = merge.split(" ", 1) if isinstance(merge, str) else merge
+        if isinstance(parts, list) and len(parts) == 2 and isinstance(parts[1], str) and \
+                len(parts[1].encode("utf-8")) < len(prefix.encode("utf-8")):
+            raise LmpackError(f"{path}: BPE continuing_subword_prefix {brief(prefix, 40)} is longer than the merge "
+                              f"part {brief(parts[1], 40)}")
+
+
 def _tokenizers_json(path: Path, cfg: dict[str, Any], specials: dict[str, str]):
     """The tokenizer.json loaded with `tokenizers`, with transformers' load-time changes applied."""
     from tokenizers import AddedToken, Tokenizer
 
     try:
-        tok = Tokenizer.from_str(_text(path))
+        text = _text(path)
+        _check_bpe_affixes(text, path)
+        tok = Tokenizer.from_str(text)
     except LmpackError:
         raise
-    except Exception as e:  # tokenizers raises a bare Exception with serde's text
+    except BaseException as e:  # tokenizers raises a bare Exception with serde's text, or a Rust panic
+        if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+            raise  # Ctrl-C and friends
         raise LmpackError(f"{path}: not a tokenizer.json the tokenizers library loads "
                           f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
     # Tokens tokenizer_config.json declares (added_tokens_decoder, named specials) but tokenizer.json lacks.
@@ -178,7 +197,7 @@ def _tokenizers_json(path: Path, cfg: dict[str, Any], specials: dict[str, str]):
     if not isinstance(decoder, dict):
         raise LmpackError(f"{path.parent / 'tokenizer_config.json'}: added_tokens_decoder must be an object")
     wanted = []
-    for _, t in sorted(decoder.items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else 0):
+    for _, t in sorted(decoder.items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() and len(str(kv[0])) < 19 else 0):
         text = _token_text(t)
         if text is not None and tok.token_to_id(text) is None:
             opts = {k: bool(t[k]) for k in ("single_word", "lstrip", "rstrip", "normalized", "special") if k in t}

@@ -11,15 +11,16 @@ the ops it needs.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from lmpack.errors import LmpackError
+from lmpack.errors import LmpackError, LmpackWarning, brief
 
 # The one limit on every config dimension, and on n_heads*head_dim, shared with csrc/py_model.c
-# (LMP_MAX_DIM): products of two such numbers fit an int64 with room to spare.
+# (MAX_DIM): products of two such numbers fit an int64 with room to spare.
 MAX_DIM = 1 << 24
-MAX_EXPERTS = 256  # also csrc/py_model.c LMP_MAX_EXPERTS
+MAX_EXPERTS = 256  # also csrc/forward.h LMP_MAX_EXPERTS
 
 LAYER_PREFIX = "model.layers."
 
@@ -211,7 +212,7 @@ def _no_biases(cfg: dict, where: str, model_type: str) -> None:
 def _window(cfg: dict, where: str, model_type: str) -> int | None:
     w = cfg.get("sliding_window")
     if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w <= 0):
-        raise LmpackError(f"{where}: field 'sliding_window' must be a positive integer or null, got {w!r}")
+        raise LmpackError(f"{where}: field 'sliding_window' must be a positive integer or null, got {brief(w)}")
     return w
 
 
@@ -227,7 +228,7 @@ def _layer_types(cfg: dict, where: str, model_type: str) -> list[str] | None:
         raise LmpackError(f"{where}: field 'layer_types' must be a list of strings")
     unknown = [t for t in lt if t not in _HF_LAYER_TYPES]
     if unknown:
-        raise _refuse(where, model_type, f"layer type {unknown[0]!r}")
+        raise _refuse(where, model_type, f"layer type {brief(unknown[0])}")
     return [_HF_LAYER_TYPES[t] for t in lt]
 
 
@@ -275,7 +276,7 @@ def _qwen3(cfg: dict, where: str, model_type: str) -> dict:
 def _positive(cfg: dict, key: str, where: str) -> float | None:
     v = cfg.get(key)
     if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
-        raise LmpackError(f"{where}: field '{key}' must be a positive number or null, got {v!r}")
+        raise LmpackError(f"{where}: field '{key}' must be a positive number or null, got {brief(v)}")
     return None if v is None else float(v)
 
 
@@ -314,7 +315,7 @@ def _gemma3(cfg: dict, where: str, model_type: str) -> dict:
             raise LmpackError(f"{where}: rope_parameters per layer type must be objects")
         out["rope_theta"], out["rope_scaling"] = hf_rope(full, {"rope_theta": 1e6}, where, model_type)
         if local.get("rope_type", "default") != "default":
-            raise _refuse(where, model_type, f"rope scaling type {local.get('rope_type')!r} on sliding layers")
+            raise _refuse(where, model_type, f"rope scaling type {brief(local.get('rope_type'))} on sliding layers")
         local_theta = local.get("rope_theta", 10000.0)
     else:  # the older flat spelling
         out["rope_theta"], out["rope_scaling"] = hf_rope(_merged_rope(cfg, where), {"rope_theta": 1e6}, where,
@@ -340,7 +341,7 @@ def _phi3(cfg: dict, where: str, model_type: str) -> dict:
     params = _merged_rope(cfg, where)  # longrope/su scaling is refused by hf_rope already
     factor = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1:
-        raise LmpackError(f"{where}: field 'partial_rotary_factor' must be in (0, 1], got {factor!r}")
+        raise LmpackError(f"{where}: field 'partial_rotary_factor' must be in (0, 1], got {brief(factor)}")
     heads, dim = cfg.get("num_attention_heads"), cfg.get("hidden_size")
     out: dict = {"sliding_window": _window(cfg, where, model_type)}
     if factor != 1 and isinstance(heads, int) and isinstance(dim, int) and heads > 0:
@@ -355,7 +356,7 @@ def _mixtral(cfg: dict, where: str, model_type: str) -> dict:
     n, k = cfg.get("num_local_experts"), cfg.get("num_experts_per_tok")
     for key, v in (("num_local_experts", n), ("num_experts_per_tok", k)):
         if isinstance(v, bool) or not isinstance(v, int):
-            raise LmpackError(f"{where}: field '{key}' must be an integer, got {v!r}")
+            raise LmpackError(f"{where}: field '{key}' must be an integer, got {brief(v)}")
     return {"sliding_window": _window(cfg, where, model_type), "n_experts": n, "n_experts_used": k}
 
 
@@ -388,7 +389,7 @@ def family_for_model_type(model_type: Any, where: str) -> Family:
         if model_type in f.model_types:
             return f
     supported = ", ".join(t for f in FAMILIES.values() for t in f.model_types)
-    raise LmpackError(f"{where}: unsupported model_type {model_type!r} (lmpack supports: {supported})")
+    raise LmpackError(f"{where}: unsupported model_type {brief(model_type)} (lmpack supports: {supported})")
 
 
 def hf_rope(params: dict, cfg: dict, where: str, model_type: str) -> tuple[float, dict | None]:
@@ -420,6 +421,19 @@ def _merged_rope(cfg: dict, where: str) -> dict:
     return {**scaling, **params}
 
 
+def _tie_embeddings(cfg: dict[str, Any], where: str) -> bool:
+    """`tie_word_embeddings` as transformers reads it (any truthy value ties), with a warning when
+    it is not a JSON boolean: the string "false" is true to transformers, and lm_head is dropped."""
+    value = cfg.get("tie_word_embeddings", False)
+    if value is not None and not isinstance(value, bool):
+        tied = bool(value) if isinstance(value, (str, int, float, list, dict)) else True
+        warnings.warn(f"{where}: tie_word_embeddings is {brief(value, 40)}, not JSON true or false; transformers reads it "
+                      f"as {str(tied).lower()}, and so does lmpack{' (lm_head.weight is ignored)' if tied else ''}",
+                      LmpackWarning, stacklevel=2)
+        return tied
+    return bool(value)
+
+
 def config_from_hf(cfg: Any, where: str) -> dict:
     """The canonical config dict (ModelConfig.from_dict's input, without chat_format) of a parsed
     HF `config.json`; refuses what lmpack cannot run with one line naming model_type and feature."""
@@ -429,7 +443,7 @@ def config_from_hf(cfg: Any, where: str) -> dict:
     fam = family_for_model_type(model_type, where)
     act = cfg.get("hidden_activation") or cfg.get("hidden_act") or fam.acts[0]
     if act not in fam.acts:
-        raise _refuse(where, model_type, f"hidden_act {act!r} (only {', '.join(fam.acts)})")
+        raise _refuse(where, model_type, f"hidden_act {brief(act)} (only {', '.join(fam.acts)})")
 
     def need(key: str) -> Any:
         if cfg.get(key) is None:
@@ -455,7 +469,7 @@ def config_from_hf(cfg: Any, where: str) -> dict:
         "norm_eps": cfg.get("rms_norm_eps", 1e-6),
         "rope_theta": theta,
         "rope_scaling": scaling,
-        "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        "tie_embeddings": _tie_embeddings(cfg, where),
         "max_context": cfg.get("max_position_embeddings", 2048),
         "bos_id": 1 if bos is None else bos,
         "eos_ids": [e for e in eos_ids if e is not None] or [2],

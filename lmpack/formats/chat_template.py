@@ -14,9 +14,18 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import re
+import threading
 from typing import Any
 
 from lmpack.errors import LmpackError
+
+
+# Bounds on the work of one render (a template is untrusted input): loop iterations over range(),
+# and the size of any string or list the template builds and of the text it renders.
+MAX_TEMPLATE_STEPS = 1_000_000
+MAX_TEMPLATE_TEXT = 16 << 20
+_STEPS = threading.local()
 
 
 def _environment():
@@ -81,8 +90,80 @@ def _environment():
             if isinstance(name, str) and name.startswith("_"):
                 raise jinja2.exceptions.SecurityError(f"a namespace cannot hold the name {name!r}")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationBlock, jinja2.ext.loopcontrols])
+    class Bounded(ImmutableSandboxedEnvironment):
+        """The sandbox with a bound on work: `range` iterations count against a per-render budget,
+        and `*`, `**` and `+` refuse results larger than MAX_TEMPLATE_TEXT (a template is input:
+        nested loops or repeated doubling must not hang or exhaust memory)."""
+
+        intercepted_binops = frozenset(["*", "**", "+", "%"])
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "%" and isinstance(left, str) and \
+                    any(int(w) > MAX_TEMPLATE_TEXT for w in re.findall(r"%[-#0 +]*(\d{1,30})", left)):
+                raise jinja2.exceptions.SecurityError("chat template formats a value too wide")
+            if operator == "**" and isinstance(left, (int, float)) and isinstance(right, (int, float)) and \
+                    abs(right) > 64 and abs(left) > 1:
+                raise jinja2.exceptions.SecurityError("chat template computes a power too large")
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_TEMPLATE_TEXT:
+                        raise jinja2.exceptions.SecurityError("chat template builds a value too large")
+            if operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)) \
+                    and len(left) + len(right) > MAX_TEMPLATE_TEXT:
+                raise jinja2.exceptions.SecurityError("chat template builds a value too large")
+            return super().call_binop(context, operator, left, right)
+
+    class BoundedRange:
+        """range() whose iteration counts against the render's budget (len, [], `in` as range's)."""
+
+        def __init__(self, r: range):
+            self._r = r
+
+        def __len__(self):
+            return len(self._r)
+
+        def __getitem__(self, i):
+            return self._r[i]
+
+        def __contains__(self, x):
+            return x in self._r
+
+        def __iter__(self):
+            return self._count(iter(self._r))
+
+        def __reversed__(self):
+            return self._count(reversed(self._r))
+
+        @staticmethod
+        def _count(values):
+            for i in values:
+                _STEPS.left -= 1
+                if _STEPS.left < 0:
+                    raise jinja2.exceptions.SecurityError("chat template does too much work (loop iterations)")
+                yield i
+
+    def bounded_range(*args):
+        r = range(*args)
+        if len(r) > MAX_TEMPLATE_STEPS:
+            raise jinja2.exceptions.SecurityError(f"chat template asks for a range of {len(r)} values")
+        return BoundedRange(r)
+
+    env = Bounded(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, jinja2.ext.loopcontrols])
+    env.globals["range"] = bounded_range
+    center = env.filters["center"]
+    indent = env.filters["indent"]
+
+    def bounded_center(value, width=80):
+        if isinstance(width, int) and width > MAX_TEMPLATE_TEXT:
+            raise jinja2.exceptions.SecurityError("chat template centers in a width too large")
+        return center(value, width)
+
+    def bounded_indent(s, width=4, *args, **kwargs):
+        if isinstance(width, int) and width > MAX_TEMPLATE_TEXT or isinstance(width, str) and len(width) > 4096:
+            raise jinja2.exceptions.SecurityError("chat template indents by a width too large")
+        return indent(s, width, *args, **kwargs)
+
+    env.filters.update(center=bounded_center, indent=bounded_indent)
     env.raised = Raised
     env.filters["tojson"] = tojson
     env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now, dict=Dict(), namespace=Namespace)
@@ -165,8 +246,15 @@ def render(source: str, messages: Any, add_generation_prompt: bool = True,
         context = {"tools": None, "documents": None, **_plain(dict(variables or {}))}
         for key in ("messages", "add_generation_prompt"):  # given as arguments, not variables
             context.pop(key, None)
-        return template.render(**context, messages=check_messages(messages),
-                               add_generation_prompt=bool(add_generation_prompt))
+        _STEPS.left = MAX_TEMPLATE_STEPS
+        out, size = [], 0
+        for piece in template.generate(**context, messages=check_messages(messages),
+                                       add_generation_prompt=bool(add_generation_prompt)):
+            size += len(piece)
+            if size > MAX_TEMPLATE_TEXT:
+                raise LmpackError(f"chat template renders more than {MAX_TEMPLATE_TEXT} characters")
+            out.append(piece)
+        return "".join(out)
     except environment().raised as e:
         raise TemplateRefused(f"chat template: {e}") from None
     except jinja2.TemplateError as e:

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lmpack.errors import LmpackError
+from lmpack.errors import LmpackError, brief
 from lmpack.formats.arch import MAX_DIM, MAX_EXPERTS, expected_tensors, family
 
 __all__ = ["ModelConfig", "expected_tensors"]
@@ -25,6 +25,14 @@ FEATURE_DEFAULTS: dict[str, Any] = {"sliding_window": None, "layer_types": None,
                                     "query_pre_attn_scalar": None, "attn_softcap": None, "final_softcap": None,
                                     "rope_dim": None, "n_experts": 0, "n_experts_used": 0}
 LAYER_TYPES = ("full", "sliding")
+
+
+def _finite(value: int | float) -> bool:
+    """A finite float, or an int that converts to one (math.isfinite overflows on huge ints)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 @dataclass
@@ -91,21 +99,21 @@ class ModelConfig:
                 return default
             value = d[key]
             if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-                raise LmpackError(f"{where}: field '{key}' must be an integer, got {value!r}")
+                raise LmpackError(f"{where}: field '{key}' must be an integer, got {brief(value)}")
             if kind is float:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise LmpackError(f"{where}: field '{key}' must be a finite number, got {value!r}")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+                    raise LmpackError(f"{where}: field '{key}' must be a finite number, got {brief(value)}")
                 value = float(value)
             if kind is bool and not isinstance(value, bool):
-                raise LmpackError(f"{where}: field '{key}' must be true or false, got {value!r}")
+                raise LmpackError(f"{where}: field '{key}' must be true or false, got {brief(value)}")
             if kind is str and not isinstance(value, str):
-                raise LmpackError(f"{where}: field '{key}' must be a string, got {value!r}")
+                raise LmpackError(f"{where}: field '{key}' must be a string, got {brief(value)}")
             return value
 
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         eos = d.get("eos_ids")
         if not isinstance(eos, list) or not eos or not all(isinstance(e, int) and not isinstance(e, bool) for e in eos):
-            raise LmpackError(f"{where}: field 'eos_ids' must be a non-empty list of integers, got {eos!r}")
+            raise LmpackError(f"{where}: field 'eos_ids' must be a non-empty list of integers, got {brief(eos)}")
         cfg = cls(
             architecture=get("architecture", str),
             dim=get("dim", int),
@@ -182,9 +190,9 @@ class ModelConfig:
         if self.rope_scaling is not None:
             rs = self.rope_scaling
             if not isinstance(rs, dict) or rs.get("type") not in ROPE_SCALING_KEYS:
-                raise LmpackError(f"{where}: unsupported rope_scaling {rs!r} (supported: llama3, linear)")
+                raise LmpackError(f"{where}: unsupported rope_scaling {brief(rs)} (supported: llama3, linear)")
             for key in ROPE_SCALING_KEYS[rs["type"]]:
                 value = rs.get(key)
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                    raise LmpackError(f"{where}: rope_scaling.{key} must be a positive number, got {value!r}")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or not value > 0:
+                    raise LmpackError(f"{where}: rope_scaling.{key} must be a positive number, got {brief(value)}")
 

@@ -8,6 +8,7 @@ reading `.lmp` files from Python.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import mmap
@@ -23,9 +24,10 @@ from typing import Any, Callable, Iterable, NamedTuple
 import numpy as np
 
 from lmpack import _core
-from lmpack.errors import LmpackError
+from lmpack.errors import LmpackError, brief
 from lmpack.formats.arch import family
 from lmpack.formats.config import ModelConfig, expected_tensors
+from lmpack.formats.jsonfile import parse_json
 from lmpack.formats.mmaps import drop_pages, open_readonly
 from lmpack.formats.dtypes import ALIGN, DTYPES, Q8_0_BLOCK, align_up, numpy_dtype, q8_0_planes, tensor_nbytes
 
@@ -90,6 +92,87 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT and SIGTERM until the block is done, then deliver them, for the few steps where
+    being interrupted would leave a file behind untracked. Python runs signal handlers between
+    bytecodes, possibly well after the signal arrived, so the Python-level handlers are swapped
+    (blocking the signal in the OS would not stop one that already arrived)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # handlers run on the main thread only
+        yield
+        return
+    held: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    # a handler installed from C (getsignal gives None) cannot be put back, so it is left alone
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+                for s in sigs if signal.getsignal(s) is not None}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held:
+            signal.raise_signal(held[0])  # runs the restored handler now
+
+
+def _lock(fd: int, blocking: bool) -> bool:
+    """An exclusive advisory lock on an open file (released when the process ends, however it
+    ends); False if another process holds it. Always True where flock does not exist."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except (BlockingIOError, PermissionError):
+        return False
+    except OSError:  # a file system without locks: treat every temp file as in use
+        return False
+    return True
+
+
+def remove_stale_temps(path: Path, keep: Path | None = None) -> list[Path]:
+    """Delete the temp files an earlier writer to `path` left behind when it was killed (SIGKILL,
+    a power cut): names `.NAME.XXXXXXXX.tmp` beside it, regular files of this user that no live
+    writer holds locked. Returns what was removed."""
+    import re
+    import stat
+
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
+    removed = []
+    try:
+        names = [n for n in os.listdir(path.parent) if pattern.fullmatch(n)]
+    except OSError:
+        return removed
+    for name in names:
+        p = path.parent / name
+        if keep is not None and p == keep:
+            continue
+        try:
+            st = os.lstat(p)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            continue
+        try:
+            fst = os.fstat(fd)
+            # A writer locks its file right after creating it: an empty file that is seconds old
+            # may be one that is not locked yet, and is left for next time.
+            fresh = fst.st_size == 0 and abs(datetime.datetime.now().timestamp() - fst.st_mtime) < 5
+            if not fresh and _lock(fd, blocking=False) and os.path.samestat(fst, os.lstat(p)):
+                os.unlink(p)
+                removed.append(p)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 def _crc_hex(crc: int) -> str:
     return f"{crc:08x}"
 
@@ -123,9 +206,15 @@ class _BackgroundWriter:
         self._thread.start()
 
     def _run(self) -> None:
-        fd = self._f.fileno()
-        # the disk write of everything below `started` has been started, and waited for below `previous`
-        started = previous = self._f.tell()
+        try:
+            fd = self._f.fileno()
+            # the disk write of everything below `started` has been started, and waited for below `previous`
+            started = previous = self._f.tell()
+        except BaseException as e:  # noqa: BLE001 - the file was closed under us: report, do not print
+            self._error = e
+            while self._queue.get() is not None:
+                pass
+            return
         write_behind = True
         while (buf := self._queue.get()) is not None:
             if self._error is not None:
@@ -234,9 +323,21 @@ class LmpWriter:
         assert PREAMBLE_SIZE + len(self._header_bytes("0" * 8)) <= self.data_offset
 
     def __enter__(self) -> "LmpWriter":
+        # A Ctrl-C in here could leave a temp file nobody knows of, or a writer thread nobody
+        # stops: signals wait until the writer is set up (a few milliseconds).
+        try:
+            with _signals_deferred():
+                return self._enter()
+        except BaseException as e:  # `with` calls __exit__ only once __enter__ has returned; the
+            self.__exit__(type(e), e, e.__traceback__)  # held signal may fire on the way out
+            raise
+
+    def _enter(self) -> "LmpWriter":
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         self._tmp = Path(tmp)
         self._f = os.fdopen(fd, "wb")
+        _lock(fd, blocking=True)  # held until the file is renamed: marks it as in use
+        remove_stale_temps(self.path, keep=self._tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; the output gets the usual permissions
@@ -299,24 +400,38 @@ class LmpWriter:
         self._f.write(header)
         self._f.flush()
         os.fsync(self._f.fileno())
-        self._f.close()
+        # renamed while still open and locked, so no other writer takes it for a stale temp file
         os.replace(self._tmp, self.path)
+        self._tmp = None
+        self._f.close()
         _fsync_dir(self.path.parent)  # the rename itself survives a crash only once its folder is synced
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
                 self._finish()
+        except OSError as e:
+            raise self._write_error(e) from None
         finally:
-            if self._out is not None:
-                try:
-                    self._out.close()
-                except BaseException:  # noqa: BLE001 - the original error (or _finish's) wins
-                    pass
-            if self._f is not None and not self._f.closed:
-                self._f.close()
-            if self._tmp is not None and self._tmp.exists():
-                self._tmp.unlink()
+            with _signals_deferred():  # a second Ctrl-C must not stop the cleanup half-way
+                if self._out is not None:
+                    try:
+                        self._out.close()
+                    except BaseException:  # noqa: BLE001 - the original error (or _finish's) wins
+                        pass
+                if self._f is not None and not self._f.closed:
+                    self._f.close()
+                if self._tmp is not None and self._tmp.exists():
+                    self._tmp.unlink()
+        if isinstance(exc, OSError) and not getattr(exc, "filename", None):
+            raise self._write_error(exc) from None
+
+    def _write_error(self, e: OSError) -> LmpackError:
+        """An error writing the output (a full disk, a quota, an I/O error) that names the file;
+        the background writer's OSError carries no file name."""
+        if e.filename:
+            return LmpackError(f"{e.filename}: {e.strerror or e}")
+        return LmpackError(f"{self.path}: cannot write ({e.strerror or e}); nothing was written")
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,6 +474,8 @@ class LmpReader:
             raise self._fail("corrupt preamble (checksum mismatch)")
         if flags:
             raise self._fail(f"unknown flags 0x{flags:x}")
+        if any(mm[48:PREAMBLE_SIZE]):
+            raise self._fail("corrupt preamble (reserved bytes 48-63 are not zero)")
         if file_size != size:
             raise self._fail(f"truncated or padded: header says {file_size} bytes, file has {size}")
         if not 0 < header_len <= MAX_HEADER or data_offset % PAGE or \
@@ -368,11 +485,13 @@ class LmpReader:
         if _core.crc32c(raw) != header_crc:
             raise self._fail("corrupt header (checksum mismatch)")
         try:
-            header = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise self._fail(f"corrupt header (not JSON: {e})") from None
+            header = parse_json(raw, "header")
+        except LmpackError as e:
+            raise self._fail(f"corrupt {e}") from None
         if not isinstance(header, dict) or not all(k in header for k in ("config", "tokenizer", "tensors")):
             raise self._fail("corrupt header (missing config, tokenizer or tensors)")
+        if not isinstance(header.get("provenance", {}), dict):
+            raise self._fail("corrupt header (provenance is not an object)")
         self.header = header
         self.data_offset = data_offset
         self.config = ModelConfig.from_dict(header["config"], where=f"{self.path}: config")
@@ -380,7 +499,7 @@ class LmpReader:
         ranges = []
         tok = header["tokenizer"]
         if not isinstance(tok, dict) or tok.get("kind") not in TOKENIZER_KINDS:
-            raise self._fail(f"unsupported tokenizer {tok.get('kind') if isinstance(tok, dict) else tok!r}")
+            raise self._fail(f"unsupported tokenizer {brief(tok.get('kind') if isinstance(tok, dict) else tok)}")
         self.tokenizer_entry = self._entry({**tok, "name": "<tokenizer>", "dtype": "u8"}, size, raw_bytes=True)
         self.tokenizer_kind = tok["kind"]
         self.tokenizer_fields = self._fields(tok, TOKENIZER_FIELDS, "tokenizer")
@@ -451,14 +570,15 @@ class LmpReader:
         if raw_bytes:
             shape = [nbytes] if isinstance(nbytes, int) else None
         elif dtype not in DTYPES:
-            raise self._fail(f"tensor '{name}' has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-            raise self._fail(f"tensor '{name}' has a bad shape {shape!r}")
+            raise self._fail(f"tensor '{name}' has unknown dtype {brief(dtype)}")
+        if not isinstance(shape, list) or not 0 < len(shape) <= 8 or \
+                not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 1 << 48 for d in shape):
+            raise self._fail(f"tensor '{name}' has a bad shape {brief(shape)}")
         for key, v in (("offset", offset), ("nbytes", nbytes)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise self._fail(f"tensor '{name}' has a bad {key} {v!r}")
+                raise self._fail(f"tensor '{name}' has a bad {key} {brief(v)}")
         if not isinstance(crc, str) or len(crc) != 8 or any(c not in "0123456789abcdef" for c in crc):
-            raise self._fail(f"tensor '{name}' has a bad checksum field {crc!r}")
+            raise self._fail(f"tensor '{name}' has a bad checksum field {brief(crc)}")
         if not raw_bytes:
             try:
                 want = tensor_nbytes(dtype, tuple(shape))

@@ -10,13 +10,31 @@ from lmpack.errors import LmpackError
 
 
 def open_readonly(path: Path) -> tuple[BinaryIO, int]:
-    """Open a file for reading and return it with its size; a missing or unreadable file is an
-    LmpackError naming it."""
+    """Open a regular file for reading and return it with its size; a missing or unreadable file,
+    a folder, a FIFO or a device is an LmpackError naming it (opened non-blocking, so a FIFO
+    without a writer cannot hang the caller)."""
+    fd = open_regular_fd(path)
+    return os.fdopen(fd, "rb"), os.fstat(fd).st_size
+
+
+def open_regular_fd(path: Path) -> int:
+    """A read-only descriptor of `path` if it is a regular file (after symlinks)."""
+    import stat
+
     try:
-        f = open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise LmpackError(f"{path}: cannot open ({e.strerror})") from None
-    return f, os.fstat(f.fileno()).st_size
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise LmpackError(f"{path}: {'is a folder' if stat.S_ISDIR(mode) else 'not a regular file'}")
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)  # regular files never block; reads then behave as usual
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def drop_pages(m: mmap.mmap | None, begin: int, nbytes: int) -> None:

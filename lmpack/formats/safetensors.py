@@ -7,7 +7,6 @@ large shard costs address space, not memory.
 """
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import struct
@@ -16,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lmpack.errors import LmpackError
+from lmpack.errors import LmpackError, brief
+from lmpack.formats.jsonfile import parse_json
 from lmpack.formats.mmaps import drop_pages, open_readonly
 
 MAX_HEADER = 100 << 20
@@ -66,9 +66,9 @@ class SafetensorsFile:
             raise self._fail(f"truncated or corrupt safetensors header (header length {n}, file size {size})")
         raw = self._file.read(n)
         try:
-            header = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise self._fail(f"corrupt safetensors header ({e})") from None
+            header = parse_json(raw, "header")
+        except LmpackError as e:
+            raise self._fail(f"corrupt safetensors {e}") from None
         if not isinstance(header, dict):
             raise self._fail("corrupt safetensors header (not a JSON object)")
         header.pop("__metadata__", None)
@@ -78,18 +78,21 @@ class SafetensorsFile:
             if not isinstance(info, dict):
                 raise self._fail(f"tensor '{name}': corrupt header entry")
             dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-            if dtype not in _ITEMSIZE:
-                raise self._fail(f"tensor '{name}': unknown dtype {dtype!r}")
-            if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-                raise self._fail(f"tensor '{name}': bad shape {shape!r}")
+            if not isinstance(dtype, str) or dtype not in _ITEMSIZE:
+                raise self._fail(f"tensor '{name}': unknown dtype {brief(dtype)}")
+            if not isinstance(shape, list) or len(shape) > 16 or \
+                    not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 62 for d in shape):
+                raise self._fail(f"tensor '{name}': bad shape {brief(shape)}")
             if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
-                raise self._fail(f"tensor '{name}': bad data_offsets {offs!r}")
+                raise self._fail(f"tensor '{name}': bad data_offsets {brief(offs)}")
             begin, end = offs
             numel = 1
             for d in shape:
-                numel *= d
+                numel = min(numel * d, buf_len + 1)  # more than the buffer holds is wrong anyway
+            if 0 in shape:
+                numel = 0
             if not 0 <= begin <= end:
-                raise self._fail(f"tensor '{name}': bad data_offsets {offs!r}")
+                raise self._fail(f"tensor '{name}': bad data_offsets {brief(offs)}")
             if end > buf_len:
                 raise self._fail(f"tensor '{name}': data ends at byte {end} but the buffer has {buf_len} (truncated file?)")
             if end - begin != numel * _ITEMSIZE[dtype]:

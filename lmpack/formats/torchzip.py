@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lmpack.errors import LmpackError, UnsafePickleError
-from lmpack.formats.mmaps import drop_pages
+from lmpack.errors import LmpackError, UnsafePickleError, brief
+from lmpack.formats.mmaps import drop_pages, open_regular_fd
 
 # torch storage class -> (our dtype name, numpy dtype). bf16 travels as uint16 bits (numpy has
 # no bfloat16). Storage classes outside this map are still admitted so the error can say which
@@ -319,15 +319,23 @@ class TorchTensor(_Sealed):
 
 
 def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise LmpackError(f"{what} must be a non-negative integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
+        raise LmpackError(f"{what} must be a non-negative integer below 2^63, got {brief(value)}")
     return value
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or len(value) > 16:
-        raise LmpackError(f"{what} must be a tuple of at most 16 integers, got {value!r}")
+        raise LmpackError(f"{what} must be a tuple of at most 16 integers, got {brief(value)}")
     return tuple(_int(v, what) for v in value)
+
+
+def _empty_ordered_dict(*args: Any) -> OrderedDict:
+    """`collections.OrderedDict()` as torch pickles it: empty, filled by SETITEMS afterwards. A
+    copy of an argument would let a pickle copy one big memoized dict again and again."""
+    if args:
+        raise LmpackError("OrderedDict called with arguments (a state dict is pickled empty, then filled)")
+    return OrderedDict()
 
 
 def _empty_hooks(value: Any, what: str) -> None:
@@ -344,7 +352,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self.storages: dict[str, Storage] = {}
         self.rebuild_v2 = _Call("torch._utils._rebuild_tensor_v2", self._rebuild_tensor_v2)
         self.allowed: dict[tuple[str, str], Callable[[], Any]] = {
-            ("collections", "OrderedDict"): lambda: _Call("collections.OrderedDict", OrderedDict),
+            ("collections", "OrderedDict"): lambda: _Call("collections.OrderedDict", _empty_ordered_dict),
             ("torch._utils", "_rebuild_tensor_v2"): lambda: self.rebuild_v2,
             ("torch._utils", "_rebuild_parameter"): lambda: _Call("torch._utils._rebuild_parameter", self._rebuild_parameter),
             ("torch._tensor", "_rebuild_from_type_v2"): lambda: _Call("torch._tensor._rebuild_from_type_v2", self._rebuild_from_type_v2),
@@ -366,10 +374,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Storage:
         where = f"{self.archive.path}: storage reference"
         if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
-            raise LmpackError(f"{where} {pid!r:.80} is not ('storage', type, key, location, numel)")
+            raise LmpackError(f"{where} {brief(pid)} is not ('storage', type, key, location, numel)")
         _, stype, key, location, numel = pid
         if not isinstance(stype, StorageType):
-            raise LmpackError(f"{where} names {stype!r:.60} instead of a torch storage type")
+            raise LmpackError(f"{where} names {brief(stype, 60)} instead of a torch storage type")
         if not isinstance(key, str) or not isinstance(location, str):
             raise LmpackError(f"{where} has a non-string key or location")
         numel = _int(numel, f"{where} '{key}' element count")
@@ -428,26 +436,173 @@ class _RestrictedUnpickler(pickle.Unpickler):
         # torch routes tensors with Python attributes or subclasses through here; a state dict
         # only ever has plain Tensor/Parameter with no state, and anything else is refused.
         if rest or func is not self.rebuild_v2:
-            raise UnsafePickleError(f"{self.archive.path}: _rebuild_from_type_v2 with function {func!r:.60}")
+            raise UnsafePickleError(f"{self.archive.path}: _rebuild_from_type_v2 with function {brief(func, 60)}")
         if not isinstance(new_type, _Marker) or new_type.name not in ("torch.Tensor", "torch.nn.parameter.Parameter"):
-            raise UnsafePickleError(f"{self.archive.path}: _rebuild_from_type_v2 with type {new_type!r:.60}")
-        if not isinstance(args, tuple):
-            raise LmpackError(f"{self.archive.path}: _rebuild_from_type_v2 arguments must be a tuple")
+            raise UnsafePickleError(f"{self.archive.path}: _rebuild_from_type_v2 with type {brief(new_type, 60)}")
+        if not isinstance(args, tuple) or len(args) > 7:
+            raise LmpackError(f"{self.archive.path}: _rebuild_from_type_v2 arguments must be a tuple of at most 7")
         _empty_hooks(state, f"{self.archive.path}: tensor state")
         return func(*args)
 
 
-def _scan_opcodes(data: bytes, where: str) -> None:
-    """Walk the pickle's opcodes without executing them: refuse extension-registry opcodes, and
-    catch length fields that promise more bytes than exist before the C unpickler allocates them."""
+class _Shape:
+    """What the opcode scan knows of one value on the pickle stack or in its memo: its kind, and
+    for a tuple its length. Values are shared through the memo exactly as the real ones are."""
+
+    __slots__ = ("kind", "size")
+
+    def __init__(self, kind: str, size: int = 0):
+        self.kind = kind  # "scalar", "tuple", "list", "dict", "global", "object", "mark"
+        self.size = size
+
+
+_MARK = _Shape("mark")
+# Opcodes a torch state dict never needs: object construction outside REDUCE, sets (their elements
+# are hashed: a tuple DAG of depth 40 costs 2^40), out-of-band buffers, text persistent ids.
+_REFUSED_OPCODES = FORBIDDEN_OPCODES | {"NEWOBJ", "NEWOBJ_EX", "OBJ", "INST", "EMPTY_SET", "ADDITEMS", "FROZENSET",
+                                        "NEXT_BUFFER", "READONLY_BUFFER", "PERSID"}
+MAX_MARK_DEPTH = 64
+MAX_LONG_BYTES = 16  # no integer in a state dict is wider than 64 bits; big ones cost big arithmetic
+
+
+def pickle_budget(n_records: int) -> tuple[int, int]:
+    """(bytes, opcodes) that the pickle of an archive with `n_records` storage records may use:
+    a real state dict takes ~150 bytes and ~40 opcodes per tensor, and tensors <= records."""
+    n = max(0, n_records)
+    return min(MAX_PICKLE_BYTES, (1 << 20) + (16 << 10) * n), 250_000 + 1000 * n
+
+
+def _scan_opcodes(data: bytes, where: str, max_ops: int | None = None) -> None:
+    """Walk the pickle's opcodes without executing them, following the shape of every value, and
+    refuse what a state dict never holds before the C unpickler does any work: forbidden opcodes,
+    calls other than REDUCE with a short argument tuple, dict keys that are not plain scalars
+    (hashing a shared tuple DAG takes exponential time), persistent ids that are not 5-tuples,
+    integers wider than 64 bits, more than `max_ops` opcodes or deeply nested marks. Length fields
+    that promise more bytes than exist are caught here too, before anything is allocated."""
+    def bad(what: str) -> LmpackError:
+        return UnsafePickleError(f"{where}: {what}")
+
+    stack: list[_Shape] = []
+    memo: dict[int, _Shape] = {}
+    marks = 0
+
+    def pop_mark() -> list[_Shape]:
+        nonlocal marks
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] is _MARK:
+                items = stack[i + 1:]
+                del stack[i:]
+                marks -= 1
+                return items
+        raise bad("MARK expected on the stack")
+
+    def pop(n: int = 1) -> list[_Shape]:
+        at = len(stack) - n
+        items = stack[at:]
+        if at < 0 or _MARK in items:  # _Shape has no __eq__: `in` compares identity, in C
+            raise bad("pickle stack underflow")
+        del stack[at:]
+        return items
+
+    def keys_ok(items: list[_Shape]) -> None:
+        if len(items) % 2 or any(k.kind != "scalar" for k in items[0::2]):
+            raise bad("a dict key that is not a string or number (a state dict has plain keys)")
+
     try:
-        for op, _, _ in pickletools.genops(data):
-            if op.name in FORBIDDEN_OPCODES:
-                raise UnsafePickleError(f"{where}: refusing pickle opcode {op.name}")
+        for n_ops, (op, arg, _) in enumerate(pickletools.genops(data)):
+            name = op.name
+            if max_ops is not None and n_ops >= max_ops:
+                raise bad(f"more than {max_ops} pickle opcodes (more than a state dict of this archive needs)")
+            if name in _REFUSED_OPCODES:
+                raise bad(f"refusing pickle opcode {name}")
+            if name == "MARK":
+                marks += 1
+                if marks > MAX_MARK_DEPTH:
+                    raise bad(f"pickle nests more than {MAX_MARK_DEPTH} levels")
+                stack.append(_MARK)
+            elif name == "EMPTY_TUPLE":
+                stack.append(_Shape("tuple", 0))
+            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                stack.append(_Shape("tuple", len(pop(int(name[-1])))))
+            elif name == "TUPLE":
+                stack.append(_Shape("tuple", len(pop_mark())))
+            elif name == "EMPTY_LIST":
+                stack.append(_Shape("list"))
+            elif name == "LIST":
+                pop_mark()
+                stack.append(_Shape("list"))
+            elif name == "EMPTY_DICT":
+                stack.append(_Shape("dict"))
+            elif name == "DICT":
+                keys_ok(pop_mark())
+                stack.append(_Shape("dict"))
+            elif name in ("APPEND", "APPENDS"):
+                if name == "APPEND":
+                    pop()
+                else:
+                    pop_mark()
+                if not stack or stack[-1].kind != "list":
+                    raise bad(f"{name} to something that is not a list")
+            elif name in ("SETITEM", "SETITEMS"):
+                keys_ok(pop(2) if name == "SETITEM" else pop_mark())
+                if not stack or stack[-1].kind not in ("dict", "object"):
+                    raise bad(f"{name} on something that is not a dict")
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                if not stack or stack[-1] is _MARK:
+                    raise bad(f"{name} with nothing to store")
+                memo[len(memo) if name == "MEMOIZE" else int(arg)] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                value = memo.get(int(arg))
+                if value is None:
+                    raise bad(f"{name} of memo entry {int(arg)}, which was never stored")
+                stack.append(value)
+            elif name == "GLOBAL":
+                stack.append(_Shape("global"))
+            elif name == "STACK_GLOBAL":
+                if any(v.kind != "scalar" for v in pop(2)):
+                    raise bad("STACK_GLOBAL with a module or name that is not a string")
+                stack.append(_Shape("global"))
+            elif name == "REDUCE":
+                fn, args = pop(2)
+                if fn.kind != "global" or args.kind != "tuple" or args.size > 8:
+                    raise bad("REDUCE other than a torch global called with a short argument tuple")
+                stack.append(_Shape("object"))
+            elif name == "BUILD":
+                (state,) = pop()
+                if not stack or stack[-1].kind != "object" or state.kind not in ("dict", "scalar"):
+                    raise bad("BUILD other than a dict of attributes on a rebuilt object")
+            elif name == "BINPERSID":
+                (pid,) = pop()
+                if pid.kind != "tuple" or pid.size != 5:
+                    raise bad("a persistent id that is not a ('storage', type, key, location, numel) tuple")
+                stack.append(_Shape("object"))
+            elif name in ("LONG1", "LONG4") and isinstance(arg, int) and arg.bit_length() > 8 * MAX_LONG_BYTES:
+                raise bad(f"an integer of {arg.bit_length()} bits")
+            elif name in ("LONG", "INT") and isinstance(arg, int) and arg.bit_length() > 8 * MAX_LONG_BYTES:
+                raise bad(f"an integer of {arg.bit_length()} bits")
+            elif name == "POP":
+                if stack and stack[-1] is _MARK:
+                    pop_mark()
+                else:
+                    pop()
+            elif name == "POP_MARK":
+                pop_mark()
+            elif name == "DUP":
+                if not stack or stack[-1] is _MARK:
+                    raise bad("DUP with nothing to duplicate")
+                stack.append(stack[-1])
+            elif name in ("PROTO", "FRAME", "STOP"):
+                pass
+            else:  # a scalar: pops what pickletools says, pushes plain values
+                if pickletools.markobject in op.stack_before:
+                    pop_mark()
+                else:
+                    pop(len(op.stack_before))
+                stack.extend(_Shape("scalar") for _ in op.stack_after)
     except LmpackError:
         raise
     except Exception as e:  # genops raises ValueError and friends on malformed data
-        raise LmpackError(f"{where}: malformed pickle ({type(e).__name__}: {e})"[:300]) from None
+        raise LmpackError(f"{where}: malformed pickle ({type(e).__name__}: {brief(str(e), 200)})") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -462,10 +617,7 @@ class TorchFile:
         self._mm: mmap.mmap | None = None
         if self.path.is_dir():
             raise LmpackError(f"{self.path}: is a folder, not a torch checkpoint file")
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError as e:
-            raise LmpackError(f"{self.path}: cannot open ({e.strerror})") from None
+        fd = open_regular_fd(self.path)
         try:
             size = os.fstat(fd).st_size
             head = os.pread(fd, 8, 0)
@@ -510,7 +662,7 @@ class TorchFile:
             return
         value = self._read_member(member, 16).strip()
         if value not in (b"little",):
-            raise LmpackError(f"{self.path}: byte order {value[:16]!r} is not supported (only little-endian)")
+            raise LmpackError(f"{self.path}: byte order {brief(value[:16])} is not supported (only little-endian)")
 
     def _read_member(self, member: ZipMember, limit: int) -> bytes:
         if member.file_size > limit:
@@ -530,9 +682,11 @@ class TorchFile:
 
     def _unpickle(self) -> Any:
         member = self.members[self.prefix + "data.pkl"]
-        data = self._read_member(member, MAX_PICKLE_BYTES)
+        records = sum(1 for n in self.members if n.startswith(self.prefix + "data/"))
+        max_bytes, max_ops = pickle_budget(records)
+        data = self._read_member(member, max_bytes)
         where = f"{self.path}: {member.name}"
-        _scan_opcodes(data, where)
+        _scan_opcodes(data, where, max_ops)
         try:
             return _RestrictedUnpickler(data, self).load()
         except LmpackError:
@@ -540,7 +694,7 @@ class TorchFile:
         except RecursionError:
             raise LmpackError(f"{where}: pickle nests too deeply") from None
         except Exception as e:  # malformed pickles raise anything from UnpicklingError to TypeError
-            raise LmpackError(f"{where}: malformed pickle ({type(e).__name__}: {e})"[:300]) from None
+            raise LmpackError(f"{where}: malformed pickle ({type(e).__name__}: {brief(str(e), 200)})") from None
 
     def _buffer(self) -> mmap.mmap:
         if self._mm is None:
@@ -556,10 +710,10 @@ class TorchFile:
         for key, value in obj.items():
             if isinstance(value, TorchTensor):
                 if not isinstance(key, str):
-                    raise LmpackError(f"{self.path}: state dict key {key!r:.60} is not a string")
+                    raise LmpackError(f"{self.path}: state dict key {brief(key, 60)} is not a string")
                 out[key] = value
         if obj and not out:
-            keys = ", ".join(repr(k) for k in list(obj)[:5])
+            keys = ", ".join(brief(k, 60) for k in list(obj)[:5])
             raise LmpackError(f"{self.path}: no tensors at the top level (keys: {keys}); not a plain state dict")
         return out
 

@@ -92,6 +92,10 @@ class ChatSession:
         the message cannot fit, and stops early (stats.stopped_by == "context") if the reply fills it.
         Sampling options left as None take the model's defaults (Model.sampler)."""
         start, ids = self._turn_ids(user)
+        if start and not self.model.owns_cache(self):
+            # Something else ran on this model since the last turn: rebuild the cache from the
+            # conversation so far instead of continuing from another context.
+            ids, start = self.history[:start] + ids, 0
         if start + len(ids) >= self.model.n_ctx:
             raise ContextFull(f"the conversation needs {start + len(ids)} tokens; the context holds {self.model.n_ctx}")
         sampler = self.model.sampler(temperature, top_p, seed, top_k, repetition_penalty)
@@ -99,7 +103,7 @@ class ChatSession:
         self._turns += 1
         generated: list[int] = []
         try:
-            yield from self.model.continue_from(ids, start, sampler, max_tokens, stop_at_eos, generated)
+            yield from self.model.continue_from(ids, start, sampler, max_tokens, stop_at_eos, generated, owner=self)
         finally:
             # Everything fed so far is in the cache; the last sampled id is not.
             self.pos = start + len(ids) + max(0, len(generated) - 1)

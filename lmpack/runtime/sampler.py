@@ -6,6 +6,8 @@ generation_config.json defaults embedded in the file, else lmpack's own, and say
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Iterable
 
 import numpy as np
@@ -53,19 +55,23 @@ def describe(opts: dict[str, Any], source: dict[str, str]) -> str:
 class Sampler:
     def __init__(self, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, top_k: int = 0,
                  repetition_penalty: float = 1.0):
-        if not temperature >= 0:
-            raise LmpackError(f"temperature must be >= 0, got {temperature}")
-        if not 0 < top_p <= 1:
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or \
+                not math.isfinite(temperature) or temperature < 0:
+            raise LmpackError(f"temperature must be a finite number >= 0, got {temperature}")
+        if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1:
             raise LmpackError(f"top_p must be in (0, 1], got {top_p}")
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
             raise LmpackError(f"top_k must be an integer >= 0, got {top_k}")
-        if not repetition_penalty > 0:
-            raise LmpackError(f"repetition_penalty must be > 0, got {repetition_penalty}")
-        self.temperature = temperature
-        self.top_p = top_p
+        if isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, numbers.Real) or \
+                not math.isfinite(repetition_penalty) or not repetition_penalty > 0:
+            raise LmpackError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+            raise LmpackError(f"seed must be a non-negative integer, got {seed}")
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
         self.top_k = int(top_k)
         self.repetition_penalty = float(repetition_penalty)
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(None if seed is None else int(seed))
         self._seen: set[int] = set()
 
     def see(self, ids: Iterable[int]) -> None:
@@ -74,6 +80,10 @@ class Sampler:
             self._seen.update(int(i) for i in ids)
 
     def __call__(self, logits: np.ndarray) -> int:
+        if not np.isfinite(logits).all():
+            bad = int(np.flatnonzero(~np.isfinite(logits))[0])
+            raise LmpackError(f"the model computed a non-finite logit ({logits[bad]} for token {bad}): its weights "
+                              f"hold NaN/Inf or overflow float32 (lmpack verify checks the file)")
         if self.repetition_penalty != 1 and self._seen:
             # CTRL's penalty as transformers applies it: a seen token's logit is divided by the
             # penalty when positive, multiplied when negative.
@@ -83,7 +93,10 @@ class Sampler:
             logits[idx] = np.where(v < 0, v * self.repetition_penalty, v / self.repetition_penalty)
         if self.temperature == 0:
             return int(np.argmax(logits))
-        z = logits.astype(np.float64) / self.temperature
+        # Shift first, then scale: the largest logit becomes 0 and the rest negative, so a tiny
+        # temperature sends them to -inf (probability 0) instead of inf - inf = NaN.
+        with np.errstate(over="ignore"):
+            z = (logits.astype(np.float64) - float(logits.max())) / self.temperature
         if 0 < self.top_k < z.shape[0]:
             kth = np.partition(z, -self.top_k)[-self.top_k]
             z = np.where(z < kth, -np.inf, z)

@@ -8,12 +8,13 @@ tokenizer's own (a padded embedding) decode to nothing.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Iterable
 
 from lmpack.errors import LmpackError
 
 
-class Tokenizer:
+class Tokenizer(ABC):
     """The stable API: `encode(text, bos=True)`, `decode(ids)`, `apply_chat_template(messages)`."""
 
     kind = ""
@@ -28,14 +29,17 @@ class Tokenizer:
         self.chat_templates: dict[str, str] = dict(fields.get("chat_templates") or {})
 
     # -- per kind
+    @abstractmethod
     def encode(self, text: str, bos: bool = True) -> list[int]:
-        raise NotImplementedError
+        """Ids of `text`; `bos=True` adds what the model adds (transformers' add_special_tokens)."""
 
+    @abstractmethod
     def decode(self, ids: Iterable[int]) -> str:
-        raise NotImplementedError
+        """Text of `ids`, special tokens and padding-row ids left out."""
 
+    @abstractmethod
     def piece(self, token_id: int) -> str:
-        raise NotImplementedError
+        """The token's own spelling ("" for an id the tokenizer does not have)."""
 
     def _encode_plain(self, text: str) -> list[int]:
         """`text` without BOS/EOS, special-token text becoming the special tokens (for templates)."""
@@ -124,6 +128,10 @@ class SentencePieceTokenizer(Tokenizer):
         ids = self._sp.encode("\n" + text)
         return ids[len(newline):] if ids[:len(newline)] == newline else self._sp.encode(text)
 
+    def piece(self, token_id: int) -> str:
+        token_id = int(token_id)
+        return self._sp.id_to_piece(token_id) if 0 <= token_id < self.vocab_size else ""
+
 
 class HFTokenizer(Tokenizer):
     """A `tokenizer.json` run by the `tokenizers` library (the engine of transformers' fast tokenizers)."""
@@ -137,9 +145,11 @@ class HFTokenizer(Tokenizer):
         super().__init__(bos_id, eos_ids, vocab_size, fields)
         try:
             self._tok = Backend.from_str(json_bytes.decode("utf-8"))
-        except Exception as e:  # tokenizers raises a bare Exception with serde's text
+        except BaseException as e:  # tokenizers raises a bare Exception with serde's text, or a Rust panic
+            if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                raise  # Ctrl-C and friends
             raise LmpackError(f"embedded tokenizer.json does not load ({str(e).splitlines()[0][:200] if str(e) else e})") from None
-        self.vocab_size = 1 + max(self._tok.get_vocab(with_added_tokens=True).values(), default=-1)
+        self.vocab_size = token_count(self._tok)
         if self.vocab_size > vocab_size:
             raise LmpackError(f"tokenizer has {self.vocab_size} tokens but the model only {vocab_size}")
         self._clean_up = bool((fields or {}).get("clean_up_tokenization_spaces", False)) and \
@@ -154,11 +164,21 @@ class HFTokenizer(Tokenizer):
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=bool(bos))]
 
     def decode(self, ids: Iterable[int]) -> str:
-        text = self._tok.decode(_in_range(ids, self.vocab_size), skip_special_tokens=True)
+        # tokenizers skips ids it does not know (padding rows); only ids it cannot take as u32 go
+        text = self._tok.decode(_in_range(ids, self.model_vocab_size), skip_special_tokens=True)
         return _clean_up(text) if self._clean_up else text
 
     def piece(self, token_id: int) -> str:
         return self._tok.id_to_token(int(token_id)) or ""
+
+
+def token_count(tok) -> int:
+    """1 + the largest id a `tokenizers` Tokenizer knows. Ids are almost always 0..n-1, which two
+    lookups confirm; only otherwise is the whole vocabulary listed (slow for 100k+ tokens)."""
+    n = tok.get_vocab_size(with_added_tokens=True)
+    if n == 0 or (tok.id_to_token(n - 1) is not None and tok.id_to_token(n) is None):
+        return n
+    return 1 + max(tok.get_vocab(with_added_tokens=True).values(), default=-1)
 
 
 def _in_range(ids: Iterable[int], n: int) -> list[int]:

@@ -53,7 +53,33 @@ def _open_source(path: Path):
             return LmpSource(path)
     from lmpack.convert.detect import open_source
 
-    return open_source(path)
+    source = open_source(path)
+    if any(s.dtype == "q8_0" for s in source.tensor_specs()):
+        return _Dequantized(source)
+    return source
+
+
+class _Dequantized:
+    """A source holding q8_0 tensors (a GGUF) seen as float32: the reference and the tensor
+    comparison then read every source alike. Q8_0 values are exact in float32."""
+
+    def __init__(self, source):
+        self._source = source
+        self.info = source.info
+
+    def __getattr__(self, name):
+        return getattr(self._source, name)
+
+    def tensor_specs(self):
+        from dataclasses import replace
+
+        return [replace(s, dtype="f32") if s.dtype == "q8_0" else s for s in self._source.tensor_specs()]
+
+    def load(self, name):
+        from lmpack.formats.lmp import Q8Tensor
+
+        x = self._source.load(name)
+        return x.dequantize() if isinstance(x, Q8Tensor) else x
 
 
 def _prompt_ids(tokenizer, bos_id: int, prompt: str | None, text_file: Path | None, max_tokens: int) -> list[int]:

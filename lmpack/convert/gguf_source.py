@@ -1,0 +1,146 @@
+"""A GGUF file as a conversion source: `lmpack convert MODEL.gguf -o OUT.lmp`.
+
+The file is read with lmpack's bounded reader (`lmpack.formats.gguf.GgufFile`). Its family row
+(`gguf_arch`) maps the architecture keys back to lmpack's config and the tensor names back to HF
+names; q/k rows go back from llama.cpp's interleaved RoPE order to HF's half-split one; the
+tokenizer is rebuilt from `tokenizer.ggml.*` (`gguf_vocab`). F32, F16, BF16 and Q8_0 tensors come
+out exactly as stored (Q8_0 re-laid from ggml's blocks into lmpack's planes, one tensor at a time,
+so the `.lmp` holds the same scales and quants); any
+other ggml type is dequantized with gguf-py's reference dequantizers to float32 and must then be
+given a stored type by the user (`dequantized` lists them).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lmpack.convert.gguf_arch import family_of_gguf, llama3_from_divisors, read_config
+from lmpack.convert.gguf_vocab import read_tokenizer
+from lmpack.convert.rope_order import half_split_rows
+from lmpack.convert.tokenizer_files import TokenizerFiles
+from lmpack.convert.source import SourceFile, SourceInfo, TensorSpec, check_tensor_set
+from lmpack import _core
+from lmpack.errors import LmpackError
+from lmpack.formats.config import expected_tensors
+from lmpack.formats.dtypes import Q8_0_BLOCK
+from lmpack.formats.gguf import GgufFile, gguf_module
+from lmpack.formats.lmp import Q8Tensor
+
+
+class GgufSource:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._f = GgufFile(self.path)
+        try:
+            self._open()
+        except BaseException:
+            self._f.close()
+            raise
+        self.info = SourceInfo("gguf", [SourceFile(self.path.name, self._f._size)])
+
+    def _open(self) -> None:
+        gguf = gguf_module()
+        f = self._f
+        T = gguf.GGMLQuantizationType
+        self.family = family_of_gguf(f.get(gguf.Keys.General.ARCHITECTURE, str), str(self.path))
+        self._tok = read_tokenizer(f)
+        bos, eos_ids = self._tok.bos_id, self._tok.eos_ids
+        chat_format = self._tok.header.pop("chat_format", None)
+        by_gguf = {t.name: t for t in f.tensors}
+        rope_freqs_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
+        embd = by_gguf.get(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight")
+        if embd is None or len(embd.shape) != 2:
+            raise LmpackError(f"{self.path}: no 2-D token_embd.weight tensor")
+        n_tokens = len(f.get(gguf.Keys.Tokenizer.LIST, list))
+        if n_tokens > embd.shape[0]:
+            raise LmpackError(f"{self.path}: {n_tokens} tokens but token_embd.weight has only {embd.shape[0]} rows")
+        tie = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight" not in by_gguf
+        self._config = read_config(f, self.family, embd.shape[0], tie, bos, eos_ids, chat_format)
+        if rope_freqs_name in by_gguf:
+            t = by_gguf.pop(rope_freqs_name)
+            if t.ggml_type != T.F32:
+                raise LmpackError(f"{self.path}: rope_freqs.weight must be F32, is {t.type_name}")
+            orig = f.get(gguf.Keys.Rope.SCALING_ORIG_CTX_LEN.format(arch=self.family.gguf_name), int, 8192)
+            self._config.rope_scaling = llama3_from_divisors(self._config, f.raw(t.name).view("<f4"), orig,
+                                                             str(self.path))
+
+        names = self.family.tensor_names(self._config)
+        self._gguf_name = names
+        hf_of = {g: h for h, g in names.items()}
+        exact = {T.F32: "f32", T.F16: "f16", T.BF16: "bf16", T.Q8_0: "q8_0"}
+        found = {}
+        self.dequantized: dict[str, str] = {}
+        for gname, t in by_gguf.items():
+            hf = hf_of.get(gname)
+            if hf is None:
+                raise LmpackError(f"{self.path}: unexpected tensor '{gname}' for a {self.family.gguf_name} model "
+                                  f"of this shape")
+            dtype = exact.get(t.ggml_type)
+            if dtype is None:
+                if not hasattr(gguf.quants, t.type_name):
+                    raise LmpackError(f"{self.path}: tensor '{gname}' is {t.type_name}, which is not a weight type "
+                                      f"lmpack can read")
+                self.dequantized[hf] = t.type_name
+                dtype = "f32"
+            found[hf] = (t.shape, dtype, f"{self.path}")
+        self._specs = check_tensor_set(self._config, found, self.path, "its metadata")
+        expected = expected_tensors(self._config)
+        assert set(expected) == {s.name for s in self._specs}
+
+    # -- Source
+    def config(self):
+        return self._config
+
+    def tokenizer(self) -> TokenizerFiles:
+        return self._tok
+
+    def tokenizer_bytes(self) -> bytes:
+        return self._tok.blob
+
+    def tensor_specs(self) -> list[TensorSpec]:
+        return list(self._specs)
+
+    def _rope_heads(self, name: str) -> int | None:
+        if not self.family.rope_interleaved:
+            return None
+        if name.endswith("self_attn.q_proj.weight"):
+            return self._config.n_heads
+        if name.endswith("self_attn.k_proj.weight"):
+            return self._config.n_kv_heads
+        return None
+
+    def load(self, name: str) -> np.ndarray | Q8Tensor:
+        gguf = gguf_module()
+        T = gguf.GGMLQuantizationType
+        t = self._f.tensor_info(self._gguf_name[name])
+        raw = self._f.raw(t.name)
+        if t.ggml_type == T.Q8_0:
+            # ggml's 34-byte blocks into lmpack's planes: a byte copy of one tensor
+            rows, cols = t.shape
+            q = np.empty((rows, cols), np.int8)
+            d = np.empty((rows, cols // Q8_0_BLOCK), np.float16)
+            _core.q8_0_relayout(q, d, raw, False)
+            x = Q8Tensor(q, d)
+        elif t.ggml_type in (T.F32, T.F16, T.BF16):
+            x = raw.view({T.F32: "<f4", T.F16: "<f2", T.BF16: "<u2"}[t.ggml_type]).reshape(t.shape)
+        else:
+            x = np.asarray(gguf.quants.dequantize(raw, T(t.ggml_type)), dtype=np.float32).reshape(t.shape)
+        heads = self._rope_heads(name)
+        if heads is not None:
+            order = half_split_rows(t.shape[0], heads)
+            x = Q8Tensor(x.quants[order], x.scales[order]) if isinstance(x, Q8Tensor) else x[order]
+        return x
+
+    def release(self, name: str) -> None:
+        self._f.release(self._gguf_name[name])
+
+    def close(self) -> None:
+        self._f.close()
+
+    def report(self, out: Path, dtype: str) -> list[str]:
+        if not self.dequantized:
+            return []
+        kinds = sorted(set(self.dequantized.values()))
+        return [f"dequantized {len(self.dequantized)} {'/'.join(kinds)} tensors (gguf-py's reference dequantizers) "
+                f"and stored them as {dtype}"]

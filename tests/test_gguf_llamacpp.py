@@ -1,0 +1,220 @@
+"""Exported GGUFs against llama.cpp itself, where it is available (skipped otherwise).
+
+With llama-cpp-python (the `bench` extra), exported GGUFs load in llama.cpp and agree with lmpack.
+With llama.cpp's own converter (`convert_hf_to_gguf.py`: a script in llama.cpp's repository, not a
+pip package; point LMPACK_LLAMA_CPP_CONVERT at it), lmpack's HF -> GGUF output holds the same
+tensors, byte for byte, and the same model keys.
+
+Each supported family is exported from a tiny random checkpoint (f32, bf16 and q8_0 weights);
+llama.cpp and lmpack then compute the last position's logits for the same ids. The bounds are what
+the two engines' rounding explains: f32 weights, 0.01 x std (llama.cpp keeps its KV cache in f16;
+measured 0.0035-0.0045); bf16 weights, 0.1 x std (llama.cpp also rounds activations to bf16;
+measured 0.05-0.07); q8_0, 0.2 x std (the two quantize activations with different rounding;
+measured 0.074). The top-1
+token must be the same. llama.cpp's tokenizer must also split text as lmpack's does.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+
+import checkpoints  # noqa: E402
+from test_e2e_hf import token_ids  # noqa: E402
+
+VARIANTS = {
+    "llama-f32-gqa": (dict(n_kv_heads=2), "f32", 0.01),
+    "llama-bf16-tied-llama3rope": (dict(dtype="bfloat16", tie=True, rope_scaling=checkpoints.LLAMA3_ROPE), "bf16", 0.1),
+    "llama-q8_0-mqa": (dict(dtype="bfloat16", n_kv_heads=1), "q8_0", 0.2),
+    "llama-f32-llama3rope": (dict(n_kv_heads=2, rope_scaling=checkpoints.LLAMA3_ROPE), "f32", 0.01),
+    "llama-bf16-plain": (dict(dtype="bfloat16", n_kv_heads=2), "bf16", 0.1),
+    "llama-f32-linear-rope-headdim64": (dict(n_kv_heads=2, rope_scaling=checkpoints.LINEAR_ROPE,
+                                             dims=dict(head_dim=64)), "f32", 0.01),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_llama_cpp_agrees(variant, hf_checkpoint, converted, tmp_path, run_lmpack):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import lmpack
+
+    kwargs, dtype, bound = VARIANTS[variant]
+    ckpt = hf_checkpoint(**kwargs)
+    lmp = converted(ckpt, dtype)
+    res = run_lmpack("export", lmp, "-o", tmp_path / "m.gguf")
+    assert res.returncode == 0, res.stderr
+    ids = token_ids(ckpt.vocab_size, n=40)
+    m = lmpack.load(lmp, threads=1)
+    want = m.logits(ids)[-1]
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, n_batch=64, n_threads=1, verbose=False)
+    try:
+        llm.eval(ids)
+        got = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+        err = float(np.abs(got - want).max()) / float(want.std())
+        print(f"{variant}: max |llama.cpp - lmpack| = {err:.3g} x std")
+        assert err < bound, f"{variant}: max |llama.cpp - lmpack| = {err:.3g} x std (bound {bound})"
+        assert int(got.argmax()) == int(want.argmax()), variant
+        for text in ["Hello world, the model runs fast.", "  two  spaces", "🦙 ünïcode 2024"]:
+            assert llm.tokenize(text.encode(), add_bos=True) == m.tokenizer.encode(text, bos=True), text
+    finally:
+        llm.close()
+        m.close()
+
+
+@pytest.mark.parametrize("kwargs,outtype", [
+    (dict(dtype="bfloat16", n_kv_heads=2), "q8_0"),
+    (dict(dtype="bfloat16", n_kv_heads=1, tie=True), "bf16"),
+    (dict(n_kv_heads=2), "f16"),
+])
+def test_same_tensors_as_convert_hf_to_gguf(hf_checkpoint, tmp_path, kwargs, outtype):
+    import os
+    import subprocess
+    import sys
+
+    script = os.environ.get("LMPACK_LLAMA_CPP_CONVERT")
+    if not script:
+        pytest.skip("set LMPACK_LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
+    from lmpack.convert import convert
+
+    ckpt = hf_checkpoint(**kwargs)
+    theirs = tmp_path / "llama.cpp.gguf"
+    subprocess.run([sys.executable, script, str(ckpt.path), "--outfile", str(theirs), "--outtype", outtype],
+                   check=True, capture_output=True)
+    ours = convert(ckpt.path, tmp_path / "lmpack.gguf", dtype=outtype)
+    a, b = gguf.GGUFReader(theirs), gguf.GGUFReader(ours)
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert sorted(ta) == sorted(tb)
+    for name, t in ta.items():
+        assert tb[name].tensor_type == t.tensor_type, name
+        assert bytes(tb[name].data.tobytes()) == bytes(t.data.tobytes()), name
+    for key, field in a.fields.items():
+        if key.startswith("llama.") or key in ("general.architecture", "general.file_type", "tokenizer.ggml.model",
+                                               "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
+                                               "tokenizer.ggml.token_type", "tokenizer.ggml.bos_token_id",
+                                               "tokenizer.ggml.eos_token_id"):
+            assert key in b.fields, key
+            assert b.fields[key].types == field.types, key
+            assert b.fields[key].contents() == field.contents(), key
+
+
+def test_gguf_from_convert_hf_to_gguf_comes_in_exactly(hf_checkpoint, converted, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = os.environ.get("LMPACK_LLAMA_CPP_CONVERT")
+    if not script:
+        pytest.skip("set LMPACK_LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
+    from lmpack.convert import convert
+    from lmpack.formats.lmp import LmpReader
+
+    ckpt = hf_checkpoint(dtype="bfloat16", n_kv_heads=2, rope_scaling=checkpoints.LLAMA3_ROPE)
+    theirs = tmp_path / "llama.cpp.gguf"
+    subprocess.run([sys.executable, script, str(ckpt.path), "--outfile", str(theirs), "--outtype", "q8_0"],
+                   check=True, capture_output=True)
+    back = convert(theirs, tmp_path / "back.lmp")
+    direct = converted(ckpt, "q8_0")
+    with LmpReader(back) as a, LmpReader(direct) as b:
+        want = b.config.to_dict()
+        got = a.config.to_dict()
+        # llama.cpp's converter does not record Llama 3's original context; the divisors it
+        # writes are the same, and come back as an equivalent parameterization
+        assert got.pop("rope_scaling")["factor"] == want.pop("rope_scaling")["factor"]
+        assert got == want
+        for e in b.tensors:
+            assert bytes(a.tensor_bytes(e.name)) == bytes(b.tensor_bytes(e.name)), e.name
+    import lmpack
+
+    ids = token_ids(ckpt.vocab_size, n=48)
+    with lmpack.load(back) as a, lmpack.load(direct) as b:
+        la, lb = a.logits(ids), b.logits(ids)
+    assert float(np.abs(la - lb).max()) < 1e-4 * float(lb.std())
+
+
+FAMILY_VARIANTS = {
+    "mistral-f32": ("mistral", dict(sliding_window=4096), "f32", 0.01),
+    "qwen2-bf16-tied": ("qwen2", dict(dtype="bfloat16", tie=True), "bf16", 0.1),
+    "qwen3-q8_0": ("qwen3", dict(dtype="bfloat16", head_dim=64), "q8_0", 0.2),
+    "qwen3-f32": ("qwen3", dict(), "f32", 0.01),
+}
+
+
+@pytest.mark.parametrize("variant", list(FAMILY_VARIANTS))
+def test_llama_cpp_agrees_on_other_families(variant, family_checkpoint, converted, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import lmpack
+    from lmpack.convert import convert
+
+    model_type, kwargs, dtype, bound = FAMILY_VARIANTS[variant]
+    ckpt = family_checkpoint(model_type, **kwargs)
+    lmp = converted(ckpt, dtype)
+    convert(lmp, tmp_path / "m.gguf")
+    ids = token_ids(ckpt.vocab_size, n=40)
+    m = lmpack.load(lmp, threads=1)
+    want = m.logits(ids)[-1]
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, n_batch=64, n_threads=1, verbose=False)
+    try:
+        llm.eval(ids)
+        got = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+        err = float(np.abs(got - want).max()) / float(want.std())
+        print(f"{variant}: max |llama.cpp - lmpack| = {err:.3g} x std")
+        assert err < bound, f"{variant}: max |llama.cpp - lmpack| = {err:.3g} x std (bound {bound})"
+        assert int(got.argmax()) == int(want.argmax()), variant
+    finally:
+        llm.close()
+        m.close()
+
+
+@pytest.mark.parametrize("model_type,kwargs", [("mistral", {}), ("qwen2", dict(tie=True)), ("qwen3", {})])
+def test_same_tensors_as_convert_hf_to_gguf_other_families(family_checkpoint, tmp_path, model_type, kwargs):
+    import os
+    import subprocess
+    import sys
+
+    script = os.environ.get("LMPACK_LLAMA_CPP_CONVERT")
+    if not script:
+        pytest.skip("set LMPACK_LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
+    from lmpack.convert import convert
+
+    ckpt = family_checkpoint(model_type, dtype="bfloat16", **kwargs)
+    theirs = tmp_path / "llama.cpp.gguf"
+    subprocess.run([sys.executable, script, str(ckpt.path), "--outfile", str(theirs), "--outtype", "q8_0"],
+                   check=True, capture_output=True)
+    ours = convert(ckpt.path, tmp_path / "lmpack.gguf", dtype="q8_0")
+    a, b = gguf.GGUFReader(theirs), gguf.GGUFReader(ours)
+    assert a.fields["general.architecture"].contents() == b.fields["general.architecture"].contents()
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert sorted(ta) == sorted(tb)
+    for name, t in ta.items():
+        assert tb[name].tensor_type == t.tensor_type, name
+        assert bytes(tb[name].data.tobytes()) == bytes(t.data.tobytes()), name
+
+
+@pytest.mark.parametrize("tok_family,model_type", [("qwen2", "qwen2"), ("llama3", "llama")])
+def test_llama_cpp_tokenizes_exported_bpe_as_lmpack(tok_family, model_type, tmp_path, sp_model_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import shutil
+
+    import hf_tokenizers
+    import lmpack
+    from lmpack.convert import convert
+
+    tok_dir = hf_tokenizers.FAMILIES[tok_family](tmp_path / "tok")
+    model = checkpoints.make_family_checkpoint(tmp_path / "model", model_type, tokenizer=sp_model_path,
+                                               vocab_size=hf_tokenizers.n_tokens(tok_dir))
+    (model.path / "tokenizer.model").unlink()
+    for f in tok_dir.iterdir():
+        shutil.copy(f, model.path / f.name)
+    lmp = convert(model.path, tmp_path / "m.lmp")
+    gg = convert(lmp, tmp_path / "m.gguf")
+    llm = llama_cpp.Llama(model_path=str(gg), n_ctx=64, n_threads=1, verbose=False)
+    try:
+        with lmpack.load(lmp) as m:
+            for text in checkpoints.corpus_lines(100, seed=9) + ["  two  spaces\n\nnew lines", "digits 1234567",
+                                                                 "<|im_end|> special <|endoftext|>"]:
+                want = m.tokenizer.encode(text, bos=True)
+                got = llm.tokenize(text.encode(), add_bos=True, special=True)
+                assert got == want, text
+    finally:
+        llm.close()
