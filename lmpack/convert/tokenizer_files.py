@@ -17,13 +17,13 @@ Everything is checked here, so a broken file fails at convert time with one line
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lmpack.errors import LmpackError, brief
+from lmpack.errors import LmpackError
 from lmpack.formats.config import ModelConfig
+from lmpack.formats.tokenizer_json import check_tokenizer_json
 
 # The named special tokens transformers passes to a chat template (SPECIAL_TOKENS_ATTRIBUTES).
 NAMED_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -155,40 +155,6 @@ def generation_defaults(folder: Path) -> tuple[dict[str, Any], list[int], int | 
         raise LmpackError(f"{where}: eos_token_id must be an id or a list of ids, got {eos!r}")
     bos = gen.get("bos_token_id")
     return defaults, eos_ids, bos if isinstance(bos, int) and not isinstance(bos, bool) else None
-
-
-MAX_TOKEN_ID = (1 << 24) - 1  # the largest vocabulary a config may have (formats/arch.py MAX_DIM)
-
-
-def check_tokenizer_json(text: str, path: Path | str) -> None:
-    """Refuse what makes tokenizers misbehave before it sees the file: token ids past any possible
-    vocabulary (tokenizers sizes tables by the largest id: 2^31 took 47 s and GBs), and a BPE
-    continuing_subword_prefix longer than the second half of a merge (tokenizers panics in Rust)."""
-    from lmpack.formats.jsonfile import parse_json
-
-    doc = parse_json(text, str(path))
-    added = doc.get("added_tokens") if isinstance(doc, dict) else None
-    vocab = doc.get("model", {}).get("vocab") if isinstance(doc, dict) and isinstance(doc.get("model"), dict) else None
-    ids = [t.get("id") for t in added if isinstance(t, dict)] if isinstance(added, list) else []
-    if isinstance(vocab, dict):
-        ids += list(vocab.values())
-    elif isinstance(vocab, list):  # Unigram: [piece, score] pairs, ids are positions
-        ids.append(len(vocab) - 1)
-    big = [i for i in ids if isinstance(i, int) and not isinstance(i, bool) and not -1 <= i <= MAX_TOKEN_ID]
-    if big:
-        raise LmpackError(f"{path}: token id {brief(big[0])} is beyond any vocabulary (at most {MAX_TOKEN_ID})")
-    model = doc.get("model") if isinstance(doc, dict) else None
-    if not isinstance(model, dict) or model.get("type") != "BPE":
-        return
-    prefix = model.get("continuing_subword_prefix")
-    if not isinstance(prefix, str) or not prefix:
-        return
-    for merge in model.get("merges") or []:
-        parts = merge.split(" ", 1) if isinstance(merge, str) else merge
-        if isinstance(parts, list) and len(parts) == 2 and isinstance(parts[1], str) and \
-                len(parts[1].encode("utf-8")) < len(prefix.encode("utf-8")):
-            raise LmpackError(f"{path}: BPE continuing_subword_prefix {brief(prefix, 40)} is longer than the merge "
-                              f"part {brief(parts[1], 40)}")
 
 
 def _tokenizers_json(path: Path, cfg: dict[str, Any], specials: dict[str, str]):

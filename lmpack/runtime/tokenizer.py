@@ -143,7 +143,7 @@ class HFTokenizer(Tokenizer):
         from tokenizers import Tokenizer as Backend
 
         super().__init__(bos_id, eos_ids, vocab_size, fields)
-        from lmpack.convert.tokenizer_files import check_tokenizer_json
+        from lmpack.formats.tokenizer_json import check_tokenizer_json
 
         try:
             text = json_bytes.decode("utf-8")
