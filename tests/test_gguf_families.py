@@ -12,7 +12,6 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 from lmpack.convert import convert  # noqa: E402
-from lmpack.errors import LmpackError  # noqa: E402
 from lmpack.formats.lmp import LmpReader  # noqa: E402
 from test_e2e_hf import token_ids  # noqa: E402
 

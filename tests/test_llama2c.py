@@ -246,7 +246,6 @@ def test_tokenizer_bin_rebuilds_the_same_tokenizer(hf_checkpoint, tmp_path, lmpa
 
 
 def _corruptions(good: bytes) -> dict[str, bytes]:
-    v1 = bytearray(good)
     bad_version = bytearray(good)
     struct.pack_into("<i", bad_version, 4, 7)
     zero_heads = bytearray(good)

@@ -9,7 +9,6 @@ order, so a Meta folder yields exactly the numbers of its HF twin.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
