@@ -34,20 +34,14 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_llama_cpp_agrees(variant, hf_checkpoint, converted, tmp_path, run_lmpack):
-    llama_cpp = pytest.importorskip("llama_cpp")
+def agree_with_llama_cpp(llama_cpp, gguf_path, lmp, ids, bound: float, variant: str, texts=()) -> None:
+    """llama.cpp on `gguf_path` and lmpack on `lmp` give the last position's logits within `bound` x std
+    with the same top-1, and llama.cpp tokenizes `texts` as lmpack does."""
     import lmpack
 
-    kwargs, dtype, bound = VARIANTS[variant]
-    ckpt = hf_checkpoint(**kwargs)
-    lmp = converted(ckpt, dtype)
-    res = run_lmpack("export", lmp, "-o", tmp_path / "m.gguf")
-    assert res.returncode == 0, res.stderr
-    ids = token_ids(ckpt.vocab_size, n=40)
     m = lmpack.load(lmp, threads=1)
     want = m.logits(ids)[-1]
-    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, n_batch=64, n_threads=1, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=64, n_batch=64, n_threads=1, verbose=False)
     try:
         llm.eval(ids)
         got = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
@@ -55,11 +49,23 @@ def test_llama_cpp_agrees(variant, hf_checkpoint, converted, tmp_path, run_lmpac
         print(f"{variant}: max |llama.cpp - lmpack| = {err:.3g} x std")
         assert err < bound, f"{variant}: max |llama.cpp - lmpack| = {err:.3g} x std (bound {bound})"
         assert int(got.argmax()) == int(want.argmax()), variant
-        for text in ["Hello world, the model runs fast.", "  two  spaces", "🦙 ünïcode 2024"]:
+        for text in texts:
             assert llm.tokenize(text.encode(), add_bos=True) == m.tokenizer.encode(text, bos=True), text
     finally:
         llm.close()
         m.close()
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_llama_cpp_agrees(variant, hf_checkpoint, converted, tmp_path, run_lmpack):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    kwargs, dtype, bound = VARIANTS[variant]
+    ckpt = hf_checkpoint(**kwargs)
+    lmp = converted(ckpt, dtype)
+    res = run_lmpack("export", lmp, "-o", tmp_path / "m.gguf")
+    assert res.returncode == 0, res.stderr
+    agree_with_llama_cpp(llama_cpp, tmp_path / "m.gguf", lmp, token_ids(ckpt.vocab_size, n=40), bound, variant,
+                         texts=["Hello world, the model runs fast.", "  two  spaces", "🦙 ünïcode 2024"])
 
 
 @pytest.mark.parametrize("kwargs,outtype", [
@@ -143,27 +149,13 @@ FAMILY_VARIANTS = {
 @pytest.mark.parametrize("variant", list(FAMILY_VARIANTS))
 def test_llama_cpp_agrees_on_other_families(variant, family_checkpoint, converted, tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp")
-    import lmpack
     from lmpack.convert import convert
 
     model_type, kwargs, dtype, bound = FAMILY_VARIANTS[variant]
     ckpt = family_checkpoint(model_type, **kwargs)
     lmp = converted(ckpt, dtype)
     convert(lmp, tmp_path / "m.gguf")
-    ids = token_ids(ckpt.vocab_size, n=40)
-    m = lmpack.load(lmp, threads=1)
-    want = m.logits(ids)[-1]
-    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, n_batch=64, n_threads=1, verbose=False)
-    try:
-        llm.eval(ids)
-        got = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
-        err = float(np.abs(got - want).max()) / float(want.std())
-        print(f"{variant}: max |llama.cpp - lmpack| = {err:.3g} x std")
-        assert err < bound, f"{variant}: max |llama.cpp - lmpack| = {err:.3g} x std (bound {bound})"
-        assert int(got.argmax()) == int(want.argmax()), variant
-    finally:
-        llm.close()
-        m.close()
+    agree_with_llama_cpp(llama_cpp, tmp_path / "m.gguf", lmp, token_ids(ckpt.vocab_size, n=40), bound, variant)
 
 
 @pytest.mark.parametrize("model_type,kwargs", [("mistral", {}), ("qwen2", dict(tie=True)), ("qwen3", {})])
