@@ -165,6 +165,16 @@ def _legacy_config(folder: Path) -> None:
     path.write_text(json.dumps(cfg, indent=2))
 
 
+def _place_tokenizer(folder: Path, tokenizer: Path | None, tokenizer_files: Path | None) -> None:
+    """Copy a sentencepiece `tokenizer` in as tokenizer.model, and/or every file of `tokenizer_files`."""
+    if tokenizer is not None:
+        (folder / "tokenizer.model").write_bytes(Path(tokenizer).read_bytes())
+    if tokenizer_files is not None:
+        for p in Path(tokenizer_files).iterdir():
+            if p.is_file():
+                (folder / p.name).write_bytes(p.read_bytes())
+
+
 def make_hf_checkpoint(
     tmp_path: Path,
     *,
@@ -246,12 +256,7 @@ def make_hf_checkpoint(
         # Slightly above total/shards so the largest tensor still fits and we get `shards` files.
         save_kwargs["max_shard_size"] = int(total / shards * 1.15)
     stored.save_pretrained(folder, safe_serialization=True, **save_kwargs)
-    if tokenizer is not None:
-        (folder / "tokenizer.model").write_bytes(Path(tokenizer).read_bytes())
-    if tokenizer_files is not None:
-        for p in Path(tokenizer_files).iterdir():
-            if p.is_file():
-                (folder / p.name).write_bytes(p.read_bytes())
+    _place_tokenizer(folder, tokenizer, tokenizer_files)
     if legacy_config:
         _legacy_config(folder)
 
@@ -393,10 +398,5 @@ def make_family_checkpoint(tmp_path: Path, model_type: str, *, tokenizer: Path |
     folder = Path(tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     stored.save_pretrained(folder, safe_serialization=True)
-    if tokenizer is not None:
-        (folder / "tokenizer.model").write_bytes(Path(tokenizer).read_bytes())
-    if tokenizer_files is not None:
-        for p in Path(tokenizer_files).iterdir():
-            if p.is_file():
-                (folder / p.name).write_bytes(p.read_bytes())
+    _place_tokenizer(folder, tokenizer, tokenizer_files)
     return HFCheckpoint(path=folder, model=ref, dtype=dtype, vocab_size=vocab)

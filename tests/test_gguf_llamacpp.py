@@ -184,20 +184,16 @@ def test_same_tensors_as_convert_hf_to_gguf_other_families(family_checkpoint, tm
 
 
 @pytest.mark.parametrize("tok_family,model_type", [("qwen2", "qwen2"), ("llama3", "llama")])
-def test_llama_cpp_tokenizes_exported_bpe_as_lmpack(tok_family, model_type, tmp_path, sp_model_path):
+def test_llama_cpp_tokenizes_exported_bpe_as_lmpack(tok_family, model_type, tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp")
-    import shutil
 
     import hf_tokenizers
     import lmpack
     from lmpack.convert import convert
 
     tok_dir = hf_tokenizers.FAMILIES[tok_family](tmp_path / "tok")
-    model = checkpoints.make_family_checkpoint(tmp_path / "model", model_type, tokenizer=sp_model_path,
+    model = checkpoints.make_family_checkpoint(tmp_path / "model", model_type, tokenizer=None, tokenizer_files=tok_dir,
                                                vocab_size=hf_tokenizers.n_tokens(tok_dir))
-    (model.path / "tokenizer.model").unlink()
-    for f in tok_dir.iterdir():
-        shutil.copy(f, model.path / f.name)
     lmp = convert(model.path, tmp_path / "m.lmp")
     gg = convert(lmp, tmp_path / "m.gguf")
     llm = llama_cpp.Llama(model_path=str(gg), n_ctx=64, n_threads=1, verbose=False)
