@@ -74,4 +74,16 @@ extern const lmp_kernels lmp_kernels_neon;
 /* The active table (dispatch.c). */
 const lmp_kernels *lmp_active_kernels(void);
 
+/* How the one-token matmuls (GEMVs) of the x86 tables prefetch weights (tiling.h gemv_ahead).
+ * The hardware prefetchers differ by vendor, so dispatch.c picks one profile per CPU vendor,
+ * once, beside the table; prefetching never changes a result, only how fast rows arrive. */
+typedef struct {
+    const char *name;
+    int64_t short_row;         /* rows of this many bytes or more are left to the hardware */
+    int64_t ahead_f, ahead_q8; /* bytes ahead: f32/f16/bf16 weights, the q8_0 quants plane */
+    int whole_tile;            /* at least one whole row tile ahead, whatever the row length */
+} lmp_gemv_prefetch;
+
+const lmp_gemv_prefetch *lmp_gemv_prefetch_active(void);
+
 #endif

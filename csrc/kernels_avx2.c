@@ -81,11 +81,11 @@ INLINE __m256 ldm_bf16(const void *p, int64_t c, int64_t k) { return bf16_widen(
         __m256 acc[FRM * 2][FRN];                                                               \
         UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++) acc[i][j] =    \
             _mm256_setzero_ps();                                                                \
-        const int prefetch = rn == 1 && cols * ESIZE < GEMV_SHORT_ROW;                          \
+        const int64_t ahead = rn == 1 ? gemv_ahead(cols * ESIZE, rm, 0) : 0;                   \
         int64_t c = 0;                                                                          \
         for (; c + 8 <= cols; c += 8) {                                                         \
-            if (prefetch) /* see GEMV_SHORT_ROW */                                              \
-                GEMV_PREFETCH(w, GEMV_AHEAD_F + c * rm * ESIZE, rm * 8 * ESIZE);               \
+            if (ahead) /* see gemv_ahead */                                                     \
+                GEMV_PREFETCH(w, ahead + c * rm * ESIZE, rm * 8 * ESIZE);                      \
             __m256 xv[FRN];                                                                     \
             UNROLL for (int j = 0; j < rn; j++) xv[j] = _mm256_loadu_ps(x + j * cols + c);     \
             UNROLL for (int i = 0; i < rm; i++) {                                               \
@@ -138,11 +138,11 @@ INLINE void qtile(const int8_t *wq, const uint16_t *ws, const lmp_q8_act *x, int
     __m256 acc[QRM * 2][QRN];
     UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++) acc[i][j] =
         _mm256_setzero_ps();
-    const int prefetch = rn == 1 && cols < GEMV_SHORT_ROW;
+    const int64_t ahead = rn == 1 ? gemv_ahead(cols, rm, 1) : 0;
     for (int64_t b = 0; b < nb; b++) {
-        if (prefetch) { /* see GEMV_SHORT_ROW */
-            GEMV_PREFETCH(wq, GEMV_AHEAD_Q8 + b * LMP_QK * rm, rm * LMP_QK);
-            GEMV_PREFETCH(ws, GEMV_AHEAD_Q8 / 16 + b * 2 * rm, 1);
+        if (ahead) { /* see gemv_ahead */
+            GEMV_PREFETCH(wq, ahead + b * LMP_QK * rm, rm * LMP_QK);
+            GEMV_PREFETCH(ws, ahead / 16 + b * 2 * rm, 1);
         }
         __m256i wv[QRM * 2], aw[QRM * 2];
         __m256 dw[QRM * 2];

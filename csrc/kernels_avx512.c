@@ -84,11 +84,11 @@ INLINE __m512 ldm_bf16(const void *p, int64_t c, __mmask16 m) {
         __m512 acc[FRM * 2][FRN];                                                               \
         UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++) acc[i][j] =    \
             _mm512_setzero_ps();                                                                \
-        const int prefetch = rn == 1 && cols * ESIZE < GEMV_SHORT_ROW;                          \
+        const int64_t ahead = rn == 1 ? gemv_ahead(cols * ESIZE, rm, 0) : 0;                   \
         int64_t c = 0;                                                                          \
         for (; c + 16 <= cols; c += 16) {                                                       \
-            if (prefetch) /* see GEMV_SHORT_ROW */                                              \
-                GEMV_PREFETCH(w, GEMV_AHEAD_F + c * rm * ESIZE, rm * 16 * ESIZE);              \
+            if (ahead) /* see gemv_ahead */                                                     \
+                GEMV_PREFETCH(w, ahead + c * rm * ESIZE, rm * 16 * ESIZE);                     \
             __m512 xv[FRN];                                                                     \
             UNROLL for (int j = 0; j < rn; j++) xv[j] = _mm512_loadu_ps(x + j * cols + c);     \
             UNROLL for (int i = 0; i < rm; i++) {                                               \
@@ -223,7 +223,7 @@ INLINE __m512 expand2(__m128 two) { /* [a, b, ...] -> [a x8, b x8] */
  * the 8 rows into one vector of exact block sums [rows 0-3 b, rows 0-3 b+1, rows 4-7 b,
  * rows 4-7 b+1], which a permute puts in row order, block b in the low half. */
 INLINE void q8_gemv8(const int8_t *wq, const uint16_t *ws, const int8_t *xq, const float *xd,
-                     const int32_t *seed, int64_t cols, int nr, float *y) {
+                     const int32_t *seed, int64_t cols, int nr, int64_t ahead, float *y) {
     const int64_t nb = cols / LMP_QK;
     const __m512i k128 = _mm512_set1_epi8((char)0x80);
     const __m512i order = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
@@ -231,11 +231,10 @@ INLINE void q8_gemv8(const int8_t *wq, const uint16_t *ws, const int8_t *xq, con
     const __m256i sidx = _mm256_mullo_epi32(srow, _mm256_set1_epi32((int)nb * 2));
     const __mmask8 rmask = (__mmask8)((1u << nr) - 1);
     __m256 acc = _mm256_setzero_ps();
-    const int prefetch = cols < GEMV_SHORT_ROW;
     for (int64_t b = 0; b < nb; b += 2) {
-        if (prefetch) { /* see GEMV_SHORT_ROW */
-            GEMV_PREFETCH(wq, GEMV_AHEAD_Q8 + b * LMP_QK * nr, nr * 2 * LMP_QK);
-            GEMV_PREFETCH(ws, GEMV_AHEAD_Q8 / 16 + b * 2 * nr, 1);
+        if (ahead) { /* see gemv_ahead */
+            GEMV_PREFETCH(wq, ahead + b * LMP_QK * nr, nr * 2 * LMP_QK);
+            GEMV_PREFETCH(ws, ahead / 16 + b * 2 * nr, 1);
         }
         const int one = b + 1 == nb;
         const __mmask64 m = one ? (__mmask64)0xffffffffu : ~(__mmask64)0;
@@ -348,9 +347,10 @@ static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void 
     }
     act_seeds(x, ntok, cols, seed);
     if (ntok == 1) {
+        const int64_t ahead = gemv_ahead(cols, 8, 1);
         for (int64_t r = r0; r < r1; r += 8) {
             int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
-            q8_gemv8(wq + r * cols, w->scales + r * nb, x->q, x->d, seed, cols, nr, y + r);
+            q8_gemv8(wq + r * cols, w->scales + r * nb, x->q, x->d, seed, cols, nr, ahead, y + r);
         }
     } else {
         _Alignas(64) __m512i pw[QKB * 16];

@@ -21,6 +21,8 @@ static PyMethodDef core_methods[] = {
     {"write_behind", lmp_py_write_behind, METH_VARARGS,
      "write_behind(fd, offset, nbytes, wait) -> bool: start writing the range to disk (and, if wait,\n"
      "wait for it); False where the platform cannot, so the caller falls back to fdatasync."},
+    {"_gemv_prefetch", lmp_py_gemv_prefetch, METH_VARARGS,
+     "_gemv_prefetch([name]) -> str: benchmark hook, the GEMV prefetch profile (intel, amd, none)."},
     {"_matmul", lmp_py_test_matmul, METH_VARARGS,
      "_matmul(dtype, w, w_scales, rows, cols, x, x_scales, ntok, y, r0, r1): test hook, one matmul."},
     {"_quantize_act_q8", lmp_py_test_quantize_act_q8, METH_VARARGS,

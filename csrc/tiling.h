@@ -12,18 +12,36 @@
 
 #include <stdint.h>
 
+#include "kernels.h"
+
 /* Generation (one token) streams each weight row once, so it runs at memory speed only if lines
- * arrive before they are used. When rows are shorter than a page, a tile's rows are several short
- * streams sharing pages and the hardware prefetchers fall behind: on a 2-core Xeon, 768-column
- * bf16 rows streamed at ~11 GB/s against ~20 GB/s for page-long rows, and Q8_0 at ~10 GB/s. For
- * such rows the x86 GEMVs prefetch each step's tile bytes, in address order, a fixed distance
- * ahead (~20 GB/s bf16, ~22 GB/s Q8_0); rows of a page or more are left to the hardware, where
- * the extra instructions cost ~10%. The distances were measured with
- * `benchmarks/bench_kernels.py --gemv-rows`. Prefetches never fault, so running past the end of
- * the matrix is harmless. (No NEON machine was at hand to measure, so that table does not.) */
-#define GEMV_SHORT_ROW 4096   /* row bytes below which the GEMV prefetches */
-#define GEMV_AHEAD_F 16384    /* bytes ahead, f32/f16/bf16 weights */
-#define GEMV_AHEAD_Q8 8192    /* bytes ahead in the quants plane (scales: a sixteenth of it) */
+ * arrive before they are used. A GEMV tile reads 8 (4 on AVX2) rows side by side: as many
+ * short streams at once, each restarting on every tile, and the hardware prefetchers keep up with
+ * that differently per vendor (csrc/dispatch.c picks an lmp_gemv_prefetch profile per vendor):
+ *   - Intel (a 2-core Xeon): for rows shorter than a page the prefetchers fell behind (768-column
+ *     bf16 rows ~11 GB/s against ~20 GB/s for page-long rows, Q8_0 ~10 GB/s), and prefetching
+ *     each step's tile bytes, in address order, a fixed distance ahead restored ~20 GB/s bf16,
+ *     ~22 GB/s Q8_0; rows of a page or more are left to the hardware, where the extra
+ *     instructions cost ~10%.
+ *   - AMD (a 2-core EPYC Zen 5): the Q8_0 GEMV fell behind at every row length, worst on long
+ *     rows (one core: 5632-column rows ~10 GB/s, 2048 ~20 GB/s, against ~30 GB/s with the
+ *     prefetch below); bf16 rows were as fast either way. So every GEMV prefetches, in address
+ *     order, at least one whole row tile ahead (never less than 32 KiB): the next tile's rows
+ *     are in cache when it starts, at any row length.
+ * Measured with `benchmarks/bench_kernels.py --gemv-rows` (--prefetch compares the profiles).
+ * Prefetches never fault, so running past the end of the matrix is harmless. (No NEON machine
+ * was at hand to measure, so that table does not prefetch.) */
+
+/* The distance ahead, in bytes, at which a GEMV over rows of row_bytes, rm at a time, prefetches
+ * its tile bytes; 0: it leaves them to the hardware. q8: the quants plane (its scales go a
+ * sixteenth of that ahead in theirs). */
+static inline int64_t gemv_ahead(int64_t row_bytes, int rm, int q8) {
+    const lmp_gemv_prefetch *p = lmp_gemv_prefetch_active();
+    if (row_bytes >= p->short_row) return 0;
+    int64_t ahead = q8 ? p->ahead_q8 : p->ahead_f;
+    if (p->whole_tile && ahead < row_bytes * rm) ahead = row_bytes * rm;
+    return ahead;
+}
 
 /* Prefetch the cache lines of [base + offset, base + offset + bytes): one GEMV step's worth, some
  * distance ahead. The address is computed on integers: it may lie past the end of the weights,

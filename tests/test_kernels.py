@@ -5,6 +5,11 @@ exact on every path; and the determinism contract must hold: an output depends o
 token, cols), not on the batch size or on how the rows are split across calls.
 """
 
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -305,3 +310,54 @@ def test_silu_mul_close_to_float64_on_every_path(path, n):
     got = g.copy()
     _core._silu_mul_f32(got, u)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-30)
+
+
+PREFETCH_PROFILES = ["intel", "amd", "none"]
+
+
+@pytest.fixture
+def prefetch_restored():
+    before = _core._gemv_prefetch()
+    yield
+    _core._gemv_prefetch(before)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "q8_0"])
+@pytest.mark.parametrize("rows,cols", [(21, 96), (19, 4096 + 32), (37, 2080)])
+def test_gemv_same_bits_under_every_prefetch_profile(path, prefetch_restored, dtype, rows, cols):
+    # The profiles only move prefetches (short rows, long rows, none at all): the one-token
+    # results, whole or split at an odd row, must not change by a bit.
+    rng = np.random.default_rng(rows * cols)
+    w, ws, _ = make_weight(dtype, rows, cols, rng)
+    x = rng.standard_normal((1, cols)).astype(np.float32)
+    xin = quantize_act(x) if dtype == "q8_0" else x
+    got = {}
+    for name in PREFETCH_PROFILES:
+        assert _core._gemv_prefetch(name) == name
+        y = matmul(dtype, w, ws, rows, cols, xin, 1)
+        y[:, :11] = matmul(dtype, w, ws, rows, cols, xin, 1, 0, 11)[:, :11]
+        got[name] = y
+    assert np.isfinite(got["none"]).all()
+    for name in PREFETCH_PROFILES:
+        np.testing.assert_array_equal(got[name], got["none"])
+
+
+def test_gemv_prefetch_profile_follows_the_cpu_vendor():
+    info = Path("/proc/cpuinfo")
+    if platform.machine().lower() not in ("x86_64", "amd64") or not info.exists():
+        pytest.skip("the vendor is read from Linux's /proc/cpuinfo on x86-64")
+    vendors = {line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+               if line.startswith("vendor_id")}
+    assert len(vendors) == 1
+    expected = "amd" if vendors & {"AuthenticAMD", "HygonGenuine"} else "intel"
+    # a fresh interpreter resolves the profile itself, from cpuid
+    out = subprocess.run([sys.executable, "-c", "from lmpack import _core; print(_core._gemv_prefetch())"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == expected
+
+
+def test_gemv_prefetch_hook_rejects_unknown_names(prefetch_restored):
+    before = _core._gemv_prefetch()
+    with pytest.raises(ValueError, match="unknown GEMV prefetch profile"):
+        _core._gemv_prefetch("fastest")
+    assert _core._gemv_prefetch() == before
