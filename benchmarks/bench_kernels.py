@@ -17,7 +17,6 @@ neighbour's load on a shared machine hits all of them alike, and the best pass o
         --prefetch intel,amd,none --repeat 15
 """
 import argparse
-import statistics
 import threading
 import time
 

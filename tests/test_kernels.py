@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kernel_tables import using_kernels  # tests/ is on sys.path
 
 from lmpack import _core
-
-from kernel_tables import using_kernels  # tests/ is on sys.path
 
 PATHS = _core.kernel_paths()
 U = 2.0**-24  # f32 unit roundoff
