@@ -241,7 +241,8 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["stories110m", "tinyllama"], choices=sorted(models.SHAPES))
     ap.add_argument("--types", nargs="+", default=["q8_0", "bf16"], choices=["q8_0", "bf16"])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--pp", type=int, nargs="+", default=[128, 512])
+    ap.add_argument("--pp", type=int, nargs="*", default=[128, 512],
+                    help="prompt lengths to time (give none, as `--pp --tg 128`, to time generation only)")
     ap.add_argument("--tg", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/lmpack-bench"))
@@ -264,7 +265,8 @@ def main() -> None:
             have_llama = True
         except ImportError:
             print("llama-cpp-python is not installed (pip install -e .[bench]): lmpack only")
-    print(f"lmpack kernels: {_core.kernel_path()}, threads {a.threads}; CPU: {cpu_desc()}")
+    print(f"lmpack kernels: {_core.kernel_path()} (GEMV prefetch: {_core._gemv_prefetch()}), threads {a.threads}; "
+          f"CPU: {cpu_desc()}")
     if have_llama:
         print(llama_cpp_info())
     bw = {"before": {}, "after": {}}
@@ -297,6 +299,7 @@ def main() -> None:
         bw["after"]["4k"], bw["after"]["huge"]))
     if a.json:
         meta = {"threads": a.threads, "reps": a.reps, "kernels": _core.kernel_path(),
+                "gemv_prefetch": _core._gemv_prefetch(),
                 "llama_extra_bufts": a.llama_extra_bufts,
                 "llama_cpp": llama_cpp_info() if have_llama else None, "cpu": cpu_name(),
                 "cpu_flags": cpu_flags(), "cpus": os.cpu_count(),

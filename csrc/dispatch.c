@@ -226,8 +226,8 @@ static const lmp_kernels *initial_table(void) {
 static const lmp_gemv_prefetch prefetch_profiles[] = {
     /* a fixed distance, rows shorter than a page only */
     {.name = "intel", .short_row = 4096, .ahead_f = 16384, .ahead_q8 = 8192, .whole_tile = 0},
-    /* every row, a whole tile (at least 32 KiB) ahead */
-    {.name = "amd", .short_row = INT64_MAX, .ahead_f = 32768, .ahead_q8 = 32768, .whole_tile = 1},
+    /* every row, a whole tile (at least 16 KiB) ahead */
+    {.name = "amd", .short_row = INT64_MAX, .ahead_f = 16384, .ahead_q8 = 16384, .whole_tile = 1},
     /* the hardware prefetchers alone (for comparison) */
     {.name = "none", .short_row = 0, .ahead_f = 0, .ahead_q8 = 0, .whole_tile = 0},
 };
@@ -235,8 +235,8 @@ static const lmp_gemv_prefetch prefetch_profiles[] = {
 
 static _Atomic(const lmp_gemv_prefetch *) g_prefetch;
 
-/* AMD's (and Hygon's, the same cores) by the cpuid vendor string; every other CPU gets the
- * profile measured on Intel. */
+/* AMD's (and Hygon's, the same cores) by the cpuid vendor string; every other x86 CPU gets the
+ * profile measured on Intel; other architectures none (their tables do not prefetch). */
 static const lmp_gemv_prefetch *vendor_profile(void) {
 #if defined(LMP_X86)
     unsigned r[4];
@@ -246,8 +246,10 @@ static const lmp_gemv_prefetch *vendor_profile(void) {
     memcpy(v + 4, &r[3], 4);
     memcpy(v + 8, &r[2], 4);
     if (memcmp(v, "AuthenticAMD", 12) == 0 || memcmp(v, "HygonGenuine", 12) == 0) return &prefetch_profiles[1];
-#endif
     return &prefetch_profiles[0];
+#else
+    return &prefetch_profiles[2];
+#endif
 }
 
 const lmp_gemv_prefetch *lmp_gemv_prefetch_active(void) {

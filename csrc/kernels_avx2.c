@@ -180,6 +180,7 @@ static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void 
     const int8_t *wq = w->data;
     const int64_t cols = w->cols, nb = cols / LMP_QK;
     if (ntok == 1) {
+        gemv_prologue(wq + r0 * cols, w->scales + r0 * nb, (r1 - r0) * cols, gemv_ahead(cols, 4, 1));
         int64_t r = r0;
         for (; r + 4 <= r1; r += 4) qtile_any(wq + r * cols, w->scales + r * nb, x, 0, cols, 4, 1, y + r, ldy);
         for (; r < r1; r++) qtile_any(wq + r * cols, w->scales + r * nb, x, 0, cols, 1, 1, y + r, ldy);

@@ -348,6 +348,7 @@ static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void 
     act_seeds(x, ntok, cols, seed);
     if (ntok == 1) {
         const int64_t ahead = gemv_ahead(cols, 8, 1);
+        gemv_prologue(wq + r0 * cols, w->scales + r0 * nb, (r1 - r0) * cols, ahead);
         for (int64_t r = r0; r < r1; r += 8) {
             int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
             q8_gemv8(wq + r * cols, w->scales + r * nb, x->q, x->d, seed, cols, nr, ahead, y + r);

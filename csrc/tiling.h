@@ -26,7 +26,7 @@
  *   - AMD (a 2-core EPYC Zen 5): the Q8_0 GEMV fell behind at every row length, worst on long
  *     rows (one core: 5632-column rows ~10 GB/s, 2048 ~20 GB/s, against ~30 GB/s with the
  *     prefetch below); bf16 rows were as fast either way. So every GEMV prefetches, in address
- *     order, at least one whole row tile ahead (never less than 32 KiB): the next tile's rows
+ *     order, at least one whole row tile ahead (never less than 16 KiB): the next tile's rows
  *     are in cache when it starts, at any row length.
  * Measured with `benchmarks/bench_kernels.py --gemv-rows` (--prefetch compares the profiles).
  * Prefetches never fault, so running past the end of the matrix is harmless. (No NEON machine
@@ -50,6 +50,15 @@ static inline int64_t gemv_ahead(int64_t row_bytes, int rm, int q8) {
     for (int pf_ = 0; pf_ < (bytes); pf_ += 64)                                                 \
     __builtin_prefetch((const void *)((uintptr_t)(base) + (uintptr_t)(offset) + (uintptr_t)pf_), 0, 3)
 
+/* The first `ahead` bytes of a GEMV's rows (of `bytes`), prefetched before it starts: the loop
+ * prefetches `ahead` past where it reads, so without this its first tile would wait on the
+ * hardware. For Q8_0, scales (else NULL) is the first row's scales, a sixteenth of the bytes. */
+static inline void gemv_prologue(const void *w, const void *scales, int64_t bytes, int64_t ahead) {
+    const int64_t n = bytes < ahead ? bytes : ahead;
+    GEMV_PREFETCH(w, 0, n);
+    if (scales) GEMV_PREFETCH(scales, 0, n / 16);
+}
+
 #define FCASE(T, RM, RN) case (RM) * 16 + (RN): T(w, x, cols, RM, RN, y, ldy); break;
 
 #define DEFINE_FMATMUL(NAME, TILE, ESIZE)                                                        \
@@ -67,6 +76,8 @@ static inline int64_t gemv_ahead(int64_t row_bytes, int rm, int q8) {
         const float *x = xv;                                                                    \
         const int64_t cols = w->cols;                                                           \
         if (ntok == 1) {                                                                        \
+            gemv_prologue(wd + r0 * cols * ESIZE, NULL, (r1 - r0) * cols * ESIZE,              \
+                          gemv_ahead(cols * ESIZE, 8, 0));                                      \
             int64_t r = r0;                                                                     \
             for (; r + 8 <= r1; r += 8) TILE##_any(wd + r * cols * ESIZE, x, cols, 8, 1, y + r, ldy); \
             for (; r < r1; r += FRM) {                                                          \
