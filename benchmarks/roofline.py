@@ -64,7 +64,8 @@ def plot(data: dict, out: Path) -> None:
             label=f"read bandwidth {bw_mid:.0f} GB/s ({threads} threads; {bw[0]:.0f}-{bw[1]:.0f} in this run)")
     styles = {"amx_int8": ("tab:red", "AMX int8"), "amx_bf16": ("tab:purple", "AMX bf16"),
               "avx512_vnni_int8": ("tab:orange", "AVX-512 VNNI int8"),
-              "avx512_fma_f32": ("tab:gray", "AVX-512 f32 FMA")}
+              "avx512_bf16_dot": ("tab:brown", "AVX512-BF16 dot"),
+              "avx512_fma_f32": ("tab:gray", "AVX-512 f32 FMA"), "avx2_fma_f32": ("tab:pink", "AVX2 f32 FMA")}
     for k, (color, name) in styles.items():
         if k in peaks:
             ax.axhline(peaks[k], color=color, ls="--", lw=1)
