@@ -373,7 +373,14 @@ def main() -> None:
     for shape in a.shapes:
         for qtype in a.types:
             lmp, gg = prepare(a.workdir, shape, qtype)
-            engines = [Lmpack(lmp, a.threads, n_ctx, act) for act in a.activations]
+            engines = []
+            for act in a.activations:
+                try:
+                    engines.append(Lmpack(lmp, a.threads, n_ctx, act))
+                except Exception as e:  # a mode this weight type does not offer: say so, keep the others
+                    if act == "f32":
+                        raise
+                    print(f"{shape} {qtype}: lmpack with {act} activations is not available: {e}", flush=True)
             if have_llama:
                 engines.append(LlamaCpp(gg, a.threads, n_ctx))
             if have_ct2:
