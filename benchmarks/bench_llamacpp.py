@@ -315,6 +315,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--llama-extra-bufts", action="store_true",
                     help="let llama.cpp repack weights into its extra (AMX) buffers")
     ap.add_argument("--json", type=Path, help="also write every number here (for roofline.py)")
+    ap.add_argument("--markdown", type=Path, help="also write the closing report (description and tables) here")
     ap.add_argument("--table", action="append", default=[], metavar="NAME[=DIR]",
                     help="run once per lmpack kernel table, against the llama-cpp-python installed in DIR")
     return ap
@@ -407,21 +408,24 @@ def main() -> None:
             "command": " ".join([Path(sys.executable).name] + sys.argv)}
     run = {"meta": meta, "read_bw": bw, "peaks": peaks, "checks": checks, "results": results}
     if not os.environ.get(CHILD_ENV):
-        print("\n" + report.report(run))
+        text = report.report(run)
+        print("\n" + text)
+        if a.markdown:
+            a.markdown.write_text(text)
     if a.json:
         a.json.write_text(json.dumps(run, indent=1))
         print(f"wrote {a.json}")
 
 
 def strip_table_args(argv: list[str]) -> list[str]:
-    """argv without its --table and --json options (either spelling: '--x v' or '--x=v')."""
+    """argv without its --table, --json and --markdown options (either spelling: '--x v' or '--x=v')."""
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg in ("--table", "--json"):
+        elif arg in ("--table", "--json", "--markdown"):
             skip = True
-        elif not arg.startswith(("--table=", "--json=")):
+        elif not arg.startswith(("--table=", "--json=", "--markdown=")):
             out.append(arg)
     return out
 
@@ -459,9 +463,10 @@ def run_tables(a) -> None:
             if r.returncode != 0:
                 sys.exit(f"error: the {name} run failed (exit status {r.returncode})")
             merged["tables"][name] = json.loads(out.read_text())
-    print()
-    for name, run in merged["tables"].items():
-        print(report.report(run, name))
+    text = "\n".join(report.report(run, name) for name, run in merged["tables"].items())
+    print("\n" + text)
+    if a.markdown:
+        a.markdown.write_text(text)
     if a.json:
         a.json.write_text(json.dumps(merged, indent=1))
         print(f"wrote {a.json}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -71,8 +72,9 @@ def convert(folder: Path, out: Path, qtype: str) -> dict:
     secs = time.perf_counter() - t
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        sys.exit(f"error: ct2-transformers-converter failed on {folder}: "
-                 f"{err.decode(errors='replace').strip().splitlines()[-1:]}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = (err.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        sys.exit(f"error: ct2-transformers-converter failed on {folder}: {last}")
     rec = {"quantization": quant, "seconds": secs, "peak_rss_mib": usage.ru_maxrss / 1024,
            "bytes": sum(p.stat().st_size for p in tmp.iterdir())}
     (tmp / record.name).write_text(json.dumps(rec))

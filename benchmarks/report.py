@@ -146,6 +146,11 @@ def describe(run: dict) -> list[str]:
                      + ", ".join(f"{k} {v:.0f}" for k, v in run["peaks"].items()))
         lines.append("GOP/s counts 2 operations per matrix weight per token (every matrix, the classifier "
                      "included; attention scores and element-wise work left out)")
+    loads = [x for r in run.get("results", []) for x in (r.get("load_before"), r.get("load_after")) if x is not None]
+    if loads and m.get("cpus") and max(loads) > m["cpus"]:
+        lines.append(f"warning: the load average reached {max(loads):.2f} on {m['cpus']} CPUs during the timings: "
+                     "other jobs shared the cores, so these numbers (spinning thread pools above all) are not "
+                     "an idle machine's")
     if m.get("load_start") and m.get("load_end"):
         lines.append("load average (1/5/15 min): start {} end {}".format(
             " / ".join(f"{x:.2f}" for x in m["load_start"]), " / ".join(f"{x:.2f}" for x in m["load_end"])))

@@ -118,6 +118,10 @@ def test_report_names_cpu_builds_isa_bandwidth_and_load():
                    "avx512_vnni_int8 900", "classifier included", "start 1.00 / 2.00 / 3.00 end 1.50",
                    "activations: f32, bf16"):
         assert needle in text, needle
+    assert "warning" not in text
+    busy = run_fixture()
+    busy["results"][0]["load_after"] = 3.5
+    assert "warning: the load average reached 3.50 on 2 CPUs" in report.report(busy)
 
 
 def test_options_quick_and_selection():
@@ -133,5 +137,6 @@ def test_options_quick_and_selection():
 
 
 def test_table_children_get_the_options_but_not_table_or_json():
-    argv = ["--table", "avx2=/x", "--json=o.json", "--reps", "1", "--table=avx512", "--json", "p.json", "--no-ct2"]
+    argv = ["--table", "avx2=/x", "--json=o.json", "--reps", "1", "--table=avx512", "--json", "p.json", "--no-ct2",
+            "--markdown", "r.md"]
     assert bench_llamacpp.strip_table_args(argv) == ["--reps", "1", "--no-ct2"]
