@@ -1,7 +1,5 @@
 """lmpack against llama.cpp and CTranslate2 on the same random-weight models, runs alternating.
 
-Same models, same thread count, one process.
-
 For each model shape and weight type this makes (once, in --workdir) the HF folder
 (benchmarks/models.py), the `.lmp` file (`lmpack convert`), a GGUF file of the same weights
 (`lmpack convert ... -o X.gguf`: llama arch names, q/k rows permuted to llama.cpp's RoPE order,
