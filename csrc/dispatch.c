@@ -1,9 +1,9 @@
 /* Kernel dispatch: detect the CPU, pick the best kernel table it can run, expose the choice.
  *
  * The active table pointer is the only mutable global of the C core, with its companion, the
- * GEMV prefetch profile of the CPU's vendor (kernels.h lmp_gemv_prefetch). Both are resolved on
- * first use (LMPACK_KERNELS may force a path) and changed only by set_kernel_path and the
- * _gemv_prefetch benchmark hook. A table is offered
+ * GEMV prefetch profile of the CPU's vendor (gemv_prefetch.c). Both are resolved on first use
+ * (LMPACK_KERNELS may force a path) and changed only by set_kernel_path and the _gemv_prefetch
+ * benchmark hook. A table is offered
  * only when the CPU has the instructions AND the OS saves the register state they need (xgetbv
  * on x86, getauxval/sysctl on arm64): the SIMD files are compiled with raised targets and must
  * never run before this check.
@@ -221,47 +221,6 @@ static const lmp_kernels *initial_table(void) {
     return best_table();
 }
 
-/* ---- GEMV prefetch profiles (tiling.h gemv_ahead: the measurements behind each) ------------ */
-
-static const lmp_gemv_prefetch prefetch_profiles[] = {
-    /* a fixed distance, rows shorter than a page only */
-    {.name = "intel", .short_row = 4096, .ahead_f = 16384, .ahead_q8 = 8192, .whole_tile = 0},
-    /* every row, a whole tile (at least 16 KiB) ahead */
-    {.name = "amd", .short_row = INT64_MAX, .ahead_f = 16384, .ahead_q8 = 16384, .whole_tile = 1},
-    /* the hardware prefetchers alone (for comparison) */
-    {.name = "none", .short_row = 0, .ahead_f = 0, .ahead_q8 = 0, .whole_tile = 0},
-};
-#define NPROFILES ((int)(sizeof(prefetch_profiles) / sizeof(prefetch_profiles[0])))
-
-static _Atomic(const lmp_gemv_prefetch *) g_prefetch;
-
-/* AMD's (and Hygon's, the same cores) by the cpuid vendor string; every other x86 CPU gets the
- * profile measured on Intel; other architectures none (their tables do not prefetch). */
-static const lmp_gemv_prefetch *vendor_profile(void) {
-#if defined(LMP_X86)
-    unsigned r[4];
-    cpuid(0, 0, r);
-    char v[12];
-    memcpy(v, &r[1], 4); /* EBX, EDX, ECX spell it */
-    memcpy(v + 4, &r[3], 4);
-    memcpy(v + 8, &r[2], 4);
-    if (memcmp(v, "AuthenticAMD", 12) == 0 || memcmp(v, "HygonGenuine", 12) == 0) return &prefetch_profiles[1];
-    return &prefetch_profiles[0];
-#else
-    return &prefetch_profiles[2];
-#endif
-}
-
-const lmp_gemv_prefetch *lmp_gemv_prefetch_active(void) {
-    const lmp_gemv_prefetch *p = atomic_load_explicit(&g_prefetch, memory_order_acquire);
-    if (!p) {
-        const lmp_gemv_prefetch *expected = NULL;
-        p = vendor_profile();
-        if (!atomic_compare_exchange_strong(&g_prefetch, &expected, p)) p = expected;
-    }
-    return p;
-}
-
 const lmp_kernels *lmp_active_kernels(void) {
     const lmp_kernels *t = atomic_load_explicit(&g_active, memory_order_acquire);
     if (!t) {
@@ -342,15 +301,10 @@ PyObject *lmp_py_kernel_paths(PyObject *self, PyObject *noargs) { return paths_l
 PyObject *lmp_py_gemv_prefetch(PyObject *self, PyObject *args) {
     const char *name = NULL;
     if (!PyArg_ParseTuple(args, "|s:_gemv_prefetch", &name)) return NULL;
-    if (name) {
-        int i = 0;
-        while (i < NPROFILES && strcmp(prefetch_profiles[i].name, name) != 0) i++;
-        if (i == NPROFILES) {
-            PyErr_Format(PyExc_ValueError, "unknown GEMV prefetch profile %R (intel, amd, none)",
-                         PyTuple_GET_ITEM(args, 0));
-            return NULL;
-        }
-        atomic_store_explicit(&g_prefetch, &prefetch_profiles[i], memory_order_release);
+    if (name && lmp_gemv_prefetch_set(name) != 0) {
+        PyErr_Format(PyExc_ValueError, "unknown GEMV prefetch profile %R (intel, amd, none)",
+                     PyTuple_GET_ITEM(args, 0));
+        return NULL;
     }
     return PyUnicode_FromString(lmp_gemv_prefetch_active()->name);
 }

@@ -75,7 +75,7 @@ extern const lmp_kernels lmp_kernels_neon;
 const lmp_kernels *lmp_active_kernels(void);
 
 /* How the one-token matmuls (GEMVs) of the x86 tables prefetch weights (tiling.h gemv_ahead).
- * The hardware prefetchers differ by vendor, so dispatch.c picks one profile per CPU vendor,
+ * The hardware prefetchers differ by vendor, so gemv_prefetch.c picks one profile per CPU vendor,
  * once, beside the table; prefetching never changes a result, only how fast rows arrive. */
 typedef struct {
     const char *name;
@@ -84,6 +84,9 @@ typedef struct {
     int whole_tile;            /* at least one whole row tile ahead, whatever the row length */
 } lmp_gemv_prefetch;
 
+/* gemv_prefetch.c: the active profile (resolved from cpuid on first use), and a switch to the
+ * one called `name` ("intel", "amd", "none"; -1 if none is) for benchmarks and tests. */
 const lmp_gemv_prefetch *lmp_gemv_prefetch_active(void);
+int lmp_gemv_prefetch_set(const char *name);
 
 #endif

@@ -17,7 +17,7 @@
 /* Generation (one token) streams each weight row once, so it runs at memory speed only if lines
  * arrive before they are used. A GEMV tile reads 8 (4 on AVX2) rows side by side: as many
  * short streams at once, each restarting on every tile, and the hardware prefetchers keep up with
- * that differently per vendor (csrc/dispatch.c picks an lmp_gemv_prefetch profile per vendor):
+ * that differently per vendor (csrc/gemv_prefetch.c picks an lmp_gemv_prefetch profile per vendor):
  *   - Intel (a 2-core Xeon): for rows shorter than a page the prefetchers fell behind (768-column
  *     bf16 rows ~11 GB/s against ~20 GB/s for page-long rows, Q8_0 ~10 GB/s), and prefetching
  *     each step's tile bytes, in address order, a fixed distance ahead restored ~20 GB/s bf16,

@@ -34,7 +34,7 @@ def test_neon_table_under_qemu(tmp_path):
         pytest.skip("native aarch64: the Python kernel tests run the NEON table directly")
     if not cc or not qemu:
         pytest.skip("needs gcc-aarch64-linux-gnu and qemu-user")
-    out = build_and_run(cc, "neon", ["kernels_scalar.c", "kernels_neon.c"], tmp_path / "neon",
+    out = build_and_run(cc, "neon", ["kernels_scalar.c", "kernels_neon.c", "gemv_prefetch.c"], tmp_path / "neon",
                         [qemu, "-cpu", "max", "-L", "/usr/aarch64-linux-gnu"])
     assert out.strip().endswith("0 failed") and "neon:" in out
 
@@ -48,5 +48,5 @@ def test_x86_tables_through_the_same_harness(tmp_path, table):
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         pytest.skip("no C compiler")
-    out = build_and_run(cc, table, ["kernels_scalar.c", f"kernels_{table}.c"], tmp_path / table, [])
+    out = build_and_run(cc, table, ["kernels_scalar.c", f"kernels_{table}.c", "gemv_prefetch.c"], tmp_path / table, [])
     assert out.strip().endswith("0 failed")

@@ -1,0 +1,77 @@
+/* The GEMV prefetch profiles (kernels.h lmp_gemv_prefetch, tiling.h gemv_ahead) and the one this
+ * CPU's vendor gets.
+ *
+ * Apart from dispatch.c, which holds the Python surface, so that a kernel table links without
+ * Python: tests/c's harness builds a table from its file, the scalar one and this one. The active
+ * profile is resolved from cpuid on first use, like the active table, and changed only by the
+ * _gemv_prefetch benchmark hook (dispatch.c).
+ */
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define LMP_X86 1
+#if defined(_MSC_VER)
+#include <intrin.h>
+#else
+#include <cpuid.h>
+#endif
+#endif
+
+static const lmp_gemv_prefetch profiles[] = {
+    /* measured on an Intel Xeon: a fixed distance, rows shorter than a page only */
+    {.name = "intel", .short_row = 4096, .ahead_f = 16384, .ahead_q8 = 8192, .whole_tile = 0},
+    /* measured on an AMD EPYC Zen 5: every row, a whole tile (at least 16 KiB) ahead */
+    {.name = "amd", .short_row = INT64_MAX, .ahead_f = 16384, .ahead_q8 = 16384, .whole_tile = 1},
+    /* the hardware prefetchers alone (for comparison) */
+    {.name = "none", .short_row = 0, .ahead_f = 0, .ahead_q8 = 0, .whole_tile = 0},
+};
+#define NPROFILES ((int)(sizeof(profiles) / sizeof(profiles[0])))
+
+static _Atomic(const lmp_gemv_prefetch *) g_profile;
+
+/* AMD's (and Hygon's, the same cores) by the cpuid vendor string; every other x86 CPU gets the
+ * profile measured on Intel; other architectures none (their tables do not prefetch). */
+static const lmp_gemv_prefetch *vendor_profile(void) {
+#if defined(LMP_X86)
+    unsigned r[4] = {0, 0, 0, 0};
+#if defined(_MSC_VER)
+    int v4[4];
+    __cpuid(v4, 0);
+    for (int i = 0; i < 4; i++) r[i] = (unsigned)v4[i];
+#else
+    __cpuid(0, r[0], r[1], r[2], r[3]);
+#endif
+    char v[12];
+    memcpy(v, &r[1], 4); /* EBX, EDX, ECX spell it */
+    memcpy(v + 4, &r[3], 4);
+    memcpy(v + 8, &r[2], 4);
+    if (memcmp(v, "AuthenticAMD", 12) == 0 || memcmp(v, "HygonGenuine", 12) == 0) return &profiles[1];
+    return &profiles[0];
+#else
+    return &profiles[2];
+#endif
+}
+
+const lmp_gemv_prefetch *lmp_gemv_prefetch_active(void) {
+    const lmp_gemv_prefetch *p = atomic_load_explicit(&g_profile, memory_order_acquire);
+    if (!p) {
+        /* racing first callers compute the same answer, so whichever store wins is fine */
+        const lmp_gemv_prefetch *expected = NULL;
+        p = vendor_profile();
+        if (!atomic_compare_exchange_strong(&g_profile, &expected, p)) p = expected;
+    }
+    return p;
+}
+
+int lmp_gemv_prefetch_set(const char *name) {
+    for (int i = 0; i < NPROFILES; i++)
+        if (strcmp(profiles[i].name, name) == 0) {
+            atomic_store_explicit(&g_profile, &profiles[i], memory_order_release);
+            return 0;
+        }
+    return -1;
+}
