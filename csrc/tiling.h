@@ -24,10 +24,11 @@
  *     ~22 GB/s Q8_0; rows of a page or more are left to the hardware, where the extra
  *     instructions cost ~10%.
  *   - AMD (a 2-core EPYC Zen 5): the Q8_0 GEMV fell behind at every row length, worst on long
- *     rows (one core: 5632-column rows ~10 GB/s, 2048 ~20 GB/s, against ~30 GB/s with the
- *     prefetch below); bf16 rows were as fast either way. So every GEMV prefetches, in address
- *     order, at least one whole row tile ahead (never less than 16 KiB): the next tile's rows
- *     are in cache when it starts, at any row length.
+ *     rows (2 threads, 5632-column rows: ~6 GB/s on the hardware alone, ~10 with the Intel rule,
+ *     ~30 with the prefetch below; 2048 columns: ~8, ~18, ~28); bf16 rows moved less (20-30 GB/s
+ *     either way on this shared machine, ~20% more per core in CPU time when prefetched). So
+ *     every GEMV prefetches, in address order, at least one whole row tile ahead (never less
+ *     than 16 KiB): the next tile's rows are in cache when it starts, at any row length.
  * Measured with `benchmarks/bench_kernels.py --gemv-rows` (--prefetch compares the profiles).
  * Prefetches never fault, so running past the end of the matrix is harmless. (No NEON machine
  * was at hand to measure, so that table does not prefetch.) */
