@@ -354,6 +354,10 @@ static int parse_dtype(const char *s) {
     return -1;
 }
 
+PyObject *lmp_py_test_has_bf16_act(PyObject *self, PyObject *noargs) {
+    return PyBool_FromLong(lmp_bf16_act_matmul(lmp_active_kernels()) != NULL);
+}
+
 PyObject *lmp_py_test_matmul(PyObject *self, PyObject *args) {
     const char *dts;
     PyObject *wo, *wso, *xo, *xso, *yo;
