@@ -266,6 +266,17 @@ static void mm_task(void *ctx, int64_t task, int thread) {
     o->fn(o->w, r0, r1, o->x, j->ntok, o->y, o->ldy);
 }
 
+/* h[i] = bf16(x[i]) rounded to nearest even, NaN kept quiet: lmp_f32_to_bf16 without its branch,
+ * so the compiler vectorises it (it runs on the calling thread, once per matmul input). */
+static void round_bf16(const float *x, int64_t n, uint16_t *h) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        const uint32_t rne = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, quiet = (u >> 16) | 0x40u;
+        h[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet : rne);
+    }
+}
+
 /* Y_i = W_i X for up to three weights sharing the input x [ntok, cols], in one parallel region.
  * Rows go out in blocks of a multiple of 16 (whole SIMD row tiles), about four blocks per thread
  * so a thread slowed by a neighbour on the machine does not hold up the step. */
@@ -296,8 +307,8 @@ static void matmuls(lmp_model *m, const lmp_kernels *k, const float *x, int64_t 
         o->fn = k->matmul[ws[i]->dtype];
         o->x = ws[i]->dtype == LMP_Q8_0 ? (const void *)&j.qa : (const void *)x;
         if (ws[i]->dtype == LMP_BF16 && bact) {
-            if (!xh) { /* round once for the weights sharing x (RNE, as lmp_f32_to_bf16) */
-                for (int64_t e = 0; e < ntok * cols; e++) m->act_h[e] = lmp_f32_to_bf16(x[e]);
+            if (!xh) { /* round once for the weights sharing x */
+                round_bf16(x, ntok * cols, m->act_h);
                 xh = m->act_h;
             }
             o->fn = bact;
