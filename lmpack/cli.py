@@ -129,8 +129,9 @@ def _show_warnings() -> None:
 DTYPE_HELP = ("Stored type of the weight matrices: auto keeps the source's (bf16 stays bf16), f32, f16, bf16, "
               "or q8_0 (ggml-exact 8-bit blocks). Norm weights are always f32.")
 ACT_HELP = ("What matmuls with bf16 weights compute on: f32 (default) keeps activations exact; bf16 rounds "
-            "them to bf16 for the CPU's bf16 dot product (AVX512-BF16): faster prompts, logits off by ~1e-2 "
-            "of their spread (README, 'bf16 activations'). Other weight types and CPUs without it stay exact.")
+            "them to bf16 for the CPU's bf16 dot product (AVX512-BF16): faster prompts, logits off by a few "
+            "percent of their spread (README, 'bf16 activations'). Other weight types and CPUs without it "
+            "stay exact.")
 TEMP_HELP = "Sampling temperature; 0 is greedy (default: the model's generation_config, else 0.8)."
 TOP_P_HELP = ("Nucleus sampling: keep the smallest set of tokens with this much probability "
               "(default: the model's generation_config, else 0.95).")
