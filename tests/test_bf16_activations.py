@@ -172,10 +172,17 @@ def test_tables_without_the_entry_say_so():
 
 # ---- the model ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", params=[dict(seed=1, n_kv_heads=2, dtype="bfloat16", tie=True), dict(seed=0)],
-                ids=["bf16-gqa-tied", "f32-source"])
-def bf16_file(request, hf_checkpoint, converted):
-    ck = hf_checkpoint(**request.param)
+# Llama checkpoints, and a mixture of experts (its experts run on gathered token rows)
+MIXTRAL = dict(num_local_experts=8, num_experts_per_tok=3, sliding_window=16, intermediate_size=96, dtype="bfloat16")
+
+
+@pytest.fixture(scope="module", params=[dict(seed=1, n_kv_heads=2, dtype="bfloat16", tie=True), dict(seed=0),
+                                        dict(family="mixtral", **MIXTRAL)],
+                ids=["bf16-gqa-tied", "f32-source", "mixtral-bf16"])
+def bf16_file(request, hf_checkpoint, family_checkpoint, converted):
+    kw = dict(request.param)
+    family = kw.pop("family", None)
+    ck = family_checkpoint(family, **kw) if family else hf_checkpoint(**kw)
     path = converted(ck, "bf16")
     ids = [1] + [int(i) for i in np.random.default_rng(7).integers(3, ck.vocab_size, 63)]
     import torch
