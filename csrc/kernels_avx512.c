@@ -136,7 +136,11 @@ DEFINE_FMATMUL(matmul_bf16, ftile_bf16, 2)
  * (32s+2l, 32s+2l+1) in order of s, the tail through zero-filling masked loads, then hsum16; so
  * every tile shape, the GEMV included, gives each output the same bits. These functions carry
  * the avx512bf16 target on their own: dispatch.c hands them out only if cpuid reports it. */
-#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#if defined(__GNUC__) || defined(__clang__) /* the file's features, plus BF16 (merged or replacing) */
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,avx512bf16")))
+#else
+#define BF16_TARGET
+#endif
 /* Tile rows x tokens: 24 accumulators + 4 activations + 1 weight = 29 zmm. On a Zen 5 core (one
  * thread, 64 tokens, `bench_kernels.py --dtypes bf16_act`) 6x4, 5x5 and 8x3 tiles ran at ~300
  * GFLOP/s against ~275 for 4x6 (more weight rows per activation load; the activations come
