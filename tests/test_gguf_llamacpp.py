@@ -138,11 +138,29 @@ def test_gguf_from_convert_hf_to_gguf_comes_in_exactly(hf_checkpoint, converted,
     assert float(np.abs(la - lb).max()) < 1e-4 * float(lb.std())
 
 
+GEMMA2 = dict(head_dim=32, sliding_window=16, query_pre_attn_scalar=32, attn_logit_softcapping=2.0,
+              final_logit_softcapping=5.0)
+GEMMA3 = dict(head_dim=32, sliding_window=16, num_hidden_layers=6, query_pre_attn_scalar=32)
 FAMILY_VARIANTS = {
     "mistral-f32": ("mistral", dict(sliding_window=4096), "f32", 0.01),
     "qwen2-bf16-tied": ("qwen2", dict(dtype="bfloat16", tie=True), "bf16", 0.1),
     "qwen3-q8_0": ("qwen3", dict(dtype="bfloat16", head_dim=64), "q8_0", 0.2),
     "qwen3-f32": ("qwen3", dict(), "f32", 0.01),
+    # the window (16) binds within the 40 ids, so llama.cpp's sliding layers are exercised too
+    "gemma2-f32-softcaps-window16": ("gemma2", dict(GEMMA2, tie=True), "f32", 0.01),
+    "gemma2-q8_0": ("gemma2", dict(GEMMA2, tie=True, dtype="bfloat16"), "q8_0", 0.2),
+    "gemma3-f32-6layers-window16": ("gemma3_text", dict(GEMMA3, tie=True), "f32", 0.01),
+    "gemma3-bf16-linear-rope": ("gemma3_text", dict(GEMMA3, tie=True, dtype="bfloat16", rope_parameters={
+        "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}), "bf16", 0.1),
+    "phi3-f32-partial-rotary": ("phi3", dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                              "partial_rotary_factor": 0.5}), "f32", 0.01),
+    "phi3-q8_0-tied": ("phi3", dict(tie=True, dtype="bfloat16"), "q8_0", 0.2),
+    "olmo2-f32": ("olmo2", dict(), "f32", 0.01),
+    "olmo2-bf16-mqa": ("olmo2", dict(num_key_value_heads=1, dtype="bfloat16"), "bf16", 0.1),
+    "mixtral-f32-4x2": ("mixtral", dict(num_local_experts=4, num_experts_per_tok=2), "f32", 0.01),
+    "mixtral-q8_0-8x3": ("mixtral", dict(num_local_experts=8, num_experts_per_tok=3, intermediate_size=96,
+                                         dtype="bfloat16"), "q8_0", 0.2),
 }
 
 
