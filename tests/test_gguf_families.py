@@ -86,3 +86,32 @@ def test_what_llama_cpp_would_run_differently_is_refused(case, family_checkpoint
     assert res.returncode == 1 and words in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_every_end_id_travels(tmp_path):
+    """A Llama 3.1 vocabulary ends generation at end-of-text, end-of-message and end-of-turn: the
+    GGUF holds them as llama.cpp's eos, eom and eot ids, and reading it back stops at all three."""
+    import checkpoints
+    import hf_tokenizers
+    import lmpack
+
+    tok_dir = hf_tokenizers.FAMILIES["llama3"](tmp_path / "tok")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    ends = ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]
+    model = checkpoints.make_family_checkpoint(tmp_path / "model", "llama", tokenizer=None, tokenizer_files=tok_dir,
+                                               vocab_size=hf_tokenizers.n_tokens(tok_dir),
+                                               eos_token_id=tok.token_to_id(ends[0]))
+    lmp = convert(model.path, tmp_path / "m.lmp")
+    with LmpReader(lmp) as r:
+        want = r.config.eos_ids
+    gg = convert(lmp, tmp_path / "m.gguf")
+    fields = gguf.GGUFReader(gg).fields
+    got = {k: fields[f"tokenizer.ggml.{k}_token_id"].contents() for k in ("eos", "eot", "eom")}
+    assert fields["tokenizer.ggml.eos_token_id"].types == [gguf.GGUFValueType.UINT32]
+    assert sorted(want) == sorted(tok.token_to_id(t) for t in ends)
+    assert [tok.id_to_token(got[k]) for k in ("eos", "eom", "eot")] == ends
+    back = convert(gg, tmp_path / "back.lmp")
+    with lmpack.load(back) as m:
+        assert m.config.eos_token_ids == want
