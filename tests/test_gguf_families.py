@@ -115,3 +115,78 @@ def test_every_end_id_travels(tmp_path):
     back = convert(gg, tmp_path / "back.lmp")
     with lmpack.load(back) as m:
         assert m.config.eos_token_ids == want
+
+
+# GGUF tensor (after "blk.N.") -> the HF tensors (after "model.layers.N.") whose rows it holds, as
+# llama.cpp's converter lays them out; per family where they differ. "{e}" runs over the experts.
+_GGUF_PARTS = {
+    "attn_norm": ["input_layernorm"], "attn_q": ["self_attn.q_proj"], "attn_k": ["self_attn.k_proj"],
+    "attn_v": ["self_attn.v_proj"], "attn_output": ["self_attn.o_proj"], "attn_q_norm": ["self_attn.q_norm"],
+    "attn_k_norm": ["self_attn.k_norm"], "ffn_norm": ["post_attention_layernorm"],
+    "post_attention_norm": ["post_attention_layernorm"], "post_ffw_norm": ["post_feedforward_layernorm"],
+    "ffn_gate": ["mlp.gate_proj"], "ffn_up": ["mlp.up_proj"], "ffn_down": ["mlp.down_proj"],
+    "attn_qkv": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+    "ffn_gate_inp": ["block_sparse_moe.gate"], "ffn_gate_exps": ["block_sparse_moe.experts.{e}.w1"],
+    "ffn_down_exps": ["block_sparse_moe.experts.{e}.w2"], "ffn_up_exps": ["block_sparse_moe.experts.{e}.w3"],
+}
+_FAMILY_PARTS = {
+    "gemma2": {"ffn_norm": ["pre_feedforward_layernorm"]},
+    "gemma3_text": {"ffn_norm": ["pre_feedforward_layernorm"]},
+    "phi3": {"ffn_up": ["mlp.gate_proj", "mlp.up_proj"]},
+}
+_TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+# metadata keys each family's GGUF must hold beyond the common ones: key -> (gguf-py value type, value)
+_KEYS = {
+    "gemma2": {"attn_logit_softcapping": ("FLOAT32", 2.0), "final_logit_softcapping": ("FLOAT32", 5.0),
+               "attention.sliding_window": ("UINT32", 16), "attention.key_length": ("UINT32", 32)},
+    "gemma3_text": {"attention.sliding_window": ("UINT32", 16), "rope.freq_base_swa": ("FLOAT32", 10000.0)},
+    "phi3": {"rope.dimension_count": ("UINT32", 16), "attention.sliding_window": ("UINT32", 512)},
+    "olmo2": {"attention.head_count_kv": ("UINT32", 1)},
+    "mixtral": {"expert_count": ("UINT32", 4), "expert_used_count": ("UINT32", 2)},
+}
+
+
+def _interleave(w: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's converter's q/k permutation: the two halves of each head's rows interleaved."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "gemma3_text", "phi3", "olmo2", "mixtral"])
+def test_gguf_bytes_are_gguf_py_s_own(model_type, family_checkpoint, converted, tmp_path):
+    """Every tensor of a q8_0 GGUF export is what gguf-py's quantizer (or f32 cast) gives for the
+    source's values laid out as llama.cpp's converter lays them, and the family's keys are there
+    with gguf-py's value types."""
+    kwargs = FAMILIES[model_type][0]
+    ckpt = family_checkpoint(model_type, dtype="bfloat16", **kwargs)
+    with LmpReader(converted(ckpt, "auto")) as src:  # the source's bf16 values, by HF name
+        values = {e.name: cast(src.tensor(e.name), e.dtype, "f32") for e in src.tensors}
+        cfg = src.config
+    out = convert(ckpt.path, tmp_path / "m.gguf", dtype="q8_0")
+    r = gguf.GGUFReader(out)
+    arch = r.fields["general.architecture"].contents()
+    parts = {**_GGUF_PARTS, **_FAMILY_PARTS.get(model_type, {})}
+    gemma = model_type.startswith("gemma")
+    seen = set()
+    for t in r.tensors:
+        head, _, _ = t.name.rpartition(".")
+        if head.startswith("blk."):
+            _, layer, kind = head.split(".", 2)
+            names = [f"model.layers.{layer}.{p.format(e=e)}.weight" for p in parts[kind]
+                     for e in (range(cfg.n_experts) if "{e}" in p else [0])]
+        else:
+            kind, names = head, [_TOP[head] + ".weight"]
+        stacked = "{e}" in "".join(parts.get(kind, []))
+        x = np.stack([values[n] for n in names]) if stacked else np.concatenate([values[n] for n in names])
+        if kind in ("attn_q", "attn_k") and arch == "llama":
+            x = _interleave(x, cfg.n_heads if kind == "attn_q" else cfg.n_kv_heads)
+        if gemma and x.ndim == 1:
+            x = x + np.float32(1)  # Gemma's (1 + w) norms, as llama.cpp stores them
+        want = gguf.quants.quantize(np.ascontiguousarray(x, np.float32), t.tensor_type)
+        assert bytes(t.data.tobytes()) == want.tobytes(), t.name
+        seen.update(names)
+    assert seen == set(values)
+    for key, (vtype, value) in _KEYS[model_type].items():
+        f = r.fields[f"{arch}.{key}"]
+        assert f.types == [gguf.GGUFValueType[vtype]], key
+        assert f.contents() == pytest.approx(value), key
+    assert r.fields["tokenizer.ggml.eos_token_id"].types == [gguf.GGUFValueType.UINT32]
