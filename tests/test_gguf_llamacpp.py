@@ -176,7 +176,12 @@ def test_llama_cpp_agrees_on_other_families(variant, family_checkpoint, converte
     agree_with_llama_cpp(llama_cpp, tmp_path / "m.gguf", lmp, token_ids(ckpt.vocab_size, n=40), bound, variant)
 
 
-@pytest.mark.parametrize("model_type,kwargs", [("mistral", {}), ("qwen2", dict(tie=True)), ("qwen3", {})])
+@pytest.mark.parametrize("model_type,kwargs", [
+    ("mistral", {}), ("qwen2", dict(tie=True)), ("qwen3", {}), ("gemma2", dict(GEMMA2, tie=True)),
+    ("gemma3_text", dict(GEMMA3, tie=True)), ("phi3", {}),
+    ("mixtral", dict(num_local_experts=4, num_experts_per_tok=2)),
+    # (not OLMo 2: llama.cpp's converter takes only a BPE tokenizer it recognises by hash for it)
+])
 def test_same_tensors_as_convert_hf_to_gguf_other_families(family_checkpoint, tmp_path, model_type, kwargs):
     import os
     import subprocess
