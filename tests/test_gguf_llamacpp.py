@@ -229,3 +229,39 @@ def test_llama_cpp_tokenizes_exported_bpe_as_lmpack(tok_family, model_type, tmp_
                 assert got == want, text
     finally:
         llm.close()
+
+
+@pytest.mark.parametrize("model_type,kwargs", [
+    ("gemma2", dict(GEMMA2, tie=True)), ("gemma3_text", dict(GEMMA3, tie=True)), ("phi3", {}),
+    ("mixtral", dict(num_local_experts=4, num_experts_per_tok=2)), ("qwen3", {}),
+])
+def test_other_family_gguf_from_convert_hf_to_gguf_comes_in_exactly(model_type, kwargs, family_checkpoint, converted,
+                                                                    tmp_path):
+    """llama.cpp's own Q8_0 GGUF of each family reads back into the direct conversion's tensors
+    (its f32 MoE router as f32) and logits."""
+    import os
+    import subprocess
+    import sys
+
+    script = os.environ.get("LMPACK_LLAMA_CPP_CONVERT")
+    if not script:
+        pytest.skip("set LMPACK_LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
+    import lmpack
+    from lmpack.convert import convert
+    from lmpack.formats.arch import keeps_precision
+    from lmpack.formats.lmp import LmpReader
+
+    ckpt = family_checkpoint(model_type, dtype="bfloat16", **kwargs)
+    theirs = tmp_path / "llama.cpp.gguf"
+    subprocess.run([sys.executable, script, str(ckpt.path), "--outfile", str(theirs), "--outtype", "q8_0"],
+                   check=True, capture_output=True)
+    back = convert(theirs, tmp_path / "back.lmp")
+    direct = converted(ckpt, "q8_0")
+    with LmpReader(back) as a, LmpReader(direct) as b:
+        assert a.config.architecture == b.config.architecture
+        for e in b.tensors:
+            if not keeps_precision(e.name):
+                assert bytes(a.tensor_bytes(e.name)) == bytes(b.tensor_bytes(e.name)), e.name
+    ids = token_ids(ckpt.vocab_size, n=40)
+    with lmpack.load(back) as a, lmpack.load(direct) as b:
+        assert np.array_equal(a.logits(ids), b.logits(ids))

@@ -316,9 +316,10 @@ def read_config(f: GgufFile, family: Family, vocab_size: int, tie: bool, bos_id:
 
     features: dict[str, Any] = {}
     window = f.get(key(K.Attention.SLIDING_WINDOW), int, 4096 if family.swa_period else None)
-    if window is not None and not 0 < window:
-        raise LmpackError(f"{f.path}: {key(K.Attention.SLIDING_WINDOW)} must be positive, got {window}")
-    if window is not None and window < max_context and (family.swa_period or family.window_key):
+    if window is not None and window < 0:
+        raise LmpackError(f"{f.path}: {key(K.Attention.SLIDING_WINDOW)} must not be negative, got {window}")
+    # 0 is llama.cpp's "no window" (its converter writes it for a Phi-3 without one)
+    if window and window < max_context and (family.swa_period or family.window_key):
         features["sliding_window"] = window
         if family.swa_period and isinstance(n_layers, int) and 0 < n_layers <= MAX_DIM:
             features["layer_types"] = ["sliding" if family.sliding(i) else "full" for i in range(n_layers)]
