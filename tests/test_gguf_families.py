@@ -190,3 +190,15 @@ def test_gguf_bytes_are_gguf_py_s_own(model_type, family_checkpoint, converted, 
         assert f.types == [gguf.GGUFValueType[vtype]], key
         assert f.contents() == pytest.approx(value), key
     assert r.fields["tokenizer.ggml.eos_token_id"].types == [gguf.GGUFValueType.UINT32]
+
+
+def test_every_family_has_a_gguf_row_and_export_help_lists_it(run_lmpack):
+    from lmpack.convert import gguf_arch
+    from lmpack.formats import arch
+
+    assert set(gguf_arch.FAMILIES) == set(arch.FAMILIES)
+    res = run_lmpack("export", "--help")
+    assert res.returncode == 0
+    help_text = " ".join(res.stdout.split())
+    for name in arch.FAMILIES:
+        assert name in help_text, name

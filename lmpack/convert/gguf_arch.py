@@ -1,11 +1,14 @@
 """How each model family lmpack runs is described in GGUF: one table row per family.
 
-A row names the gguf-py architecture (`gguf.MODEL_ARCH`) and whether llama.cpp runs it with
+A row names the gguf-py architecture (`gguf.MODEL_ARCH`), whether llama.cpp runs it with
 adjacent-pair ("normal") RoPE, which needs the q/k rows of each head permuted from Hugging Face's
-half-split order. Everything else is derived, in both directions, from gguf-py's own tables:
-tensor names from its tensor-name map (HF name -> `blk.N.attn_q.weight`, ...), metadata keys from
-`gguf.Keys` (`llama.embedding_length`, ...). Adding a family is a row here plus whatever keys its
-config adds.
+half-split order, and which of lmpack's forward features llama.cpp's graph for it runs (its fixed
+sliding-layer pattern, soft-caps, partial RoPE, experts); a model using a feature the graph lacks
+is refused on the way out. Everything else is derived, in both directions, from the family table
+(`lmpack.formats.arch`: which tensors are fused or per expert, which norms are Gemma's (1 + w))
+and from gguf-py's own tables: tensor names from its tensor-name map (HF name ->
+`blk.N.attn_q.weight`, fused and stacked names included), metadata keys from `gguf.Keys`
+(`llama.embedding_length`, ...).
 """
 from __future__ import annotations
 
