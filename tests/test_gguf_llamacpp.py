@@ -150,6 +150,7 @@ FAMILY_VARIANTS = {
     "gemma2-f32-softcaps-window16": ("gemma2", dict(GEMMA2, tie=True), "f32", 0.01),
     "gemma2-q8_0": ("gemma2", dict(GEMMA2, tie=True, dtype="bfloat16"), "q8_0", 0.2),
     "gemma3-f32-6layers-window16": ("gemma3_text", dict(GEMMA3, tie=True), "f32", 0.01),
+    "gemma3-f32-untied": ("gemma3_text", dict(GEMMA3), "f32", 0.01),
     "gemma3-bf16-linear-rope": ("gemma3_text", dict(GEMMA3, tie=True, dtype="bfloat16", rope_parameters={
         "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}), "bf16", 0.1),

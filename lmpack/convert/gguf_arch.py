@@ -44,7 +44,8 @@ class Family:
     gemma_scale: bool = False  # q.k scale is head_dim^-1/2, or (dim/n_heads)^-1/2 at 27B's layer count
     partial_rope: bool = False  # rope.dimension_count below the head size is run (Phi-3)
     experts: bool = False     # a MoE MLP of stacked experts (llama.cpp's llama with expert_count)
-    tied_only: bool = False   # the loader takes the output matrix from token_embd, never output.weight
+    # the loader takes the output matrix from token_embd (gguf-py's architecture has no output tensor)
+    tied_only: bool = False
 
     @property
     def gguf_name(self) -> str:
