@@ -93,6 +93,9 @@ def _write_sentencepiece(w: Any, blob: bytes, config: ModelConfig) -> list[bytes
 # The text of the end-of-message token (Llama 3.1's tool calls end with it); llama.cpp keeps an
 # id for it beside end-of-text and end-of-turn.
 EOM_TEXTS = ("<|eom_id|>",)
+# End-of-turn tokens of the chat formats of the families lmpack runs (Llama 3, Qwen, Gemma, Phi-3):
+# preferred for the eot id when a config lists more end ids than GGUF has keys for.
+EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
 
 
 def _write_end_ids(w: Any, eos_ids: list[int], tokens: list) -> None:
@@ -110,7 +113,9 @@ def _write_end_ids(w: Any, eos_ids: list[int], tokens: list) -> None:
         w.add_eom_token_id(eom)
         rest.remove(eom)
     if rest:
-        w.add_eot_token_id(rest.pop(0))
+        eot = next((i for i in rest if text(i) in EOT_TEXTS), rest[0])
+        w.add_eot_token_id(eot)
+        rest.remove(eot)
     if rest:
         warnings.warn(f"GGUF holds three end-of-generation ids (eos, eot, eom); id{'s' if len(rest) > 1 else ''} "
                       f"{', '.join(map(str, rest))} ({', '.join(repr(text(i)) for i in rest)}) stop llama.cpp only "
