@@ -202,3 +202,28 @@ def test_every_family_has_a_gguf_row_and_export_help_lists_it(run_lmpack):
     help_text = " ".join(res.stdout.split())
     for name in arch.FAMILIES:
         assert name in help_text, name
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "gemma3_text"])
+def test_f32_gemma_norms_verify_against_their_gguf(model_type, family_checkpoint, converted, tmp_path):
+    """A GGUF holds Gemma's norms as w + 1 (llama.cpp's convention), rounded to f32; read back they
+    are (w + 1) - 1, which need not be w's bits, so verify compares them where the GGUF holds them."""
+    from lmpack.convert.gguf_source import GgufSource
+    from lmpack.verify import verify
+
+    ckpt = family_checkpoint(model_type, **FAMILIES[model_type][0])
+    lmp = converted(ckpt, "auto")
+    gg = convert(lmp, tmp_path / "m.gguf")
+    src = GgufSource(gg)
+    try:
+        with LmpReader(lmp) as r:
+            shifted = [e.name for e in r.tensors if src.value_shift(e.name)]
+            assert shifted and all(len(r.tensor(n).shape) == 1 for n in shifted)
+            # the bits do move (so the comparison must be made where the GGUF holds them) ...
+            assert any(not np.array_equal(src.load(n), r.tensor(n)) for n in shifted)
+            # ... and 1 + the read-back value is exactly the GGUF's value
+            assert all(np.array_equal(src.load(n) + np.float32(1), r.tensor(n) + np.float32(1)) for n in shifted)
+    finally:
+        src.close()
+    result = verify(lmp, against=gg)
+    assert not [f for f in result.failures() if f.startswith("tensors")], result.failures()

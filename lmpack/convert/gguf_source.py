@@ -149,6 +149,12 @@ class GgufSource:
     def release(self, name: str) -> None:
         self._f.release(self._where[name][0].name)
 
+    def value_shift(self, name: str) -> float:
+        """What the file stores beyond lmpack's value (1 for Gemma's norms, llama.cpp's w + 1):
+        `load` gives back (w + 1) - 1, which in f32 can differ from w in the last bits while
+        1 + it is exactly the stored value, so a comparison with the source belongs there."""
+        return self._where[name][0].shift
+
     def close(self) -> None:
         self._f.close()
 
