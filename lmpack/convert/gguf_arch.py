@@ -40,6 +40,7 @@ class Family:
     # (Gemma 2: every other one, Gemma 3: five of six). None: no sliding layers.
     swa_period: int | None = None
     window_key: bool = False  # the loader requires `attention.sliding_window` (Gemma 3, older Phi-3)
+    default_window: int | None = None  # the loader's window when the key is absent (Gemma 2: 4096)
     softcaps: bool = False    # the graph always soft-caps scores and logits (Gemma 2; defaults 50, 30)
     gemma_scale: bool = False  # q.k scale is head_dim^-1/2, or (dim/n_heads)^-1/2 at 27B's layer count
     partial_rope: bool = False  # rope.dimension_count below the head size is run (Phi-3)
@@ -182,7 +183,7 @@ FAMILIES = {
     "qwen2": Family("qwen2", "QWEN2", rope_interleaved=False, reads_as="qwen2"),
     "qwen3": Family("qwen3", "QWEN3", rope_interleaved=False, reads_as="qwen3"),
     "gemma2": Family("gemma2", "GEMMA2", rope_interleaved=False, reads_as="gemma2", swa_period=2, window_key=True,
-                     softcaps=True, gemma_scale=True, tied_only=True),
+                     default_window=4096, softcaps=True, gemma_scale=True, tied_only=True),
     "gemma3": Family("gemma3", "GEMMA3", rope_interleaved=False, reads_as="gemma3", swa_period=6, window_key=True,
                      gemma_scale=True),
     # Phi-3: fused qkv and gate/up (the family table's `fused`); llama.cpp runs no window for it
@@ -319,7 +320,7 @@ def read_config(f: GgufFile, family: Family, vocab_size: int, tie: bool, bos_id:
         return None if v is None else _f32(v, f"{f.path}: {key(k)}")
 
     features: dict[str, Any] = {}
-    window = f.get(key(K.Attention.SLIDING_WINDOW), int, 4096 if family.swa_period else None)
+    window = f.get(key(K.Attention.SLIDING_WINDOW), int, family.default_window)
     if window is not None and window < 0:
         raise LmpackError(f"{f.path}: {key(K.Attention.SLIDING_WINDOW)} must not be negative, got {window}")
     # 0 is llama.cpp's "no window" (its converter writes it for a Phi-3 without one)

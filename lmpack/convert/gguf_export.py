@@ -1,12 +1,13 @@
 """The canonical tensor stream into a GGUF file: `lmpack export` and `lmpack convert ... -o X.gguf`.
 
 Any Source (an `.lmp`, an HF or Meta folder, ...) is written as the GGUF that llama.cpp loads for
-its family (`gguf_arch`): tensors renamed by gguf-py's tensor-name map, q/k rows permuted where
-llama.cpp rotates adjacent pairs, the config as the architecture's keys and the tokenizer as
-`tokenizer.ggml.*` (`gguf_vocab`). Tensors stream through in row blocks exactly as `lmpack
-convert` does (memory ~ one row block): f32/f16/bf16 are cast (bit copies when the type is kept);
-Q8_0 is the C quantizer's ggml-exact output, or an existing Q8_0 tensor's planes, re-laid into
-ggml's 34-byte blocks (fp16 scale, 32 int8) without re-quantizing.
+its family (`gguf_arch`): tensors laid out and renamed as its converter does (`gguf_arch.layout`:
+fused and per-expert tensors as one GGUF tensor of their rows, Gemma's norms + 1, MoE routers f32),
+q/k rows permuted where llama.cpp rotates adjacent pairs, the config as the architecture's keys and
+the tokenizer as `tokenizer.ggml.*` (`gguf_vocab`). Tensors stream through in row blocks exactly as
+`lmpack convert` does (memory ~ one row block): f32/f16/bf16 are cast (bit copies when the type is
+kept); Q8_0 is the C quantizer's ggml-exact output, or an existing Q8_0 tensor's planes, re-laid
+into ggml's 34-byte blocks (fp16 scale, 32 int8) without re-quantizing.
 """
 from __future__ import annotations
 

@@ -1,13 +1,15 @@
 """A GGUF file as a conversion source: `lmpack convert MODEL.gguf -o OUT.lmp`.
 
 The file is read with lmpack's bounded reader (`lmpack.formats.gguf.GgufFile`). Its family row
-(`gguf_arch`) maps the architecture keys back to lmpack's config and the tensor names back to HF
-names; q/k rows go back from llama.cpp's interleaved RoPE order to HF's half-split one; the
-tokenizer is rebuilt from `tokenizer.ggml.*` (`gguf_vocab`). F32, F16, BF16 and Q8_0 tensors come
-out exactly as stored (Q8_0 re-laid from ggml's blocks into lmpack's planes, one tensor at a time,
-so the `.lmp` holds the same scales and quants); any
-other ggml type is dequantized with gguf-py's reference dequantizers to float32 and must then be
-given a stored type by the user (`dequantized` lists them).
+(`gguf_arch`; llama.cpp's llama with experts is Mixtral) maps the architecture keys back to
+lmpack's config, and the family's GGUF layout (`gguf_arch.layout`) maps each GGUF tensor back to
+the lmpack tensors it holds: a fused or stacked tensor is split into row ranges of its bytes,
+Gemma's norms lose llama.cpp's + 1, q/k rows go back from interleaved RoPE order to HF's
+half-split one; the tokenizer is rebuilt from `tokenizer.ggml.*` (`gguf_vocab`). F32, F16, BF16
+and Q8_0 tensors come out exactly as stored (Q8_0 re-laid from ggml's blocks into lmpack's planes,
+one part at a time, its scales checked finite, so the `.lmp` holds the same scales and quants);
+any other ggml type is dequantized with gguf-py's reference dequantizers to float32 and must then
+be given a stored type by the user (`dequantized` lists them).
 """
 from __future__ import annotations
 
