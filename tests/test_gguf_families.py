@@ -227,3 +227,23 @@ def test_f32_gemma_norms_verify_against_their_gguf(model_type, family_checkpoint
         src.close()
     result = verify(lmp, against=gg)
     assert not [f for f in result.failures() if f.startswith("tensors")], result.failures()
+
+
+@pytest.mark.parametrize("pattern,want", [
+    (3, ["sliding", "sliding", "full"] * 2),
+    (np.array([True, False, False, True, True, False]), ["sliding", "full", "full", "sliding", "sliding", "full"]),
+])
+def test_sliding_window_pattern_key_decides_the_sliding_layers(pattern, want, family_checkpoint, tmp_path):
+    """llama.cpp's loader takes `attention.sliding_window_pattern` (a period or a flag per layer)
+    over the architecture's own pattern; so does the import."""
+    from test_gguf_bad import rewrite
+
+    ckpt = family_checkpoint("gemma3_text", dtype="bfloat16", **FAMILIES["gemma3_text"][0])
+    gg = convert(ckpt.path, tmp_path / "m.gguf", dtype="q8_0")
+    vtype = gguf.GGUFValueType.UINT32 if isinstance(pattern, int) else gguf.GGUFValueType.ARRAY
+    rewrite(gg, tmp_path / "p.gguf", fields={"gemma3.attention.sliding_window_pattern": (
+        pattern if isinstance(pattern, int) else [bool(v) for v in pattern], vtype)})
+    back = convert(tmp_path / "p.gguf", tmp_path / "back.lmp")
+    with LmpReader(back) as r:
+        assert r.config.layer_types == want
+        assert r.config.sliding_window == 16 and r.config.rope_local_theta == 10000.0

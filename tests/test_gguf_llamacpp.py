@@ -266,3 +266,19 @@ def test_other_family_gguf_from_convert_hf_to_gguf_comes_in_exactly(model_type, 
     ids = token_ids(ckpt.vocab_size, n=40)
     with lmpack.load(back) as a, lmpack.load(direct) as b:
         assert np.array_equal(a.logits(ids), b.logits(ids))
+
+
+def test_llama_cpp_agrees_on_a_gguf_with_its_own_sliding_layers(family_checkpoint, tmp_path):
+    """A Gemma 3 GGUF whose `sliding_window_pattern` names other sliding layers than the
+    architecture's: llama.cpp and lmpack's import of it run the same layers with the window."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from lmpack.convert import convert
+    from test_gguf_bad import rewrite
+
+    ckpt = family_checkpoint("gemma3_text", **dict(GEMMA3, tie=True))
+    gg = convert(ckpt.path, tmp_path / "m.gguf")
+    rewrite(gg, tmp_path / "p.gguf", fields={"gemma3.attention.sliding_window_pattern": (
+        [True, False, False, True, False, True], gguf.GGUFValueType.ARRAY)})
+    back = convert(tmp_path / "p.gguf", tmp_path / "back.lmp")
+    agree_with_llama_cpp(llama_cpp, tmp_path / "p.gguf", back, token_ids(ckpt.vocab_size, n=40), 0.01,
+                         "gemma3-f32-pattern-key")

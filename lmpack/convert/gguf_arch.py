@@ -327,12 +327,17 @@ def read_config(f: GgufFile, family: Family, vocab_size: int, tie: bool, bos_id:
     if window and window < max_context and (family.swa_period or family.window_key):
         features["sliding_window"] = window
         if family.swa_period and isinstance(n_layers, int) and 0 < n_layers <= MAX_DIM:
-            features["layer_types"] = ["sliding" if family.sliding(i) else "full" for i in range(n_layers)]
+            features["layer_types"] = _layer_types(f, key(K.Attention.SLIDING_WINDOW_PATTERN), family, n_layers)
     if family.softcaps:  # llama.cpp's defaults when the keys are absent
         features["attn_softcap"] = number(K.LLM.ATTN_LOGIT_SOFTCAPPING, 50.0)
         features["final_softcap"] = number(K.LLM.FINAL_LOGIT_SOFTCAPPING, 30.0)
-    if family.swa_period and "sliding_window" in features and family.gguf_arch == "GEMMA3":
-        features["rope_local_theta"] = number(K.Rope.FREQ_BASE_SWA, 10000.0)
+    elif family.swa_period:  # Gemma 3: llama.cpp caps the logits when the key says so
+        features["final_softcap"] = number(K.LLM.FINAL_LOGIT_SOFTCAPPING, None) or None
+    if family.swa_period and "sliding_window" in features:
+        # Gemma 3's sliding layers default to base 10000, Gemma 2's to the full layers' base
+        local = number(K.Rope.FREQ_BASE_SWA, 10000.0 if family.gguf_arch == "GEMMA3" else None)
+        if local is not None and (family.gguf_arch == "GEMMA3" or local != f.get(key(K.Rope.FREQ_BASE), float, None)):
+            features["rope_local_theta"] = local
     if rope_dim != head_dim:
         features["rope_dim"] = rope_dim
     if family.experts:
@@ -363,6 +368,20 @@ def read_config(f: GgufFile, family: Family, vocab_size: int, tie: bool, bos_id:
         cfg.query_pre_attn_scalar = float(family.attn_scalar(cfg))
     cfg.validate(f"{f.path}")
     return cfg
+
+
+def _layer_types(f: GgufFile, pattern_key: str, family: Family, n_layers: int) -> list[str]:
+    """Which layers slide, as llama.cpp's loader decides: `attention.sliding_window_pattern` as one
+    flag per layer or as a period (layer i slides iff i % period < period - 1), else the
+    architecture's own period."""
+    value = f.get(pattern_key, (int, np.ndarray), family.swa_period)
+    if isinstance(value, np.ndarray):
+        if value.dtype != np.bool_ or value.shape != (n_layers,):
+            raise LmpackError(f"{f.path}: {pattern_key} must be one true/false per layer ({n_layers})")
+        return ["sliding" if v else "full" for v in value]
+    if not 0 < value <= MAX_DIM:
+        raise LmpackError(f"{f.path}: {pattern_key} must be a positive period, got {value}")
+    return ["sliding" if i % value < value - 1 else "full" for i in range(n_layers)]
 
 
 def llama3_from_divisors(config: ModelConfig, divisors: np.ndarray, orig: int, where: str) -> dict[str, Any]:
