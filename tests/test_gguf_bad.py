@@ -261,6 +261,11 @@ FAMILY_CORRUPTIONS = {
     "gemma2-text-window": ("gemma2", dict(fields={"gemma2.attention.sliding_window": ("16", gguf.GGUFValueType.STRING)}),
                            "wrong type"),
     "gemma2-inf-softcap": ("gemma2", dict(fields={"gemma2.attn_logit_softcapping": (float("inf"), F32)}), "finite"),
+    "gemma2-pattern-of-other-length": ("gemma2", dict(fields={
+        "gemma2.attention.sliding_window": (16, U32),
+        "gemma2.attention.sliding_window_pattern": ([True] * 5, gguf.GGUFValueType.ARRAY)}), "per layer"),
+    "gemma2-zero-period": ("gemma2", dict(fields={"gemma2.attention.sliding_window": (16, U32),
+                                                   "gemma2.attention.sliding_window_pattern": (0, U32)}), "period"),
     "phi3-short-qkv": ("phi3", dict(reshape={"blk.0.attn_qkv.weight": 128}), "shape"),
     "phi3-short-gate-up": ("phi3", dict(reshape={"blk.1.ffn_up.weight": 320}), "shape"),
     "phi3-odd-rope-dims": ("phi3", dict(fields={"phi3.rope.dimension_count": (7, U32)}), "rope_dim"),
