@@ -23,6 +23,8 @@ static PyMethodDef core_methods[] = {
      "wait for it); False where the platform cannot, so the caller falls back to fdatasync."},
     {"_gemv_prefetch", lmp_py_gemv_prefetch, METH_VARARGS,
      "_gemv_prefetch([name]) -> str: benchmark hook, the GEMV prefetch profile (intel, amd, none)."},
+    {"_has_bf16_act", lmp_py_test_has_bf16_act, METH_NOARGS,
+     "_has_bf16_act(): whether the active kernel table runs the bf16-activation matmul on this CPU."},
     {"_matmul", lmp_py_test_matmul, METH_VARARGS,
      "_matmul(dtype, w, w_scales, rows, cols, x, x_scales, ntok, y, r0, r1): test hook, one matmul."},
     {"_quantize_act_q8", lmp_py_test_quantize_act_q8, METH_VARARGS,
