@@ -120,59 +120,149 @@ DEFINE_FMATMUL(matmul_bf16, ftile_bf16, 2)
 
 /* ---- q8_0 weights x q8 activations -------------------------------------------------------- */
 
-/* Per 32-block: maddubs takes unsigned x signed bytes, so it gets |w| and x with w's sign moved
- * onto it (|q| <= 127, so neither overflows and pair sums stay below 2^15); madd with ones
- * widens to 8 int32 lanes of 4 products each, converted to float and FMA'd with d_w*d_x. */
+/* Every output follows the scalar reference's chain exactly: per 32-block the exact int32 dot,
+ * then acc = acc + float(isum) * (d_w * d_x), blocks in order, each operation rounded on its own
+ * (-ffp-contract=off). So q8_0 results are bit-identical to the scalar table's, whatever the tile,
+ * the batch size or the thread split.
+ *
+ * The int32 dot: VPMADDUBSW multiplies unsigned by signed bytes and adds pairs into saturating
+ * int16, so it gets |w| and x with w's sign moved onto it. Quants are in [-127, 127] (a -128 from
+ * a file still works: |w| = 128 read unsigned), so a pair sum stays below 2^15 and is exact;
+ * VPMADDWD with ones widens the pairs into int32 lanes of 4 products.
+ *
+ * Prompts (ntok > 1) put rows in the lanes: a panel vector holds the same 4 columns of 8 rows (an
+ * 8x8 dword transpose of 8 row vectors), multiplied against the activation's 4 bytes broadcast, so
+ * after the block's 8 steps each lane holds one row's exact block sum, with no horizontal sums.
+ * Each panel of 8 rows x QKB blocks is transposed once into a buffer (with its |w| twin and the
+ * block scales) and reused by every tile of QRN tokens. Generation (ntok == 1) streams rows in
+ * their row-major layout and folds the lanes of 8 rows instead (q8_gemv8). */
 
-#define QRM 2
-#define QRN 2
+#define QRN 4  /* tokens of a prompt tile */
+#define QKB 32 /* blocks of a packed panel: 8 rows x 32 blocks x 2 = 16 KiB, stays in L1 */
 
-INLINE __m256i dot_lanes(__m256i aw, __m256i w, __m256i x) {
-    __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w));
-    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+INLINE int32_t ld32(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
 }
 
-INLINE void qtile(const int8_t *wq, const uint16_t *ws, const lmp_q8_act *x, int64_t t0,
-                  int64_t cols, int rm, int rn, float *y, int64_t ldy) {
+/* The exact int32 dots of 4-byte groups: lane i gets sum_k aw_k * (x_k with the sign of w_k). */
+INLINE __m256i dot4(__m256i w, __m256i aw, __m256i x) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1));
+}
+
+/* f32 scales of block b of nr <= 8 rows (row stride nb), missing rows 0. */
+INLINE __m256 load_scales8(const uint16_t *ws, int64_t nb, int64_t b, int nr) {
+    uint16_t s[8];
+    UNROLL for (int i = 0; i < 8; i++) s[i] = i < nr ? ws[i * nb + b] : 0;
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s));
+}
+
+/* Copies blocks [b0, b0+kb) of nr <= 8 rows into the panel buffer: per block, 8 steps of
+ * (panel vector, its |w|), step k = dword k of every row; then the block's scales in sd. */
+static void pack_panel8(const int8_t *wq, const uint16_t *ws, int64_t cols, int nr, int64_t b0, int kb,
+                        __m256i *pw, __m256 *sd) {
     const int64_t nb = cols / LMP_QK;
-    __m256 acc[QRM * 2][QRN];
-    UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++) acc[i][j] =
-        _mm256_setzero_ps();
-    const int prefetch = rn == 1 && cols < GEMV_SHORT_ROW;
-    for (int64_t b = 0; b < nb; b++) {
-        if (prefetch) { /* see GEMV_SHORT_ROW */
-            GEMV_PREFETCH(wq, GEMV_AHEAD_Q8 + b * LMP_QK * rm, rm * LMP_QK);
-            GEMV_PREFETCH(ws, GEMV_AHEAD_Q8 / 16 + b * 2 * rm, 1);
+    for (int b = 0; b < kb; b++) {
+        __m256i r[8], t[8], u[8];
+        UNROLL for (int i = 0; i < 8; i++)
+            r[i] = i < nr ? _mm256_loadu_si256((const __m256i *)(wq + i * cols + (b0 + b) * LMP_QK))
+                          : _mm256_setzero_si256();
+        UNROLL for (int i = 0; i < 4; i++) { /* rows 2i, 2i+1: dwords 0,1 | 4,5 and 2,3 | 6,7 */
+            t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
         }
-        __m256i wv[QRM * 2], aw[QRM * 2];
-        __m256 dw[QRM * 2];
-        UNROLL for (int i = 0; i < rm; i++) {
-            wv[i] = _mm256_loadu_si256((const __m256i *)(wq + i * cols + b * LMP_QK));
-            aw[i] = _mm256_sign_epi8(wv[i], wv[i]);
-            dw[i] = _mm256_set1_ps(_cvtsh_ss(ws[i * nb + b]));
+        UNROLL for (int q = 0; q < 2; q++) { /* u[4q+m]: rows 4q..4q+3, dword m | m+4 */
+            u[4 * q + 0] = _mm256_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
+            u[4 * q + 1] = _mm256_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
+            u[4 * q + 2] = _mm256_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
+            u[4 * q + 3] = _mm256_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
+        }
+        __m256i *p = pw + b * 16;
+        UNROLL for (int m = 0; m < 4; m++) {
+            __m256i lo = _mm256_permute2x128_si256(u[m], u[4 + m], 0x20);
+            __m256i hi = _mm256_permute2x128_si256(u[m], u[4 + m], 0x31);
+            p[2 * m] = lo, p[2 * m + 1] = _mm256_abs_epi8(lo);
+            p[2 * (m + 4)] = hi, p[2 * (m + 4) + 1] = _mm256_abs_epi8(hi);
+        }
+        sd[b] = load_scales8(ws, nb, b0 + b, nr);
+    }
+}
+
+/* One tile: the packed panel's 8 rows x RN tokens over its kb blocks, continuing the chains held
+ * in y (first: start from 0). y: &Y[t0*ldy + r]; nr rows are stored. */
+INLINE void q8_tile(const __m256i *pw, const __m256 *sd, int kb, const int8_t *xq, const float *xd,
+                    int64_t cols, int64_t nb, int first, __m256i rmask, int rn, float *y, int64_t ldy) {
+    __m256 acc[QRN];
+    UNROLL for (int j = 0; j < rn; j++)
+        acc[j] = first ? _mm256_setzero_ps() : _mm256_maskload_ps(y + j * ldy, rmask);
+    for (int b = 0; b < kb; b++) {
+        __m256i s[QRN];
+        UNROLL for (int j = 0; j < rn; j++) s[j] = _mm256_setzero_si256();
+        const int8_t *xb = xq + b * LMP_QK;
+        UNROLL for (int k = 0; k < 8; k++) {
+            const __m256i w = pw[(b * 8 + k) * 2], aw = pw[(b * 8 + k) * 2 + 1];
+            UNROLL for (int j = 0; j < rn; j++)
+                s[j] = _mm256_add_epi32(s[j], dot4(w, aw, _mm256_set1_epi32(ld32(xb + j * cols + 4 * k))));
         }
         UNROLL for (int j = 0; j < rn; j++) {
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + (t0 + j) * cols + b * LMP_QK));
-            __m256 dx = _mm256_broadcast_ss(x->d + (t0 + j) * nb + b);
-            UNROLL for (int i = 0; i < rm; i++) {
-                __m256 f = _mm256_cvtepi32_ps(dot_lanes(aw[i], wv[i], xv));
-                acc[i][j] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw[i], dx), acc[i][j]);
-            }
+            __m256 d = _mm256_mul_ps(sd[b], _mm256_broadcast_ss(xd + j * nb + b));
+            acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(_mm256_cvtepi32_ps(s[j]), d));
         }
     }
-    UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++)
-        y[j * ldy + i] = hsum8(acc[i][j]);
+    UNROLL for (int j = 0; j < rn; j++) _mm256_maskstore_ps(y + j * ldy, rmask, acc[j]);
 }
 
-#define QCASE(RM, RN) case (RM) * 16 + (RN): qtile(wq, ws, x, t0, cols, RM, RN, y, ldy); break;
-
-static void qtile_any(const int8_t *wq, const uint16_t *ws, const lmp_q8_act *x, int64_t t0,
-                      int64_t cols, int rm, int rn, float *y, int64_t ldy) {
-    switch (rm * 16 + rn) {
-        QCASE(1, 1) QCASE(1, 2) QCASE(2, 1) QCASE(2, 2) QCASE(4, 1)
-    default: break;
+/* Generation: rows [0, nr) (nr <= 8) against one token. Per block each row's dot leaves 8
+ * partial sums in its lanes; three levels of unpacks and adds fold the 8 rows into one vector
+ * of exact block sums in row order. */
+INLINE void q8_gemv8(const int8_t *wq, const uint16_t *ws, const int8_t *xq, const float *xd,
+                     int64_t cols, int nr, float *y) {
+    const int64_t nb = cols / LMP_QK;
+    const __m256i sidx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                            _mm256_set1_epi32((int)nb * 2));
+    const __m256i rmask = first_lanes(nr);
+    const int prefetch = cols < GEMV_SHORT_ROW;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        if (prefetch) { /* see GEMV_SHORT_ROW */
+            GEMV_PREFETCH(wq, GEMV_AHEAD_Q8 + b * LMP_QK * nr, nr * LMP_QK);
+            GEMV_PREFETCH(ws, GEMV_AHEAD_Q8 / 16 + b * 2 * nr, 1);
+        }
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * LMP_QK));
+        __m256i r[8], t[4], u[2];
+        UNROLL for (int i = 0; i < 8; i++) {
+            if (i < nr) {
+                __m256i w = _mm256_loadu_si256((const __m256i *)(wq + i * cols + b * LMP_QK));
+                r[i] = dot4(w, _mm256_abs_epi8(w), xv);
+            } else {
+                r[i] = _mm256_setzero_si256();
+            }
+        }
+        UNROLL for (int i = 0; i < 4; i++) /* rows 2i, 2i+1 alternate, 2 partials each per half */
+            t[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]),
+                                    _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]));
+        UNROLL for (int i = 0; i < 2; i++) /* rows 4i..4i+3 per half */
+            u[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(t[2 * i], t[2 * i + 1]),
+                                    _mm256_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
+        __m256i c = _mm256_add_epi32(_mm256_permute2x128_si256(u[0], u[1], 0x20),
+                                     _mm256_permute2x128_si256(u[0], u[1], 0x31));
+        __m256 dw;
+        if (b + 1 < nb && nr == 8) { /* a 4-byte gather: the 2 bytes past each scale exist */
+            __m256i sw = _mm256_i32gather_epi32((const int *)(ws + b), sidx, 1);
+            sw = _mm256_and_si256(sw, _mm256_set1_epi32(0xffff));
+            sw = _mm256_permute4x64_epi64(_mm256_packus_epi32(sw, sw), 0x08);
+            dw = _mm256_cvtph_ps(_mm256_castsi256_si128(sw));
+        } else {
+            dw = load_scales8(ws, nb, b, nr);
+        }
+        __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(xd + b));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(c), d));
     }
+    _mm256_maskstore_ps(y, rmask, acc);
 }
+
+#define Q8CASE(RN) case RN: q8_tile(pw, sd, kb, xq, xd, cols, nb, first, rmask, RN, yt, ldy); break;
 
 static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv,
                         int64_t ntok, float *y, int64_t ldy) {
@@ -180,16 +270,28 @@ static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void 
     const int8_t *wq = w->data;
     const int64_t cols = w->cols, nb = cols / LMP_QK;
     if (ntok == 1) {
-        int64_t r = r0;
-        for (; r + 4 <= r1; r += 4) qtile_any(wq + r * cols, w->scales + r * nb, x, 0, cols, 4, 1, y + r, ldy);
-        for (; r < r1; r++) qtile_any(wq + r * cols, w->scales + r * nb, x, 0, cols, 1, 1, y + r, ldy);
+        for (int64_t r = r0; r < r1; r += 8) {
+            int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
+            q8_gemv8(wq + r * cols, w->scales + r * nb, x->q, x->d, cols, nr, y + r);
+        }
         return;
     }
-    for (int64_t r = r0; r < r1; r += QRM) {
-        int rm = r1 - r < QRM ? (int)(r1 - r) : QRM;
-        for (int64_t t = 0; t < ntok; t += QRN) {
-            int rn = ntok - t < QRN ? (int)(ntok - t) : QRN;
-            qtile_any(wq + r * cols, w->scales + r * nb, x, t, cols, rm, rn, y + t * ldy + r, ldy);
+    _Alignas(32) __m256i pw[QKB * 16];
+    _Alignas(32) __m256 sd[QKB];
+    for (int64_t r = r0; r < r1; r += 8) {
+        const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
+        const __m256i rmask = first_lanes(nr);
+        for (int64_t b0 = 0; b0 < nb; b0 += QKB) {
+            const int kb = nb - b0 < QKB ? (int)(nb - b0) : QKB;
+            pack_panel8(wq + r * cols, w->scales + r * nb, cols, nr, b0, kb, pw, sd);
+            for (int64_t t = 0; t < ntok; t += QRN) {
+                const int rn = ntok - t < QRN ? (int)(ntok - t) : QRN;
+                const int8_t *xq = x->q + t * cols + b0 * LMP_QK;
+                const float *xd = x->d + t * nb + b0;
+                const int first = b0 == 0;
+                float *yt = y + t * ldy + r;
+                switch (rn) { Q8CASE(1) Q8CASE(2) Q8CASE(3) Q8CASE(4) Q8CASE(5) Q8CASE(6) default: break; }
+            }
         }
     }
 }
