@@ -290,7 +290,7 @@ static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void 
                 const float *xd = x->d + t * nb + b0;
                 const int first = b0 == 0;
                 float *yt = y + t * ldy + r;
-                switch (rn) { Q8CASE(1) Q8CASE(2) Q8CASE(3) Q8CASE(4) Q8CASE(5) Q8CASE(6) default: break; }
+                switch (rn) { Q8CASE(1) Q8CASE(2) Q8CASE(3) Q8CASE(4) default: break; }
             }
         }
     }
@@ -567,6 +567,128 @@ static void axpy_f32(float a, const float *x, float *y, int64_t n) {
     }
 }
 
+/* ---- SwiGLU gate and attention --------------------------------------------------------------- */
+
+/* e^x per lane: x = n ln2 + r with n = round(x log2 e) and ln2 in two parts, e^r by its Taylor
+ * polynomial to r^7 (|r| <= ln2/2), then times 2^n as two exact powers of two, so results that
+ * fall below the normal range round once, like a scaling instruction would. x is clamped to
+ * [-104, 104] (e^x is 0 below after rounding, inf above after the scaling); NaN passes. */
+INLINE __m256 exp256(__m256 x) {
+    x = _mm256_max_ps(_mm256_set1_ps(-104.0f), x); /* NaN x: the second operand, x, is kept */
+    x = _mm256_min_ps(_mm256_set1_ps(104.0f), x);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    /* 2^n = 2^n1 * 2^n2 with n1 = n >> 1: both within the normal exponents for |n| <= 151 */
+    __m256i ni = _mm256_cvtps_epi32(n);
+    __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+/* The SwiGLU gate: g/(1 + e^-g) * u, the division and multiply rounded as the scalar loop's. */
+static void silu_mul_f32(float *g, const float *u, int64_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n; i += 8) {
+        const __m256i m = first_lanes(n - i >= 8 ? 8 : n - i);
+        __m256 gv = _mm256_maskload_ps(g + i, m);
+        __m256 s = _mm256_div_ps(gv, _mm256_add_ps(one, exp256(_mm256_xor_ps(gv, sign))));
+        _mm256_maskstore_ps(g + i, m, _mm256_mul_ps(s, _mm256_maskload_ps(u + i, m)));
+    }
+}
+
+/* s[p] = e^(s[p] - mx) for p < n; returns their sum (8 lanes by p mod 8, fixed reduction). */
+static float softmax_exp(float *s, int64_t n, float mx) {
+    const __m256 m = _mm256_set1_ps(mx);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t p = 0; p < n; p += 8) {
+        const __m256i k = first_lanes(n - p >= 8 ? 8 : n - p);
+        __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_maskload_ps(s + p, k), m)), _mm256_castsi256_ps(k));
+        _mm256_maskstore_ps(s + p, k, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    return hsum8(acc);
+}
+
+/* Attention for one query: the scores of 4 positions at a time (two chains per position, then
+ * the 4 sums folded together with the same adds for every position: a short last group repeats
+ * its final position), softmax with a vector exp, then the value rows summed into registers.
+ * NV (vectors per head row) is a constant in each instance so q and the output stay in
+ * registers where they fit. */
+INLINE void attend_nv(const float *q, const float *k, const float *v, int64_t ld, int64_t npos, int64_t hd,
+                      float scale, float *s, float *out, const int NV) {
+    const __m256i tail = first_lanes(hd - 8 * (NV - 1));
+#define ATT_LD(p, i) (i == NV - 1 ? _mm256_maskload_ps((p) + i * 8, tail) : _mm256_loadu_ps((p) + i * 8))
+    float mx = -INFINITY;
+    for (int64_t p = 0; p < npos; p += 4) {
+        const float *kp[4];
+        UNROLL for (int j = 0; j < 4; j++) kp[j] = k + (p + j < npos ? p + j : npos - 1) * ld;
+        __m256 a[4], b[4];
+        UNROLL for (int j = 0; j < 4; j++) a[j] = b[j] = _mm256_setzero_ps();
+        UNROLL for (int i = 0; i < NV; i++) {
+            const __m256 qv = ATT_LD(q, i);
+            UNROLL for (int j = 0; j < 4; j++) {
+                if (i % 2) b[j] = _mm256_fmadd_ps(qv, ATT_LD(kp[j], i), b[j]);
+                else a[j] = _mm256_fmadd_ps(qv, ATT_LD(kp[j], i), a[j]);
+            }
+        }
+        UNROLL for (int j = 0; j < 4; j++) a[j] = _mm256_add_ps(a[j], b[j]);
+        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        __m128 sc = _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)),
+                               _mm_set1_ps(scale));
+        float x4[4];
+        _mm_storeu_ps(x4, sc);
+        for (int j = 0; j < 4 && p + j < npos; j++) {
+            s[p + j] = x4[j];
+            mx = x4[j] > mx ? x4[j] : mx;
+        }
+    }
+    const float inv = 1.0f / softmax_exp(s, npos, mx);
+    __m256 o[NV];
+    UNROLL for (int i = 0; i < NV; i++) o[i] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < npos; p++) {
+        const float *vp = v + p * ld;
+        const __m256 w = _mm256_set1_ps(s[p] * inv);
+        UNROLL for (int i = 0; i < NV; i++) o[i] = _mm256_fmadd_ps(w, ATT_LD(vp, i), o[i]);
+    }
+    UNROLL for (int i = 0; i < NV; i++) {
+        if (i == NV - 1) _mm256_maskstore_ps(out + i * 8, tail, o[i]);
+        else _mm256_storeu_ps(out + i * 8, o[i]);
+    }
+#undef ATT_LD
+}
+
+static void attend_f32(const float *q, const float *k, const float *v, int64_t ld, int64_t npos, int64_t hd,
+                       float scale, float *s, float *out) {
+    switch ((hd + 7) / 8) {
+#define ATT_CASE(NV) case NV: attend_nv(q, k, v, ld, npos, hd, scale, s, out, NV); return;
+        ATT_CASE(1) ATT_CASE(2) ATT_CASE(3) ATT_CASE(4) ATT_CASE(5) ATT_CASE(6) ATT_CASE(7) ATT_CASE(8)
+        ATT_CASE(9) ATT_CASE(10) ATT_CASE(11) ATT_CASE(12) ATT_CASE(13) ATT_CASE(14) ATT_CASE(15) ATT_CASE(16)
+#undef ATT_CASE
+    default: break;
+    }
+    /* heads wider than 128: the composed path */
+    float mx = -INFINITY;
+    for (int64_t p = 0; p < npos; p++) {
+        s[p] = dot_f32(q, k + p * ld, hd) * scale;
+        if (s[p] > mx) mx = s[p];
+    }
+    float inv = 1.0f / softmax_exp(s, npos, mx);
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int64_t p = 0; p < npos; p++) axpy_f32(s[p] * inv, v + p * ld, out, hd);
+}
+
 const lmp_kernels lmp_kernels_avx2 = {
     .name = "avx2",
     .matmul = {[LMP_F32] = matmul_f32, [LMP_F16] = matmul_f16, [LMP_BF16] = matmul_bf16,
@@ -575,6 +697,8 @@ const lmp_kernels lmp_kernels_avx2 = {
     .quantize_act_q8 = quantize_act_q8,
     .dot_f32 = dot_f32,
     .axpy_f32 = axpy_f32,
+    .silu_mul_f32 = silu_mul_f32,
+    .attend_f32 = attend_f32,
 };
 
 #if defined(__clang__)
