@@ -194,20 +194,29 @@ static void pack_panel8(const int8_t *wq, const uint16_t *ws, int64_t cols, int 
 INLINE void q8_tile(const __m256i *pw, const __m256 *sd, int kb, const int8_t *xq, const float *xd,
                     int64_t cols, int64_t nb, int first, __m256i rmask, int rn, float *y, int64_t ldy) {
     __m256 acc[QRN];
-    UNROLL for (int j = 0; j < rn; j++)
+    const int8_t *xt[QRN];
+    UNROLL for (int j = 0; j < rn; j++) {
         acc[j] = first ? _mm256_setzero_ps() : _mm256_maskload_ps(y + j * ldy, rmask);
-    for (int b = 0; b < kb; b++) {
+        xt[j] = xq + j * cols;
+    }
+    for (int b = 0; b < kb; b++, pw += 16) {
         __m256i s[QRN];
         UNROLL for (int j = 0; j < rn; j++) s[j] = _mm256_setzero_si256();
-        const int8_t *xb = xq + b * LMP_QK;
         UNROLL for (int k = 0; k < 8; k++) {
-            const __m256i w = pw[(b * 8 + k) * 2], aw = pw[(b * 8 + k) * 2 + 1];
-            UNROLL for (int j = 0; j < rn; j++)
-                s[j] = _mm256_add_epi32(s[j], dot4(w, aw, _mm256_set1_epi32(ld32(xb + j * cols + 4 * k))));
+            const __m256i w = pw[2 * k], aw = pw[2 * k + 1];
+            UNROLL for (int j = 0; j < rn; j++) {
+                s[j] = _mm256_add_epi32(s[j], dot4(w, aw, _mm256_set1_epi32(ld32(xt[j] + 4 * k))));
+#if defined(__GNUC__)
+                /* one running sum per tile entry: otherwise GCC reassociates the 8 steps into a
+                 * tree, keeps every product live and spills them */
+                __asm__("" : "+x"(s[j]));
+#endif
+            }
         }
         UNROLL for (int j = 0; j < rn; j++) {
             __m256 d = _mm256_mul_ps(sd[b], _mm256_broadcast_ss(xd + j * nb + b));
             acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(_mm256_cvtepi32_ps(s[j]), d));
+            xt[j] += LMP_QK;
         }
     }
     UNROLL for (int j = 0; j < rn; j++) _mm256_maskstore_ps(y + j * ldy, rmask, acc[j]);
