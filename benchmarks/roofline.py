@@ -1,4 +1,4 @@
-"""Roofline plot of a bench_llamacpp.py run: achieved GOP/s of lmpack and llama.cpp against the
+"""Roofline plot of a bench_llamacpp.py run: achieved GOP/s of lmpack, llama.cpp and CTranslate2 against the
 machine's read-bandwidth and compute ceilings, measured in the same run (--json of
 bench_llamacpp.py holds them).
 
@@ -35,13 +35,15 @@ BYTES_PER_WEIGHT = {"q8_0": 34 / 32, "bf16": 2.0}
 
 
 def points(results: list[dict]) -> list[dict]:
-    out = []
+    out, seen = [], set()
     for r in results:
         params = matmul_params(r["shape"])
         ntok = int(r["test"][2:]) if r["test"].startswith("pp") else 1
         intensity = 2.0 * ntok / BYTES_PER_WEIGHT[r["type"]]
-        for engine in ("lmpack", "llama.cpp"):
-            if r.get(engine):
+        for engine in ("lmpack", "llama.cpp", "ctranslate2"):
+            key = (engine, r["shape"], r["type"], r["test"], r.get("activations") if engine == "lmpack" else None)
+            if r.get(engine) and key not in seen:  # a peer's number repeats on each lmpack activation row
+                seen.add(key)
                 out.append({"engine": engine, "x": intensity, "y": r[engine] * 2 * params / 1e9,
                             "label": f"{r['shape']} {r['type']} {r['test']}", "type": r["type"], "test": r["test"]})
     return out
@@ -64,14 +66,16 @@ def plot(data: dict, out: Path) -> None:
             label=f"read bandwidth {bw_mid:.0f} GB/s ({threads} threads; {bw[0]:.0f}-{bw[1]:.0f} in this run)")
     styles = {"amx_int8": ("tab:red", "AMX int8"), "amx_bf16": ("tab:purple", "AMX bf16"),
               "avx512_vnni_int8": ("tab:orange", "AVX-512 VNNI int8"),
-              "avx512_fma_f32": ("tab:gray", "AVX-512 f32 FMA")}
+              "avx512_bf16_dot": ("tab:brown", "AVX512-BF16 dot"),
+              "avx512_fma_f32": ("tab:gray", "AVX-512 f32 FMA"), "avx2_fma_f32": ("tab:pink", "AVX2 f32 FMA")}
     for k, (color, name) in styles.items():
         if k in peaks:
             ax.axhline(peaks[k], color=color, ls="--", lw=1)
             ax.text(0.55, peaks[k] * 1.06, f"{name} peak {peaks[k]:.0f} GOP/s", color=color, fontsize=8)
-    marker = {"lmpack": "o", "llama.cpp": "s"}
+    marker = {"lmpack": "o", "llama.cpp": "s", "ctranslate2": "^"}
     color = {("lmpack", "q8_0"): "tab:blue", ("lmpack", "bf16"): "tab:cyan",
-             ("llama.cpp", "q8_0"): "tab:green", ("llama.cpp", "bf16"): "tab:olive"}
+             ("llama.cpp", "q8_0"): "tab:green", ("llama.cpp", "bf16"): "tab:olive",
+             ("ctranslate2", "q8_0"): "tab:red", ("ctranslate2", "bf16"): "tab:pink"}
     seen = set()
     for p in pts:
         key = (p["engine"], p["type"])
@@ -86,7 +90,8 @@ def plot(data: dict, out: Path) -> None:
     ax.set_xlim(*xs)
     ax.set_xlabel("arithmetic intensity (operations per weight byte read)")
     ax.set_ylabel("achieved GOP/s (2 x weights x tokens / time)")
-    ax.set_title(f"{data['meta'].get('cpu', '')}, {threads} threads: lmpack ({data['meta']['kernels']}) vs llama.cpp",
+    ax.set_title(f"{data['meta'].get('cpu', '')}, {threads} threads: lmpack ({data['meta']['kernels']}) vs llama.cpp"
+                 + (", CTranslate2" if data["meta"].get("ctranslate2") else ""),
                  fontsize=9)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=7, loc="lower right")
