@@ -183,7 +183,16 @@ def convert(
     err.print(Text(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"), highlight=False)
 
 
-@app.command()
+def _export_help() -> str:
+    from lmpack.formats.arch import FAMILIES
+
+    return ("Write an .lmp file as a GGUF file for llama.cpp, Ollama or LM Studio (streamed, atomic).\n\n"
+            f"Families: {', '.join(FAMILIES)} (each as the architecture llama.cpp runs it; Mistral and "
+            "Mixtral are its llama). Features llama.cpp would run differently (a window it ignores, another "
+            "sliding-layer pattern) are refused.")
+
+
+@app.command(help=_export_help())
 @handles_errors
 @without_blas_threads
 def export(

@@ -15,7 +15,8 @@ Targets, each a reader with its own seed input built from a tiny random-weight c
   tokconfig    an HF folder whose `tokenizer_config.json`, `generation_config.json` or `tokenizer.model`
                is damaged
   tokjson      an HF folder with a byte-level BPE `tokenizer.json` (and a chat template) damaged
-  gguf         a GGUF file (f32 or q8_0, written by lmpack's exporter): raw byte damage, converted
+  gguf         a GGUF file (f32 or q8_0, written by lmpack's exporter; a Llama and one model of each
+               family with its own GGUF layout: Gemma 2/3, Phi-3, OLMo 2, Mixtral): raw byte damage, converted
   llama2c      a llama2.c v0 `.bin` (beside its tokenizer.model): raw byte damage, converted
 Folder and single-file checkpoint targets run the whole conversion to a `.lmp` in a scratch folder.
 
@@ -64,7 +65,8 @@ def build_seeds(folder: Path) -> Path:
     if (folder / "done").is_file():
         if not (folder / "hfjson").is_dir():
             _build_tokenizer_json_seed(folder)
-        if not (folder / "model-q8_0.gguf").is_file():
+        if not (folder / "model-q8_0.gguf").is_file() or not all(
+                (folder / f"model-{m}.gguf").is_file() for m in GGUF_FAMILY_SEEDS):
             _build_gguf_seeds(folder)
         if not (folder / "l2c" / "model.bin").is_file():
             _write_llama2c_v0(folder / "model.lmp", folder / "l2c")
@@ -92,8 +94,23 @@ def build_seeds(folder: Path) -> Path:
     return folder
 
 
+# One GGUF seed per family with its own GGUF layout: (model_type, config fields beyond the tiny base)
+GGUF_FAMILY_SEEDS = {
+    "gemma2": ("gemma2", dict(query_pre_attn_scalar=32, sliding_window=8, tie=True)),
+    "gemma3": ("gemma3_text", dict(query_pre_attn_scalar=32, sliding_window=8, tie=True)),
+    "phi3": ("phi3", dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                           "partial_rotary_factor": 0.5})),
+    "olmo2": ("olmo2", dict()),
+    "mixtral": ("mixtral", dict(num_local_experts=3, num_experts_per_tok=2)),
+}
+
+
 def _build_gguf_seeds(folder: Path) -> None:
-    """The HF seed exported as GGUF files (f32 and q8_0) by lmpack's exporter."""
+    """The HF seed exported as GGUF files (f32 and q8_0) by lmpack's exporter, and a q8_0 GGUF of
+    a tiny model of each family with its own layout (fused, stacked, shifted tensors; own keys)."""
+    import checkpoints
+
+    from lmpack.convert import convert
     from lmpack.convert.detect import open_source
     from lmpack.convert.gguf_export import export
 
@@ -103,6 +120,12 @@ def _build_gguf_seeds(folder: Path) -> None:
             export(source, folder / f"model-{dtype}.gguf", dtype=dtype)
         finally:
             source.close()
+    tiny = dict(hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=32)
+    for name, (model_type, extra) in GGUF_FAMILY_SEEDS.items():
+        ckpt = checkpoints.make_family_checkpoint(folder / f"hf-{name}", model_type, dtype="bfloat16",
+                                                  tokenizer=folder / "tokenizer.model", **{**tiny, **extra})
+        convert(ckpt.path, folder / f"model-{name}.gguf", dtype="q8_0")
 
 
 def _build_tokenizer_json_seed(folder: Path) -> None:
@@ -361,7 +384,8 @@ def make_case(target: str, seeds: Path, work: Path, rng: random.Random) -> Path:
         return path
     if target == "gguf":
         path = work / "model.gguf"
-        path.write_bytes(mutate_bytes((seeds / rng.choice(["model-auto.gguf", "model-q8_0.gguf"])).read_bytes(), rng))
+        names = ["model-auto.gguf", "model-q8_0.gguf", *(f"model-{m}.gguf" for m in GGUF_FAMILY_SEEDS)]
+        path.write_bytes(mutate_bytes((seeds / rng.choice(names)).read_bytes(), rng))
         return path
     if target == "llama2c":
         path = work / "model.bin"

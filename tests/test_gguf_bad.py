@@ -192,3 +192,108 @@ def test_llama3_scaling_is_read_back_from_divisors():
         bumpy = llama3_rope_divisors(ModelConfig(**base, rope_scaling=rs)).copy()
         bumpy[3] = 5.0
         llama3_from_divisors(ModelConfig(**base), bumpy, 8192, "x")
+
+
+# ---- the other families: files rewritten with gguf-py from a valid export ----------------------
+
+def rewrite(src, dst, drop=(), fields=None, reshape=None, nan_scale=None) -> None:
+    """Copy the GGUF `src` to `dst` with gguf-py, leaving out tensors `drop`, setting metadata
+    `fields` ({key: (value, GGUFValueType)}), giving tensors in `reshape` another row count (data
+    cut or repeated), and making the first Q8_0 scale of tensor `nan_scale` a NaN."""
+    import numpy as np
+
+    r = gguf.GGUFReader(src)
+    arch = r.fields["general.architecture"].contents()
+    w = gguf.GGUFWriter(dst, arch)
+    fields = fields or {}
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        if key in fields:
+            continue
+        sub = f.types[1] if len(f.types) > 1 else None
+        w.add_key_value(key, f.contents(), f.types[0], sub)
+    for key, (value, vtype) in fields.items():
+        w.add_key_value(key, value, vtype)
+    for t in r.tensors:
+        if t.name in drop:
+            continue
+        data = np.array(t.data)
+        if reshape and t.name in reshape:
+            data = np.resize(data, (reshape[t.name], *data.shape[1:]))
+        if t.name == nan_scale:
+            assert t.tensor_type == gguf.GGMLQuantizationType.Q8_0
+            flat = data.reshape(-1).view(np.uint8)
+            flat[0:2] = np.frombuffer(np.float16(np.nan).tobytes(), np.uint8)
+        quant = t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+        w.add_tensor(t.name, data, raw_shape=data.shape if not quant else None,
+                     raw_dtype=t.tensor_type if quant else None)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.fixture(scope="module")
+def family_ggufs(tmp_path_factory, family_checkpoint):
+    """Valid q8_0 GGUFs of a Gemma 2, a Phi-3, an OLMo 2 and a Mixtral model."""
+    from lmpack.convert import convert
+
+    out = {}
+    folder = tmp_path_factory.mktemp("family-gguf")
+    for model_type, kwargs in {
+        "gemma2": dict(head_dim=32, query_pre_attn_scalar=32, tie=True),
+        "phi3": dict(),
+        "olmo2": dict(),
+        "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
+    }.items():
+        ckpt = family_checkpoint(model_type, dtype="bfloat16", **kwargs)
+        out[model_type] = convert(ckpt.path, folder / f"{model_type}.gguf", dtype="q8_0")
+    return out
+
+
+U32, F32 = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.FLOAT32
+FAMILY_CORRUPTIONS = {
+    # case: (family, rewrite arguments, a word the error line must contain)
+    "gemma2-missing-post-ffw-norm": ("gemma2", dict(drop=["blk.1.post_ffw_norm.weight"]), "missing"),
+    "gemma2-lying-head-count": ("gemma2", dict(fields={"gemma2.attention.head_count": (8, U32)}), "shape"),
+    "gemma2-nan-q8_0-scale": ("gemma2", dict(nan_scale="blk.0.attn_k.weight"), "NaN"),
+    "gemma2-text-window": ("gemma2", dict(fields={"gemma2.attention.sliding_window": ("16", gguf.GGUFValueType.STRING)}),
+                           "wrong type"),
+    "gemma2-inf-softcap": ("gemma2", dict(fields={"gemma2.attn_logit_softcapping": (float("inf"), F32)}), "finite"),
+    "gemma2-pattern-of-other-length": ("gemma2", dict(fields={
+        "gemma2.attention.sliding_window": (16, U32),
+        "gemma2.attention.sliding_window_pattern": ([True] * 5, gguf.GGUFValueType.ARRAY)}), "per layer"),
+    "gemma2-zero-period": ("gemma2", dict(fields={"gemma2.attention.sliding_window": (16, U32),
+                                                   "gemma2.attention.sliding_window_pattern": (0, U32)}), "period"),
+    "phi3-short-qkv": ("phi3", dict(reshape={"blk.0.attn_qkv.weight": 128}), "shape"),
+    "phi3-short-gate-up": ("phi3", dict(reshape={"blk.1.ffn_up.weight": 320}), "shape"),
+    "phi3-odd-rope-dims": ("phi3", dict(fields={"phi3.rope.dimension_count": (7, U32)}), "rope_dim"),
+    "phi3-nan-q8_0-scale": ("phi3", dict(nan_scale="blk.1.ffn_up.weight"), "NaN"),
+    "olmo2-lying-block-count": ("olmo2", dict(fields={"olmo2.block_count": (1 << 20, U32)}), "layers"),
+    "olmo2-missing-k-norm": ("olmo2", dict(drop=["blk.0.attn_k_norm.weight"]), "missing"),
+    "mixtral-lying-expert-count": ("mixtral", dict(fields={"llama.expert_count": (8, U32)}), "shape"),
+    "mixtral-huge-expert-count": ("mixtral", dict(fields={"llama.expert_count": (1 << 30, U32)}), "n_experts"),
+    "mixtral-used-above-count": ("mixtral", dict(fields={"llama.expert_used_count": (5, U32)}), "n_experts_used"),
+    "mixtral-missing-experts": ("mixtral", dict(drop=["blk.1.ffn_down_exps.weight"]), "missing"),
+    "mixtral-missing-router": ("mixtral", dict(drop=["blk.0.ffn_gate_inp.weight"]), "missing"),
+    "mixtral-nan-expert-scale": ("mixtral", dict(nan_scale="blk.0.ffn_up_exps.weight"), "NaN"),
+}
+
+
+def test_bad_family_ggufs_fail_in_one_line(family_ggufs, tmp_path, run_lmpack_many):
+    cases = {f"ok-{k}": ["convert", p, "-o", tmp_path / f"ok-{k}.lmp"] for k, p in family_ggufs.items()}
+    for name, (fam, args, _) in FAMILY_CORRUPTIONS.items():
+        rewrite(family_ggufs[fam], tmp_path / f"{name}.gguf", **args)
+        cases[name] = ["convert", tmp_path / f"{name}.gguf", "-o", tmp_path / f"{name}.lmp"]
+    results = run_lmpack_many(cases)
+    for name, res in results.items():
+        if name.startswith("ok-"):
+            assert res.returncode == 0, (name, res.stderr)
+            continue
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 1, (name, res.returncode, res.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error:"), (name, res.stderr)
+        assert FAMILY_CORRUPTIONS[name][2].lower() in lines[0].lower(), (name, lines[0])
+        assert not (tmp_path / f"{name}.lmp").exists(), name
+    assert not list(tmp_path.glob(".*.tmp"))

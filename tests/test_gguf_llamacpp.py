@@ -138,11 +138,30 @@ def test_gguf_from_convert_hf_to_gguf_comes_in_exactly(hf_checkpoint, converted,
     assert float(np.abs(la - lb).max()) < 1e-4 * float(lb.std())
 
 
+GEMMA2 = dict(head_dim=32, sliding_window=16, query_pre_attn_scalar=32, attn_logit_softcapping=2.0,
+              final_logit_softcapping=5.0)
+GEMMA3 = dict(head_dim=32, sliding_window=16, num_hidden_layers=6, query_pre_attn_scalar=32)
 FAMILY_VARIANTS = {
     "mistral-f32": ("mistral", dict(sliding_window=4096), "f32", 0.01),
     "qwen2-bf16-tied": ("qwen2", dict(dtype="bfloat16", tie=True), "bf16", 0.1),
     "qwen3-q8_0": ("qwen3", dict(dtype="bfloat16", head_dim=64), "q8_0", 0.2),
     "qwen3-f32": ("qwen3", dict(), "f32", 0.01),
+    # the window (16) binds within the 40 ids, so llama.cpp's sliding layers are exercised too
+    "gemma2-f32-softcaps-window16": ("gemma2", dict(GEMMA2, tie=True), "f32", 0.01),
+    "gemma2-q8_0": ("gemma2", dict(GEMMA2, tie=True, dtype="bfloat16"), "q8_0", 0.2),
+    "gemma3-f32-6layers-window16": ("gemma3_text", dict(GEMMA3, tie=True), "f32", 0.01),
+    "gemma3-f32-untied": ("gemma3_text", dict(GEMMA3), "f32", 0.01),
+    "gemma3-bf16-linear-rope": ("gemma3_text", dict(GEMMA3, tie=True, dtype="bfloat16", rope_parameters={
+        "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}), "bf16", 0.1),
+    "phi3-f32-partial-rotary": ("phi3", dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                              "partial_rotary_factor": 0.5}), "f32", 0.01),
+    "phi3-q8_0-tied": ("phi3", dict(tie=True, dtype="bfloat16"), "q8_0", 0.2),
+    "olmo2-f32": ("olmo2", dict(), "f32", 0.01),
+    "olmo2-bf16-mqa": ("olmo2", dict(num_key_value_heads=1, dtype="bfloat16"), "bf16", 0.1),
+    "mixtral-f32-4x2": ("mixtral", dict(num_local_experts=4, num_experts_per_tok=2), "f32", 0.01),
+    "mixtral-q8_0-8x3": ("mixtral", dict(num_local_experts=8, num_experts_per_tok=3, intermediate_size=96,
+                                         dtype="bfloat16"), "q8_0", 0.2),
 }
 
 
@@ -158,7 +177,12 @@ def test_llama_cpp_agrees_on_other_families(variant, family_checkpoint, converte
     agree_with_llama_cpp(llama_cpp, tmp_path / "m.gguf", lmp, token_ids(ckpt.vocab_size, n=40), bound, variant)
 
 
-@pytest.mark.parametrize("model_type,kwargs", [("mistral", {}), ("qwen2", dict(tie=True)), ("qwen3", {})])
+@pytest.mark.parametrize("model_type,kwargs", [
+    ("mistral", {}), ("qwen2", dict(tie=True)), ("qwen3", {}), ("gemma2", dict(GEMMA2, tie=True)),
+    ("gemma3_text", dict(GEMMA3, tie=True)), ("phi3", {}),
+    ("mixtral", dict(num_local_experts=4, num_experts_per_tok=2)),
+    # (not OLMo 2: llama.cpp's converter takes only a BPE tokenizer it recognises by hash for it)
+])
 def test_same_tensors_as_convert_hf_to_gguf_other_families(family_checkpoint, tmp_path, model_type, kwargs):
     import os
     import subprocess
@@ -206,3 +230,55 @@ def test_llama_cpp_tokenizes_exported_bpe_as_lmpack(tok_family, model_type, tmp_
                 assert got == want, text
     finally:
         llm.close()
+
+
+@pytest.mark.parametrize("model_type,kwargs", [
+    ("gemma2", dict(GEMMA2, tie=True)), ("gemma3_text", dict(GEMMA3, tie=True)), ("phi3", {}),
+    ("mixtral", dict(num_local_experts=4, num_experts_per_tok=2)), ("qwen3", {}),
+])
+def test_other_family_gguf_from_convert_hf_to_gguf_comes_in_exactly(model_type, kwargs, family_checkpoint, converted,
+                                                                    tmp_path):
+    """llama.cpp's own Q8_0 GGUF of each family reads back into the direct conversion's tensors
+    (its f32 MoE router as f32) and logits."""
+    import os
+    import subprocess
+    import sys
+
+    script = os.environ.get("LMPACK_LLAMA_CPP_CONVERT")
+    if not script:
+        pytest.skip("set LMPACK_LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
+    import lmpack
+    from lmpack.convert import convert
+    from lmpack.formats.arch import keeps_precision
+    from lmpack.formats.lmp import LmpReader
+
+    ckpt = family_checkpoint(model_type, dtype="bfloat16", **kwargs)
+    theirs = tmp_path / "llama.cpp.gguf"
+    subprocess.run([sys.executable, script, str(ckpt.path), "--outfile", str(theirs), "--outtype", "q8_0"],
+                   check=True, capture_output=True)
+    back = convert(theirs, tmp_path / "back.lmp")
+    direct = converted(ckpt, "q8_0")
+    with LmpReader(back) as a, LmpReader(direct) as b:
+        assert a.config.architecture == b.config.architecture
+        for e in b.tensors:
+            if not keeps_precision(e.name):
+                assert bytes(a.tensor_bytes(e.name)) == bytes(b.tensor_bytes(e.name)), e.name
+    ids = token_ids(ckpt.vocab_size, n=40)
+    with lmpack.load(back) as a, lmpack.load(direct) as b:
+        assert np.array_equal(a.logits(ids), b.logits(ids))
+
+
+def test_llama_cpp_agrees_on_a_gguf_with_its_own_sliding_layers(family_checkpoint, tmp_path):
+    """A Gemma 3 GGUF whose `sliding_window_pattern` names other sliding layers than the
+    architecture's: llama.cpp and lmpack's import of it run the same layers with the window."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from lmpack.convert import convert
+    from test_gguf_bad import rewrite
+
+    ckpt = family_checkpoint("gemma3_text", **dict(GEMMA3, tie=True))
+    gg = convert(ckpt.path, tmp_path / "m.gguf")
+    rewrite(gg, tmp_path / "p.gguf", fields={"gemma3.attention.sliding_window_pattern": (
+        [True, False, False, True, False, True], gguf.GGUFValueType.ARRAY)})
+    back = convert(tmp_path / "p.gguf", tmp_path / "back.lmp")
+    agree_with_llama_cpp(llama_cpp, tmp_path / "p.gguf", back, token_ids(ckpt.vocab_size, n=40), 0.01,
+                         "gemma3-f32-pattern-key")

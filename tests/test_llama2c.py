@@ -228,6 +228,12 @@ def test_v2_int8_dequantized_exactly_or_requantized_with_its_error(hf_checkpoint
                 q, d = quantize(np.asarray(f.tensor(e.name)), "f32")
                 assert np.array_equal(r.tensor(e.name).quants, q) and np.array_equal(r.tensor(e.name).scales, d)
 
+    # straight to a Q8_0 GGUF: the same error line, measured on the GGUF's own blocks
+    res = run_lmpack("convert", src, "--tokenizer", tmp_path / "tok.bin", "-o", tmp_path / "q8.gguf", "--dtype", "q8_0")
+    assert res.returncode == 0, res.stderr
+    gguf_line = next(l for l in res.stderr.splitlines() if "re-quantized to ggml Q8_0" in l)
+    assert gguf_line.split("max |error|")[1] == line.split("max |error|")[1], (gguf_line, line)
+
 
 def test_tokenizer_bin_rebuilds_the_same_tokenizer(hf_checkpoint, tmp_path, lmpack_mod, sp_model_path):
     import sentencepiece as spm

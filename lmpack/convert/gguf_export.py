@@ -1,12 +1,13 @@
 """The canonical tensor stream into a GGUF file: `lmpack export` and `lmpack convert ... -o X.gguf`.
 
 Any Source (an `.lmp`, an HF or Meta folder, ...) is written as the GGUF that llama.cpp loads for
-its family (`gguf_arch`): tensors renamed by gguf-py's tensor-name map, q/k rows permuted where
-llama.cpp rotates adjacent pairs, the config as the architecture's keys and the tokenizer as
-`tokenizer.ggml.*` (`gguf_vocab`). Tensors stream through in row blocks exactly as `lmpack
-convert` does (memory ~ one row block): f32/f16/bf16 are cast (bit copies when the type is kept);
-Q8_0 is the C quantizer's ggml-exact output, or an existing Q8_0 tensor's planes, re-laid into
-ggml's 34-byte blocks (fp16 scale, 32 int8) without re-quantizing.
+its family (`gguf_arch`): tensors laid out and renamed as its converter does (`gguf_arch.layout`:
+fused and per-expert tensors as one GGUF tensor of their rows, Gemma's norms + 1, MoE routers f32),
+q/k rows permuted where llama.cpp rotates adjacent pairs, the config as the architecture's keys and
+the tokenizer as `tokenizer.ggml.*` (`gguf_vocab`). Tensors stream through in row blocks exactly as
+`lmpack convert` does (memory ~ one row block): f32/f16/bf16 are cast (bit copies when the type is
+kept); Q8_0 is the C quantizer's ggml-exact output, or an existing Q8_0 tensor's planes, re-laid
+into ggml's 34-byte blocks (fp16 scale, 32 int8) without re-quantizing.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from lmpack.convert.gguf_arch import family_of, llama3_rope_divisors, write_config
+from lmpack.convert.gguf_arch import family_of, layout, llama3_rope_divisors, write_config
 from lmpack.convert.gguf_vocab import write_tokenizer
 from lmpack.convert.rope_order import interleaved_rows
 from lmpack.convert.pipeline import (CAST_CHUNK_BYTES, TARGET_DTYPES, _progress, check_finite, input_paths,
@@ -24,6 +25,7 @@ from lmpack.convert.source import Source
 from lmpack import _core
 from lmpack.errors import LmpackError
 from lmpack.formats.dtypes import Q8_0_BLOCK, cast, numpy_dtype
+from lmpack.formats.arch import keeps_precision
 from lmpack.formats.gguf import GgufWriter, gguf_module
 from lmpack.formats.lmp import Q8Tensor
 
@@ -105,11 +107,18 @@ def export(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[
     refuse_overwriting_inputs(out, input_paths(source))
     config = source.config()
     family = family_of(config)
-    names = family.tensor_names(config)
-    specs = source.tensor_specs()
+    specs = {spec.name: spec for spec in source.tensor_specs()}
     types = ggml_types()
-    plan = [(spec, target_dtype(spec, dtype, keep)) for spec in specs]
-    tensors = [(names[spec.name], spec.shape, types[dst]) for spec, dst in plan]
+    plan = []
+    for g in layout(config, family):
+        dst = {target_dtype(specs[p], dtype, keep) for p in g.parts}
+        if any(keeps_precision(p) for p in g.parts):
+            dst = {"f32"}  # a MoE router: llama.cpp's converter keeps it f32, so its top-k sees exact scores
+        if len(dst) != 1:
+            raise LmpackError(f"GGUF tensor '{g.name}' would hold parts of different types ({', '.join(sorted(dst))}); "
+                              f"give them one --keep pattern")
+        plan.append((g, dst.pop()))
+    tensors = [(g.name, g.shape, types[dst]) for g, dst in plan]
     rope_freqs = None
     if config.rope_scaling is not None and config.rope_scaling["type"] == "llama3":
         rope_freqs = llama3_rope_divisors(config)
@@ -119,27 +128,36 @@ def export(source: Source, out: str | Path, dtype: str = "auto", keep: Sequence[
     def metadata(w) -> None:
         w.add_type("model")
         w.add_name(name or out.stem)
-        w.add_file_type(file_type({dst for spec, dst in plan if len(spec.shape) > 1}))
+        w.add_file_type(file_type({dst for g, dst in plan if len(g.shape) > 1}))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        write_config(w, config)
+        write_config(w, config, family)
         write_tokenizer(w, tok.kind, tok.blob, config, tok.header)
 
     writer = GgufWriter(out, family.gguf_name, metadata, tensors)
     bar = _progress("exporting") if progress else None
     release = getattr(source, "release", None)
-    with quiet_on_failure(bar), writer:
-        task = bar.add_task("exporting", total=writer.total_bytes, name=out.name) if bar else None
-        for spec, dst in plan:
-            x = source.load(spec.name)
-            check_finite(spec.name, x, spec.dtype)
-            heads = family.rope_heads(spec.name, config)
+
+    def chunks(g, dst):
+        for part in g.parts:
+            spec = specs[part]
+            x = source.load(part)
+            check_finite(part, x, spec.dtype)
+            src = spec.dtype
+            if g.shift:
+                x, src = cast(np.asarray(x), src, "f32") + np.float32(g.shift), "f32"
+            heads = family.rope_heads(part, config)
             order = None if heads is None else interleaved_rows(spec.shape[0], heads)
             if bar:
-                bar.update(task, description=f"exporting {spec.name}")
-            writer.write_tensor(names[spec.name], gguf_chunks(spec.name, x, spec.dtype, dst, order, threads),
-                                progress=(lambda n: bar.advance(task, n)) if bar else None,
-                                on_written=(lambda n=spec.name: release(n)) if release else None)
+                bar.update(task, description=f"exporting {part}")
+            yield from gguf_chunks(part, x, src, dst, order, threads)
             del x
+
+    with quiet_on_failure(bar), writer:
+        task = bar.add_task("exporting", total=writer.total_bytes, name=out.name) if bar else None
+        for g, dst in plan:
+            done = (lambda parts=g.parts: [release(p) for p in parts]) if release else None
+            writer.write_tensor(g.name, chunks(g, dst), progress=(lambda n: bar.advance(task, n)) if bar else None,
+                                on_written=done)
         if rope_freqs is not None:
             writer.write_tensor(tensors[-1][0], [rope_freqs.tobytes()])
     return out

@@ -9,11 +9,12 @@ tokenizes as the original model did.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 
-from lmpack.errors import LmpackError
+from lmpack.errors import LmpackError, LmpackWarning
 from lmpack.convert import gguf_bpe
 from lmpack.convert.tokenizer_files import TokenizerFiles
 from lmpack.formats import spm_model
@@ -39,7 +40,7 @@ def write_tokenizer(w: Any, kind: str, blob: bytes, config: ModelConfig, fields:
     `fields`: add_bos, chat_template) to the gguf writer `w`."""
     fields = fields or {}
     if kind == "sentencepiece":
-        _write_sentencepiece(w, blob, config)
+        tokens = _write_sentencepiece(w, blob, config)
         add_bos = fields.get("add_bos", True)
     elif kind == "tokenizers":
         tokens, types, merges, pre, bos_added = gguf_bpe.to_gguf(blob, config.vocab_size)
@@ -52,7 +53,7 @@ def write_tokenizer(w: Any, kind: str, blob: bytes, config: ModelConfig, fields:
     else:
         raise LmpackError(f"GGUF export of a '{kind}' tokenizer is not supported")
     w.add_bos_token_id(config.bos_id)
-    w.add_eos_token_id(config.eos_ids[0])
+    _write_end_ids(w, config.eos_ids, tokens)
     w.add_add_bos_token(bool(add_bos))
     w.add_add_eos_token(False)
     template = fields.get("chat_template")
@@ -62,7 +63,7 @@ def write_tokenizer(w: Any, kind: str, blob: bytes, config: ModelConfig, fields:
         w.add_chat_template(template)
 
 
-def _write_sentencepiece(w: Any, blob: bytes, config: ModelConfig) -> None:
+def _write_sentencepiece(w: Any, blob: bytes, config: ModelConfig) -> list[bytes]:
     gguf = gguf_module()
     vocab = spm_model.vocabulary(blob)
     norm = spm_model.read_normalizer(blob)
@@ -86,6 +87,39 @@ def _write_sentencepiece(w: Any, blob: bytes, config: ModelConfig) -> None:
         w.add_unk_token_id(unk)
     w.add_add_space_prefix(norm.add_dummy_prefix)
     w.add_remove_extra_whitespaces(norm.remove_extra_whitespaces)
+    return tokens
+
+
+# The text of the end-of-message token (Llama 3.1's tool calls end with it); llama.cpp keeps an
+# id for it beside end-of-text and end-of-turn.
+EOM_TEXTS = ("<|eom_id|>",)
+# End-of-turn tokens of the chat formats of the families lmpack runs (Llama 3, Qwen, Gemma, Phi-3):
+# preferred for the eot id when a config lists more end ids than GGUF has keys for.
+EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
+
+
+def _write_end_ids(w: Any, eos_ids: list[int], tokens: list) -> None:
+    """Every id generation stops at, in the keys llama.cpp has for them: the first is EOS, one
+    whose text is an end-of-message token is EOM, the next other one EOT. llama.cpp stops at all
+    three (and at tokens it recognises by their text)."""
+    def text(i: int) -> str:
+        t = tokens[i] if i < len(tokens) else ""
+        return t.decode("utf-8", "replace") if isinstance(t, bytes) else t
+
+    w.add_eos_token_id(eos_ids[0])
+    rest = list(dict.fromkeys(i for i in eos_ids[1:] if i != eos_ids[0]))
+    eom = next((i for i in rest if text(i) in EOM_TEXTS), None)
+    if eom is not None:
+        w.add_eom_token_id(eom)
+        rest.remove(eom)
+    if rest:
+        eot = next((i for i in rest if text(i) in EOT_TEXTS), rest[0])
+        w.add_eot_token_id(eot)
+        rest.remove(eot)
+    if rest:
+        warnings.warn(f"GGUF holds three end-of-generation ids (eos, eot, eom); id{'s' if len(rest) > 1 else ''} "
+                      f"{', '.join(map(str, rest))} ({', '.join(repr(text(i)) for i in rest)}) stop llama.cpp only "
+                      f"if it recognises the text", LmpackWarning, stacklevel=2)
 
 
 def _ids(f: GgufFile, key: str, n: int) -> int | None:
@@ -118,11 +152,10 @@ def read_tokenizer(f: GgufFile) -> TokenizerFiles:
     eos = _ids(f, T.EOS_ID, n)
     if bos is None or eos is None:
         raise LmpackError(f"{f.path}: {T.BOS_ID} and {T.EOS_ID} are required")
-    eos_ids = [eos]
-    for k in (T.EOT_ID, T.EOM_ID):
-        extra = _ids(f, k, n)
-        if extra is not None and extra not in eos_ids:
-            eos_ids.append(extra)
+    # EOS first, then EOT and EOM in id order (as configs list them: Llama 3.1's end of text, end of
+    # message, end of turn)
+    extra = {_ids(f, k, n) for k in (T.EOT_ID, T.EOM_ID)} - {None, eos}
+    eos_ids = [eos, *sorted(extra)]
     template = f.get(T.CHAT_TEMPLATE, str, None)
     chat_format = "llama2" if template is not None and "[INST]" in template else None
     fields: dict[str, Any] = {"special_tokens": {"bos_token": tokens[bos], "eos_token": tokens[eos]}}

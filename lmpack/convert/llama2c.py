@@ -16,8 +16,10 @@ used — a sentencepiece model, or llama2.c's own `tokenizer.bin` (rebuilt into 
 from __future__ import annotations
 
 import mmap
+from contextlib import contextmanager
 import struct
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -189,12 +191,10 @@ class Llama2cSource:
         if dtype != "q8_0":
             return [f"llama2.c int8 weights (groups of {gs}, f32 scales) dequantized exactly to f32"
                     if dtype in ("auto", "f32") else f"llama2.c int8 weights (groups of {gs}) dequantized, stored as {dtype}"]
-        if out.suffix.lower() != ".lmp":
-            return [f"llama2.c int8 weights (groups of {gs}, f32 scales) re-quantized to ggml Q8_0 (groups of 32, fp16 scales)"]
-        from lmpack.formats.lmp import LmpReader, Q8Tensor
+        from lmpack.formats.lmp import Q8Tensor
 
         worst, err2, ref2 = 0.0, 0.0, 0.0
-        with LmpReader(out) as r:
+        with _written(out) as r:
             for name, (_, shape, quantized) in self._where.items():
                 if not quantized:
                     continue
@@ -240,6 +240,26 @@ class Llama2cSource:
             raise LmpackError(f"{path}: {n} pieces, but the model has {self._config.vocab_size} rows")
         specials = {"bos_token": sp.id_to_piece(BOS), "eos_token": sp.id_to_piece(EOS)}
         return TokenizerFiles("sentencepiece", data, {"add_bos": True, "special_tokens": specials}, {}, BOS, [EOS], n)
+
+
+@contextmanager
+def _written(out: Path) -> Iterator[Any]:
+    """The file just written, as something with `tensor(name)` and `release(name)` in lmpack's
+    names and row order: an `.lmp` reader, or a GGUF read back by the GGUF source."""
+    if out.suffix.lower() == ".gguf":
+        from lmpack.convert.gguf_source import GgufSource
+
+        src = GgufSource(out)
+        src.tensor = src.load
+        try:
+            yield src
+        finally:
+            src.close()
+    else:
+        from lmpack.formats.lmp import LmpReader
+
+        with LmpReader(out) as r:
+            yield r
 
 
 def read_tokenizer_bin(data: bytes, vocab_size: int) -> list[tuple[bytes, float, int]] | None:

@@ -108,6 +108,7 @@ def check_tensors(reader: LmpReader, source: Source, check: Check,
         nrows, ncols = flat_src.shape
         step = max(1, BLOCK_BYTES // (4 * ncols))
         stored = reader.tensor(e.name)
+        shift = source.value_shift(e.name) if hasattr(source, "value_shift") else 0.0
         differ, worst_delta, scale_bad, blocks_bad, worst_ratio = 0, 0.0, 0, 0, 0.0
         try:
             for r0 in range(0, nrows, step):
@@ -115,6 +116,12 @@ def check_tensors(reader: LmpReader, source: Source, check: Check,
                 if e.dtype == "q8_0":
                     s, b, r = _compare_q8(stored.quants[r0:r1], stored.scales[r0:r1], to_f32(flat_src[r0:r1], spec.dtype))
                     scale_bad, blocks_bad, worst_ratio = scale_bad + s, blocks_bad + b, max(worst_ratio, r)
+                elif shift and e.dtype == "f32":
+                    # the source holds w + shift, rounded (Gemma's norms in GGUF): compare there
+                    a = (np.asarray(stored.reshape(nrows, ncols)[r0:r1], np.float32) + np.float32(shift))
+                    b = to_f32(flat_src[r0:r1], spec.dtype) + np.float32(shift)
+                    n, dlt = _compare_float(a, b, "f32", "f32")
+                    differ, worst_delta = differ + n, max(worst_delta, dlt)
                 else:
                     flat_stored = stored.reshape(nrows, ncols)
                     n, dlt = _compare_float(flat_stored[r0:r1], flat_src[r0:r1], spec.dtype, e.dtype)
