@@ -22,7 +22,8 @@ import numpy as np
 
 from lmpack import _core
 
-ESIZE = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 1 + 2 / 32}
+ESIZE = {"f32": 4, "f16": 2, "bf16": 2, "bf16_act": 2, "q8_0": 1 + 2 / 32}
+# bf16_act: bf16 weights against activations rounded to bf16 (the opt-in activations="bf16" mode)
 
 
 def make(dtype, rows, cols, rng):
@@ -31,7 +32,7 @@ def make(dtype, rows, cols, rng):
         return w, None
     if dtype == "f16":
         return w.astype(np.float16), None
-    if dtype == "bf16":
+    if dtype in ("bf16", "bf16_act"):
         return (w.view(np.uint32) >> 16).astype(np.uint16), None
     q = np.empty(rows * cols, np.int8)
     d = np.empty(rows * cols // 32, np.uint16)
@@ -47,6 +48,8 @@ def time_matmul(dtype, w, ws, rows, cols, ntok, repeat, rng):
         xd = np.empty(ntok * cols // 32, np.float32)
         _core._quantize_act_q8(x, xq, xd)
         args = (dtype, w, ws, rows, cols, xq, xd, ntok, y, 0, rows)
+    elif dtype == "bf16_act":
+        args = (dtype, w, None, rows, cols, (x.view(np.uint32) >> 16).astype(np.uint16), None, ntok, y, 0, rows)
     else:
         args = (dtype, w, None, rows, cols, x, None, ntok, y, 0, rows)
     _core._matmul(*args)  # warm up: page in the weights
@@ -68,6 +71,8 @@ def gemv_bandwidth(dtype, cols, mib, threads, repeat, rng):
         xq, xd = np.empty(cols, np.int8), np.empty(cols // 32, np.float32)
         _core._quantize_act_q8(x, xq, xd)
         x, xs = xq, xd
+    elif dtype == "bf16_act":
+        x, xs = (x.view(np.uint32) >> 16).astype(np.uint16), None
     else:
         xs = None
     bounds = [rows * i // threads for i in range(threads + 1)]
@@ -91,7 +96,8 @@ def gemv_bandwidth(dtype, cols, mib, threads, repeat, rng):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--paths", default=",".join(_core.kernel_paths()), help="kernel paths to time")
-    ap.add_argument("--dtypes", default="f32,f16,bf16,q8_0", help="weight dtypes to time")
+    ap.add_argument("--dtypes", default="f32,f16,bf16,q8_0", help="weight dtypes to time (bf16_act: bf16 weights, "
+                    "activations rounded to bf16)")
     ap.add_argument("--ntok", type=int, default=64, help="tokens of the GEMM case")
     ap.add_argument("--repeat", type=int, default=5, help="timed runs per case (best is kept)")
     ap.add_argument("--shapes", default="2048x2048,5632x2048", help="rows x cols of the weights")
@@ -121,6 +127,8 @@ def main():
                 w, ws = make(dtype, rows, cols, rng)
                 for path in args.paths.split(","):
                     _core.set_kernel_path(path)
+                    if dtype == "bf16_act" and not _core._has_bf16_act():
+                        continue  # this table (or CPU) has no bf16-activation matmul
                     for ntok in (1, args.ntok):
                         # The scalar path is slow; keep its GEMM short.
                         rep = 1 if path == "scalar" and ntok > 1 else args.repeat

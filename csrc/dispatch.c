@@ -229,6 +229,23 @@ const lmp_kernels *lmp_active_kernels(void) {
     return t;
 }
 
+lmp_matmul_fn lmp_bf16_act_matmul(const lmp_kernels *k) {
+#if defined(LMP_X86)
+    if (k == &lmp_kernels_avx512) {
+        static _Atomic int has_bf16 = -1; /* racing first callers store the same answer */
+        int h = atomic_load_explicit(&has_bf16, memory_order_relaxed);
+        if (h < 0) {
+            int f[F_NFEAT];
+            detect(f);
+            h = f[F_AVX512BF16];
+            atomic_store_explicit(&has_bf16, h, memory_order_relaxed);
+        }
+        if (!h) return NULL;
+    }
+#endif
+    return k->matmul_bf16_act;
+}
+
 static PyObject *paths_list(void) {
     int f[F_NFEAT];
     detect(f);
@@ -337,6 +354,10 @@ static int parse_dtype(const char *s) {
     return -1;
 }
 
+PyObject *lmp_py_test_has_bf16_act(PyObject *self, PyObject *noargs) {
+    return PyBool_FromLong(lmp_bf16_act_matmul(lmp_active_kernels()) != NULL);
+}
+
 PyObject *lmp_py_test_matmul(PyObject *self, PyObject *args) {
     const char *dts;
     PyObject *wo, *wso, *xo, *xso, *yo;
@@ -344,8 +365,16 @@ PyObject *lmp_py_test_matmul(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "sOOnnOOnOnn:_matmul", &dts, &wo, &wso, &rows, &cols, &xo, &xso,
                           &ntok, &yo, &r0, &r1))
         return NULL;
-    int dt = parse_dtype(dts);
+    /* "bf16_act": bf16 weights against bf16 activations, the table's matmul_bf16_act */
+    const int bact = strcmp(dts, "bf16_act") == 0;
+    int dt = bact ? LMP_BF16 : parse_dtype(dts);
     if (dt < 0) return NULL;
+    lmp_matmul_fn fn = bact ? lmp_bf16_act_matmul(lmp_active_kernels()) : lmp_active_kernels()->matmul[dt];
+    if (!fn) {
+        PyErr_Format(PyExc_ValueError, "the %s kernels have no bf16-activation matmul on this CPU",
+                     lmp_active_kernels()->name);
+        return NULL;
+    }
     if (rows <= 0 || cols <= 0 || ntok <= 0 || rows > (1 << 24) || cols > (1 << 24) ||
         ntok > (1 << 20)) {
         PyErr_SetString(PyExc_ValueError, "rows, cols and ntok must be positive and sane");
@@ -368,16 +397,16 @@ PyObject *lmp_py_test_matmul(PyObject *self, PyObject *args) {
     Py_buffer wb, wsb = {0}, xb, xsb = {0}, yb;
     if (get_buf(wo, &wb, 0, rows * cols * esize[dt], esize[dt], "w") < 0) return NULL;
     if (q8 && get_buf(wso, &wsb, 0, rows * (cols / LMP_QK) * 2, 2, "w_scales") < 0) goto fail_w;
-    if (get_buf(xo, &xb, 0, ntok * cols * (q8 ? 1 : 4), q8 ? 1 : 4, "x") < 0) goto fail_ws;
+    const int xsize = q8 ? 1 : bact ? 2 : 4;
+    if (get_buf(xo, &xb, 0, ntok * cols * xsize, xsize, "x") < 0) goto fail_ws;
     if (q8 && get_buf(xso, &xsb, 0, ntok * (cols / LMP_QK) * 4, 4, "x_scales") < 0) goto fail_x;
     if (get_buf(yo, &yb, 1, ntok * rows * 4, 4, "y") < 0) goto fail_xs;
 
     lmp_weight w = {wb.buf, q8 ? wsb.buf : NULL, rows, cols, dt};
     lmp_q8_act act = {xb.buf, q8 ? xsb.buf : NULL};
     const void *x = q8 ? (const void *)&act : xb.buf;
-    const lmp_kernels *k = lmp_active_kernels();
     Py_BEGIN_ALLOW_THREADS
-    k->matmul[dt](&w, r0, r1, x, ntok, yb.buf, rows);
+    fn(&w, r0, r1, x, ntok, yb.buf, rows);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&yb);
     if (q8) PyBuffer_Release(&xsb);

@@ -51,6 +51,8 @@ void lmp_state_free(lmp_model *m) {
     }
     free(m->act_q);
     m->act_q = NULL;
+    free(m->act_h);
+    m->act_h = NULL;
     free(m->route_tok);
     m->route_tok = NULL;
 }
@@ -128,6 +130,10 @@ int lmp_state_alloc(lmp_model *m, int threads) {
         m->act_q = zalloc(C * maxcols, sizeof(int8_t));
         m->act_d = zalloc(C * (maxcols / LMP_QK + 1), sizeof(float));
         ok = m->act_q && m->act_d;
+    }
+    if (ok && m->act_bf16) {
+        m->act_h = zalloc(C * maxcols, sizeof(uint16_t));
+        ok = m->act_h != NULL;
     }
     if (!ok) {
         lmp_state_free(m);
@@ -233,6 +239,7 @@ static void rope_rows(const lmp_model *m, int64_t table, float *x, int64_t n, in
 
 typedef struct {
     const lmp_weight *w;
+    lmp_matmul_fn fn;
     const void *x;
     float *y;
     int64_t ldy;
@@ -256,7 +263,18 @@ static void mm_task(void *ctx, int64_t task, int thread) {
     int64_t r0 = task * o->rows_per_task;
     int64_t r1 = r0 + o->rows_per_task;
     if (r1 > o->w->rows) r1 = o->w->rows;
-    j->k->matmul[o->w->dtype](o->w, r0, r1, o->x, j->ntok, o->y, o->ldy);
+    o->fn(o->w, r0, r1, o->x, j->ntok, o->y, o->ldy);
+}
+
+/* h[i] = bf16(x[i]) rounded to nearest even, NaN kept quiet: lmp_f32_to_bf16 without its branch,
+ * so the compiler vectorises it (it runs on the calling thread, once per matmul input). */
+static void round_bf16(const float *x, int64_t n, uint16_t *h) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        const uint32_t rne = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, quiet = (u >> 16) | 0x40u;
+        h[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet : rne);
+    }
 }
 
 /* Y_i = W_i X for up to three weights sharing the input x [ntok, cols], in one parallel region.
@@ -270,6 +288,9 @@ static void matmuls(lmp_model *m, const lmp_kernels *k, const float *x, int64_t 
     j.nops = nops;
     j.qa.q = NULL;
     j.qa.d = NULL;
+    /* opt-in bf16 activations: the table's matmul, or NULL (the exact path) where it has none */
+    const lmp_matmul_fn bact = m->act_bf16 ? lmp_bf16_act_matmul(k) : NULL;
+    const uint16_t *xh = NULL;
     /* Below ~64K multiply-adds a region is quicker on one thread than the hand-off to others. */
     int64_t work = 0;
     for (int i = 0; i < nops; i++) work += ws[i]->rows * cols * ntok;
@@ -283,7 +304,16 @@ static void matmuls(lmp_model *m, const lmp_kernels *k, const float *x, int64_t 
         }
         mm_op *o = &j.op[i];
         o->w = ws[i];
+        o->fn = k->matmul[ws[i]->dtype];
         o->x = ws[i]->dtype == LMP_Q8_0 ? (const void *)&j.qa : (const void *)x;
+        if (ws[i]->dtype == LMP_BF16 && bact) {
+            if (!xh) { /* round once for the weights sharing x */
+                round_bf16(x, ntok * cols, m->act_h);
+                xh = m->act_h;
+            }
+            o->fn = bact;
+            o->x = xh;
+        }
         o->y = ys[i];
         o->ldy = ldys[i];
         int64_t rows = ws[i]->rows;

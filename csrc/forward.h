@@ -83,6 +83,9 @@ typedef struct {
     float *xg, *moe;        /* MoE: one expert's gathered input rows, and the mixture [CHUNK, dim] */
     int32_t *route_tok;     /* MoE: per expert, the chunk's tokens that chose it [n_experts, CHUNK] */
     float *route_w;         /* MoE: and their weights [n_experts, CHUNK] */
+    int act_bf16;           /* opt-in: bf16 weights' matmuls take activations rounded to bf16 where
+                             * the table has matmul_bf16_act (set before lmp_state_alloc) */
+    uint16_t *act_h;        /* those rounded activations [CHUNK, max cols], NULL unless act_bf16 */
     int8_t *act_q;          /* q8_0 activations [CHUNK, max cols], NULL without q8_0 weights */
     float *act_d;           /* their scales [CHUNK, max cols / 32] */
 } lmp_model;

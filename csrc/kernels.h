@@ -40,6 +40,14 @@ typedef void (*lmp_matmul_fn)(const lmp_weight *w, int64_t r0, int64_t r1,
 typedef struct {
     const char *name;
     lmp_matmul_fn matmul[LMP_DTYPE_COUNT];
+    /* Optional (NULL: bf16 weights keep the exact matmul[LMP_BF16]): the opt-in bf16-activation
+     * matmul for bf16 weights, X bf16 [ntok, cols] (the f32 activations rounded to nearest even
+     * once). Its chain is VDPBF16PS's, defined by the scalar table: per output 16 f32 lanes, lane
+     * l of 32-column step s takes columns 32s+2l+1 then 32s+2l (columns past cols read as +0),
+     * each acc = fma(w, x, acc) in round-to-nearest-even with bf16 denormal inputs read as 0 and
+     * denormal results flushed to 0; then the lanes are summed as hsum16 does (l + l+8, + l+4,
+     * (0+2) + (1+3)). Results depend only on (row, token, cols): any ntok, any thread split. */
+    lmp_matmul_fn matmul_bf16_act;
     /* ggml-exact reference Q8_0 of n values (n % 32 == 0): quants q[n], fp16 scales d[n/32].
      * src_dtype is LMP_F32, LMP_F16 or LMP_BF16. Returns 0, or -1 if a value is inf/nan. */
     int (*quantize_q8_0)(const void *x, int src_dtype, int64_t n, int8_t *q, uint16_t *d);
@@ -73,5 +81,8 @@ extern const lmp_kernels lmp_kernels_neon;
 
 /* The active table (dispatch.c). */
 const lmp_kernels *lmp_active_kernels(void);
+/* k's matmul_bf16_act if this CPU can run it (the avx512 table's needs AVX512-BF16, which not
+ * every CPU with that table has), else NULL. */
+lmp_matmul_fn lmp_bf16_act_matmul(const lmp_kernels *k);
 
 #endif

@@ -10,7 +10,7 @@
  *
  * Determinism: an output's value depends only on (row, token, cols). Every tile shape runs the
  * same per-output chain (lane l of one accumulator takes columns l, l+16, ... in order, the tail
- * through masked loads) and the same final reduction, so a row computed inside a 4x6 tile equals
+ * through masked loads) and the same final reduction, so a row computed inside a 6x4 tile equals
  * the same row computed alone, whatever the thread split or the batch size.
  */
 #include "kernels.h"
@@ -73,15 +73,19 @@ INLINE __m512 ldm_bf16(const void *p, int64_t c, __mmask16 m) {
     return bf16_widen(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + c));
 }
 
-#define FRM 4 /* tile rows */
-#define FRN 6 /* tile tokens: 24 accumulators + 6 activations + 1 weight = 31 zmm */
+/* Tile rows x tokens: 24 accumulators + 4 activations + 1 weight = 29 zmm. More rows per tile
+ * means fewer activation loads (f32, from L2 for long rows) per FMA: one thread on a Zen 5 core,
+ * 64 tokens (`bench_kernels.py --paths avx512`), bf16 weights ran 150-160 -> 175-200 GFLOP/s
+ * against a 4x6 tile, f32 and f16 gained likewise, and 5x5 sat between the two. */
+#define FRM 6
+#define FRN 4
 
 /* One RM x RN tile for weights of ESIZE bytes loaded by LD/LDM. w: row r0 of the tile,
  * x: token t0, y: &Y[t0*ldy + r0]. */
 #define DEFINE_FTILE(NAME, ESIZE, LD, LDM)                                                       \
     INLINE void NAME(const char *w, const float *x, int64_t cols, int rm, int rn, float *y,     \
                      int64_t ldy) {                                                             \
-        __m512 acc[FRM * 2][FRN];                                                               \
+        __m512 acc[8][FRN]; /* rows: FRM, or 8 for the GEMV */                            \
         UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++) acc[i][j] =    \
             _mm512_setzero_ps();                                                                \
         const int prefetch = rn == 1 && cols * ESIZE < GEMV_SHORT_ROW;                          \
@@ -116,12 +120,100 @@ DEFINE_FTILE(ftile_f16, 2, ld_f16, ldm_f16)
 DEFINE_FTILE(ftile_bf16, 2, ld_bf16, ldm_bf16)
 
 /* Instantiates the tile for constant shapes so the accumulators live in registers. */
-#define FCASES_RM(T, RM) FCASE(T, RM, 1) FCASE(T, RM, 2) FCASE(T, RM, 3) FCASE(T, RM, 4) \
-    FCASE(T, RM, 5) FCASE(T, RM, 6)
+#define FCASES_RM(T, RM) FCASE(T, RM, 1) FCASE(T, RM, 2) FCASE(T, RM, 3) FCASE(T, RM, 4)
+#undef FCASES_ROWS /* tiling.h's default stops at 4 rows */
+#define FCASES_ROWS(T) FCASES_RM(T, 1) FCASES_RM(T, 2) FCASES_RM(T, 3) FCASES_RM(T, 4) FCASES_RM(T, 5) \
+    FCASES_RM(T, 6)
 
 DEFINE_FMATMUL(matmul_f32, ftile_f32, 4)
 DEFINE_FMATMUL(matmul_f16, ftile_f16, 2)
 DEFINE_FMATMUL(matmul_bf16, ftile_bf16, 2)
+
+/* ---- bf16 weights x bf16 activations (opt-in mode, AVX512-BF16) -------------------------- */
+
+/* VDPBF16PS adds two bf16 products per f32 lane, twice the f32 FMA's work per instruction. The
+ * chain is the scalar table's matmul_bf16_act: lane l of one accumulator takes the column pairs
+ * (32s+2l, 32s+2l+1) in order of s, the tail through zero-filling masked loads, then hsum16; so
+ * every tile shape, the GEMV included, gives each output the same bits. These functions carry
+ * the avx512bf16 target on their own: dispatch.c hands them out only if cpuid reports it. */
+#if defined(__GNUC__) || defined(__clang__) /* the file's features, plus BF16 (merged or replacing) */
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,avx512bf16")))
+#else
+#define BF16_TARGET
+#endif
+/* Tile rows x tokens: 24 accumulators + 4 activations + 1 weight = 29 zmm. On a Zen 5 core (one
+ * thread, 64 tokens, `bench_kernels.py --dtypes bf16_act`) 6x4, 5x5 and 8x3 tiles ran at ~300
+ * GFLOP/s against ~275 for 4x6 (more weight rows per activation load; the activations come
+ * from L2), and 3x8 spilled. Blocking the columns so a panel's weight rows stay in L1 did not
+ * measurably help there, so a tile runs its whole row. */
+#define BRM 6
+#define BRN 4
+
+INLINE __m512bh ld_bh(const uint16_t *p) { return (__m512bh)_mm512_loadu_si512(p); }
+INLINE __m512bh ldm_bh(const uint16_t *p, __mmask32 m) { return (__m512bh)_mm512_maskz_loadu_epi16(m, p); }
+
+/* One RM x RN tile: w row r0 of the tile, x token t0, y &Y[t0*ldy + r0]. */
+BF16_TARGET INLINE void btile(const uint16_t *w, const uint16_t *x, int64_t cols, const int rm, const int rn,
+                              float *y, int64_t ldy) {
+    __m512 acc[8][BRN]; /* rows: BRM, or 8 for the GEMV */
+    UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++) acc[i][j] = _mm512_setzero_ps();
+    const int prefetch = rn == 1 && cols * 2 < GEMV_SHORT_ROW;
+    int64_t c = 0;
+    for (; c + 32 <= cols; c += 32) {
+        if (prefetch) /* see GEMV_SHORT_ROW */
+            GEMV_PREFETCH(w, GEMV_AHEAD_F + c * rm * 2, rm * 64);
+        __m512bh xv[BRN];
+        UNROLL for (int j = 0; j < rn; j++) xv[j] = ld_bh(x + j * cols + c);
+        UNROLL for (int i = 0; i < rm; i++) {
+            __m512bh wv = ld_bh(w + i * cols + c);
+            UNROLL for (int j = 0; j < rn; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], wv, xv[j]);
+        }
+    }
+    if (c < cols) {
+        const __mmask32 m = (__mmask32)((1ull << (cols - c)) - 1);
+        __m512bh xv[BRN];
+        UNROLL for (int j = 0; j < rn; j++) xv[j] = ldm_bh(x + j * cols + c, m);
+        UNROLL for (int i = 0; i < rm; i++) {
+            __m512bh wv = ldm_bh(w + i * cols + c, m);
+            UNROLL for (int j = 0; j < rn; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], wv, xv[j]);
+        }
+    }
+    UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++) y[j * ldy + i] = hsum16(acc[i][j]);
+}
+
+#define BCASE(RM, RN) case (RM) * 16 + (RN): btile(w, x, cols, RM, RN, y, ldy); break;
+#define BCASES_RM(RM) BCASE(RM, 1) BCASE(RM, 2) BCASE(RM, 3) BCASE(RM, 4)
+
+BF16_TARGET static void btile_any(const uint16_t *w, const uint16_t *x, int64_t cols, int rm, int rn, float *y,
+                                  int64_t ldy) {
+    switch (rm * 16 + rn) {
+        BCASES_RM(1) BCASES_RM(2) BCASES_RM(3) BCASES_RM(4) BCASES_RM(5) BCASES_RM(6) BCASE(8, 1)
+    default: break;
+    }
+}
+
+/* Generation streams 8 rows at a time; prompts walk BRM x BRN tiles. */
+BF16_TARGET static void matmul_bf16_act(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv, int64_t ntok,
+                                        float *y, int64_t ldy) {
+    const uint16_t *wd = w->data, *x = xv;
+    const int64_t cols = w->cols;
+    if (ntok == 1) {
+        int64_t r = r0;
+        for (; r + 8 <= r1; r += 8) btile_any(wd + r * cols, x, cols, 8, 1, y + r, ldy);
+        for (; r < r1; r += BRM) {
+            int rm = r1 - r < BRM ? (int)(r1 - r) : BRM;
+            btile_any(wd + r * cols, x, cols, rm, 1, y + r, ldy);
+        }
+        return;
+    }
+    for (int64_t r = r0; r < r1; r += BRM) {
+        int rm = r1 - r < BRM ? (int)(r1 - r) : BRM;
+        for (int64_t t = 0; t < ntok; t += BRN) {
+            int rn = ntok - t < BRN ? (int)(ntok - t) : BRN;
+            btile_any(wd + r * cols, x + t * cols, cols, rm, rn, y + t * ldy + r, ldy);
+        }
+    }
+}
 
 /* ---- q8_0 weights x q8 activations -------------------------------------------------------- */
 
@@ -744,6 +836,7 @@ const lmp_kernels lmp_kernels_avx512 = {
     .name = "avx512",
     .matmul = {[LMP_F32] = matmul_f32, [LMP_F16] = matmul_f16, [LMP_BF16] = matmul_bf16,
                [LMP_Q8_0] = matmul_q8_0},
+    .matmul_bf16_act = matmul_bf16_act,
     .quantize_q8_0 = quantize_q8_0,
     .quantize_act_q8 = quantize_act_q8,
     .dot_f32 = dot_f32,

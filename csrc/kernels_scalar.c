@@ -92,6 +92,56 @@ static void matmul_bf16(const lmp_weight *w, int64_t r0, int64_t r1, const void 
             y[t * ldy + r] = dot_bf16_row(wd + r * w->cols, x + t * w->cols, w->cols);
 }
 
+/* ---- bf16 weights x bf16 activations: VDPBF16PS's arithmetic ------------------------------ */
+
+/* The reference of the opt-in bf16-activation mode, the chain kernels.h documents. Per f32 lane
+ * VDPBF16PS does acc += w_odd * x_odd, then acc += w_even * x_even (Intel SDM pseudo-code), each
+ * a fused multiply-add rounded to nearest even, reading bf16 denormals as 0 (DAZ) and flushing
+ * denormal results to 0 (FTZ), whatever MXCSR says. The product of two bf16 values is exact in
+ * f32 except where it underflows, so only the add rounds in the normal range; fmaf keeps the
+ * exceptions exact too. */
+#define BLANE 16
+
+static inline float bf16_daz(uint16_t h) {
+    return (h & 0x7f80u) == 0 ? lmp_bf16_to_f32((uint16_t)(h & 0x8000u)) : lmp_bf16_to_f32(h);
+}
+
+static inline float ftz(float v) {
+    return fabsf(v) < FLT_MIN ? copysignf(0.0f, v) : v;
+}
+
+static inline float bf16_pair_step(float acc, uint16_t w, uint16_t x) {
+    return ftz(fmaf(bf16_daz(w), bf16_daz(x), acc));
+}
+
+/* hsum16 of the SIMD tables: lane l + lane l+8, then + l+4, then (0 + 2) + (1 + 3). */
+static float reduce16(const float a[BLANE]) {
+    float b[8], c[4];
+    for (int i = 0; i < 8; i++) b[i] = a[i] + a[i + 8];
+    for (int i = 0; i < 4; i++) c[i] = b[i] + b[i + 4];
+    return (c[0] + c[2]) + (c[1] + c[3]);
+}
+
+static float dot_bf16_bf16_row(const uint16_t *w, const uint16_t *x, int64_t n) {
+    float acc[BLANE] = {0};
+    for (int64_t c = 0; c < n; c += 2 * BLANE)
+        for (int l = 0; l < BLANE; l++) {
+            const int64_t e = c + 2 * l, o = e + 1; /* past n: +0, as the masked loads read */
+            acc[l] = bf16_pair_step(acc[l], o < n ? w[o] : 0, o < n ? x[o] : 0);
+            acc[l] = bf16_pair_step(acc[l], e < n ? w[e] : 0, e < n ? x[e] : 0);
+        }
+    return reduce16(acc);
+}
+
+static void matmul_bf16_act(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv, int64_t ntok,
+                            float *y, int64_t ldy) {
+    const uint16_t *x = xv;
+    const uint16_t *wd = w->data;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t t = 0; t < ntok; t++)
+            y[t * ldy + r] = dot_bf16_bf16_row(wd + r * w->cols, x + t * w->cols, w->cols);
+}
+
 /* Per 32-block: the exact int32 dot of the quants, then acc += isum * (d_w * d_x), blocks in
  * order. |isum| <= 32*127*127 < 2^24, so the int to float conversion is exact. */
 static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv, int64_t ntok,
@@ -196,6 +246,7 @@ const lmp_kernels lmp_kernels_scalar = {
     .name = "scalar",
     .matmul = {[LMP_F32] = matmul_f32, [LMP_F16] = matmul_f16, [LMP_BF16] = matmul_bf16,
                [LMP_Q8_0] = matmul_q8_0},
+    .matmul_bf16_act = matmul_bf16_act,
     .quantize_q8_0 = quantize_q8_0,
     .quantize_act_q8 = quantize_act_q8,
     .dot_f32 = dot_f32,

@@ -21,6 +21,8 @@ static PyMethodDef core_methods[] = {
     {"write_behind", lmp_py_write_behind, METH_VARARGS,
      "write_behind(fd, offset, nbytes, wait) -> bool: start writing the range to disk (and, if wait,\n"
      "wait for it); False where the platform cannot, so the caller falls back to fdatasync."},
+    {"_has_bf16_act", lmp_py_test_has_bf16_act, METH_NOARGS,
+     "_has_bf16_act(): whether the active kernel table runs the bf16-activation matmul on this CPU."},
     {"_matmul", lmp_py_test_matmul, METH_VARARGS,
      "_matmul(dtype, w, w_scales, rows, cols, x, x_scales, ntok, y, r0, r1): test hook, one matmul."},
     {"_quantize_act_q8", lmp_py_test_quantize_act_q8, METH_VARARGS,

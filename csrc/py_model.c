@@ -548,12 +548,17 @@ static void model_dealloc(ModelObject *self) {
 }
 
 static PyObject *model_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"buffer", "config", "weights", "inv_freq", "n_ctx", "threads", NULL};
+    static char *kwlist[] = {"buffer", "config", "weights", "inv_freq", "n_ctx", "threads", "activations", NULL};
     PyObject *buffer, *config, *weights, *inv_freq;
     long long n_ctx, threads = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOL|L:Model", kwlist, &buffer, &config, &weights, &inv_freq,
-                                     &n_ctx, &threads))
+    const char *activations = "f32";
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOL|Ls:Model", kwlist, &buffer, &config, &weights, &inv_freq,
+                                     &n_ctx, &threads, &activations))
         return NULL;
+    if (strcmp(activations, "f32") != 0 && strcmp(activations, "bf16") != 0) {
+        PyErr_SetString(PyExc_ValueError, "activations must be 'f32' or 'bf16'");
+        return NULL;
+    }
     ModelObject *self = (ModelObject *)type->tp_alloc(type, 0);
     if (!self) return NULL;
     lmp_model *m = &self->m;
@@ -568,6 +573,7 @@ static PyObject *model_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         goto fail;
     }
     m->n_ctx = (int64_t)n_ctx;
+    m->act_bf16 = strcmp(activations, "bf16") == 0;
     self->threads = (int)threads;
 
     {
@@ -695,6 +701,9 @@ fail_t:
 
 static PyObject *model_get_n_ctx(ModelObject *self, void *closure) { return PyLong_FromLongLong(self->m.n_ctx); }
 static PyObject *model_get_threads(ModelObject *self, void *closure) { return PyLong_FromLong(self->threads); }
+static PyObject *model_get_activations(ModelObject *self, void *closure) {
+    return PyUnicode_FromString(self->m.act_bf16 ? "bf16" : "f32");
+}
 
 static PyMethodDef model_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))model_forward, METH_VARARGS | METH_KEYWORDS,
@@ -707,6 +716,8 @@ static PyMethodDef model_methods[] = {
 static PyGetSetDef model_getset[] = {
     {"n_ctx", (getter)model_get_n_ctx, NULL, "KV cache length in positions.", NULL},
     {"threads", (getter)model_get_threads, NULL, "Threads used by forward (including the caller's).", NULL},
+    {"activations", (getter)model_get_activations, NULL,
+     "'f32' (exact) or 'bf16' (bf16 weights' matmuls round activations to bf16 where the kernels can).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -17,6 +17,7 @@ PyObject *lmp_py_set_kernel_path(PyObject *self, PyObject *args);
 PyObject *lmp_py_kernel_paths(PyObject *self, PyObject *noargs);
 int lmp_dispatch_init(void); /* module init: resolve the table, warn on a bad LMPACK_KERNELS */
 PyObject *lmp_py_test_matmul(PyObject *self, PyObject *args);
+PyObject *lmp_py_test_has_bf16_act(PyObject *self, PyObject *noargs);
 PyObject *lmp_py_test_quantize_act_q8(PyObject *self, PyObject *args);
 PyObject *lmp_py_test_dot_f32(PyObject *self, PyObject *args);
 PyObject *lmp_py_test_axpy_f32(PyObject *self, PyObject *args);

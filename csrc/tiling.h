@@ -1,7 +1,8 @@
 /* The row x token tiling of the float matmuls, shared by the SIMD kernel tables.
  *
  * Each table defines its register tile NAME(w, x, cols, rm, rn, y, ldy) for constant shapes, the
- * largest tile FRM x FRN, and FCASES_RM(T, RM) listing the token counts 1..FRN for a row count;
+ * largest tile FRM x FRN, and FCASES_RM(T, RM) listing the token counts 1..FRN for a row count
+ * (and FCASES_ROWS(T) the row counts, when FRM is not 4);
  * DEFINE_FMATMUL then instantiates every shape (so accumulators stay in registers) and the loop
  * that covers rows [r0, r1) x tokens [0, ntok): generation (one token) streams 8 rows at a time,
  * prompts walk FRM x FRN tiles. Every shape runs the same per-output chain, which is what makes
@@ -33,12 +34,16 @@
     __builtin_prefetch((const void *)((uintptr_t)(base) + (uintptr_t)(offset) + (uintptr_t)pf_), 0, 3)
 
 #define FCASE(T, RM, RN) case (RM) * 16 + (RN): T(w, x, cols, RM, RN, y, ldy); break;
+/* The row counts 1..FRM a table's tiles come in; a table may define its own list. */
+#ifndef FCASES_ROWS
+#define FCASES_ROWS(T) FCASES_RM(T, 1) FCASES_RM(T, 2) FCASES_RM(T, 3) FCASES_RM(T, 4)
+#endif
 
 #define DEFINE_FMATMUL(NAME, TILE, ESIZE)                                                        \
     static void TILE##_any(const char *w, const float *x, int64_t cols, int rm, int rn, float *y, \
                            int64_t ldy) {                                                       \
         switch (rm * 16 + rn) {                                                                 \
-            FCASES_RM(TILE, 1) FCASES_RM(TILE, 2) FCASES_RM(TILE, 3) FCASES_RM(TILE, 4)         \
+            FCASES_ROWS(TILE)                                                                   \
             FCASE(TILE, 8, 1)                                                                   \
         default: break;                                                                         \
         }                                                                                       \

@@ -128,6 +128,10 @@ def _show_warnings() -> None:
 
 DTYPE_HELP = ("Stored type of the weight matrices: auto keeps the source's (bf16 stays bf16), f32, f16, bf16, "
               "or q8_0 (ggml-exact 8-bit blocks). Norm weights are always f32.")
+ACT_HELP = ("What matmuls with bf16 weights compute on: f32 (default) keeps activations exact; bf16 rounds "
+            "them to bf16 for the CPU's bf16 dot product (AVX512-BF16): faster prompts, logits off by a few "
+            "percent of their spread (README, 'bf16 activations'). Other weight types and CPUs without it "
+            "stay exact.")
 TEMP_HELP = "Sampling temperature; 0 is greedy (default: the model's generation_config, else 0.8)."
 TOP_P_HELP = ("Nucleus sampling: keep the smallest set of tokens with this much probability "
               "(default: the model's generation_config, else 0.95).")
@@ -260,6 +264,7 @@ def run(
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores)."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="KV cache length in tokens (default: the model's, at most 4096)."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep generating past end-of-sequence tokens."),
+    activations: str = typer.Option("f32", "--activations", help=ACT_HELP),
 ):
     """Generate text from a prompt; prints the text as it is generated, then tokens/s on stderr."""
     from lmpack.runtime.model import load
@@ -267,7 +272,7 @@ def run(
     if n < 0:
         raise LmpackError("--max-tokens must be >= 0")
     _utf8(prompt, "the prompt")
-    m = load(file, threads=threads, max_context=ctx)
+    m = load(file, threads=threads, max_context=ctx, activations=activations)
     pieces = m.generate(prompt, max_tokens=n, temperature=temperature, top_p=top_p, seed=seed,
                         stop_at_eos=not ignore_eos, top_k=top_k, repetition_penalty=repetition_penalty)
     # (generate checked the sampling options before any output; the prompt runs before it too, so
@@ -432,6 +437,7 @@ def chat(
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores)."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="KV cache length in tokens (default: the model's, at most 4096)."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Replies go on past end-of-sequence tokens (until -n)."),
+    activations: str = typer.Option("f32", "--activations", help=ACT_HELP),
 ):
     """Talk to a model: one line per turn, replies stream; the KV cache is kept across turns.
 
@@ -442,7 +448,7 @@ def chat(
     from lmpack.runtime.chat import ChatSession, ContextFull
     from lmpack.runtime.model import load
 
-    m = load(file, threads=threads, max_context=ctx)
+    m = load(file, threads=threads, max_context=ctx, activations=activations)
     _utf8(system or "", "the system prompt")
     if system is not None and plain:
         raise LmpackError("--system needs a chat format; --plain has none")

@@ -110,6 +110,10 @@ def rope_tables(cfg: ModelConfig) -> np.ndarray:
     return np.ascontiguousarray(np.stack(tables), dtype=np.float32)
 
 
+# What matmuls with bf16 weights see: exact f32 activations, or (opt-in) activations rounded to bf16.
+ACTIVATIONS = ("f32", "bf16")
+
+
 def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -142,7 +146,11 @@ class Model:
     text from someone else's context. For several conversations at once, load the file once per
     conversation (the weights are one shared mapping of the file)."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, max_context: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, max_context: int | None = None,
+                 activations: str = "f32"):
+        if activations not in ACTIVATIONS:
+            raise LmpackError(f"activations must be one of {', '.join(ACTIVATIONS)}, got {brief(activations)}")
+        self.activations = activations
         self.path = Path(path)
         self._reader = LmpReader(self.path)
         cfg = self.config = self._reader.config
@@ -168,7 +176,7 @@ class Model:
             tables = rope_tables(cfg)
         try:
             self._core = _core.Model(self._reader.buffer, arch.core_config(cfg), arch.core_weights(cfg, entries),
-                                     tables, self.n_ctx, self.threads)
+                                     tables, self.n_ctx, self.threads, activations)
         except (ValueError, MemoryError) as e:
             raise LmpackError(f"{self.path}: {e}") from None
         # Sampling defaults from the source's generation_config.json (docs/FORMAT.md, "generation").
@@ -307,6 +315,12 @@ class Model:
         self.close()
 
 
-def load(path: str | os.PathLike, threads: int | None = None, max_context: int | None = None) -> Model:
-    """Map and validate a `.lmp` file and prepare it to run on `threads` CPU threads (default: all)."""
-    return Model(path, threads=threads, max_context=max_context)
+def load(path: str | os.PathLike, threads: int | None = None, max_context: int | None = None,
+         activations: str = "f32") -> Model:
+    """Map and validate a `.lmp` file and prepare it to run on `threads` CPU threads (default: all).
+
+    activations="bf16" is an opt-in speed mode for bf16 weights: their matmuls round each
+    activation row to bf16 (nearest even) and use the CPU's bf16 dot product (AVX512-BF16, the
+    `avx512` kernels); other weight types, and kernel tables without that matmul, stay exact.
+    The default "f32" keeps every activation exact (README, "bf16 activations", gives the error)."""
+    return Model(path, threads=threads, max_context=max_context, activations=activations)
