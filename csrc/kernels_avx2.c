@@ -114,65 +114,205 @@ DEFINE_FTILE(ftile_bf16, 2, ld_bf16, ldm_bf16)
 
 #define FCASES_RM(T, RM) FCASE(T, RM, 1) FCASE(T, RM, 2) FCASE(T, RM, 3)
 
-DEFINE_FMATMUL(matmul_f32, ftile_f32, 4)
-DEFINE_FMATMUL(matmul_f16, ftile_f16, 2)
-DEFINE_FMATMUL(matmul_bf16, ftile_bf16, 2)
+DEFINE_FMATMUL(fmm_f32, ftile_f32, 4)
+DEFINE_FMATMUL(fmm_f16, ftile_f16, 2)
+DEFINE_FMATMUL(fmm_bf16, ftile_bf16, 2)
+
+/* Prompts: each 4-row tile reads 3 activation vectors per 12 FMAs, so walking every token for
+ * each row tile (tiling.h) streams all of X once per 4 rows, from L3 once X outgrows L2 (a
+ * 2048x5632 bf16 GEMM fell from ~92 to ~74 GFLOP/s at 512 tokens). Blocks of rows x tokens whose
+ * weights and activations both stay in L2 keep that traffic there. Only the order of the tiles
+ * changes: each output is still one tile's full chain over cols. */
+#define FBLOCK_W_BYTES (192 * 1024) /* weight rows of a block */
+#define FBLOCK_X_BYTES (384 * 1024) /* activation rows of a block */
+
+#define DEFINE_FGEMM(NAME, FMM, TILE, ESIZE)                                                     \
+    static void NAME(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv, int64_t ntok,  \
+                     float *y, int64_t ldy) {                                                   \
+        if (ntok == 1) {                                                                        \
+            FMM(w, r0, r1, xv, ntok, y, ldy);                                                   \
+            return;                                                                             \
+        }                                                                                       \
+        const char *wd = w->data;                                                               \
+        const float *x = xv;                                                                    \
+        const int64_t cols = w->cols;                                                           \
+        int64_t rb = FBLOCK_W_BYTES / (cols * ESIZE) / FRM * FRM;                               \
+        int64_t tb = FBLOCK_X_BYTES / (cols * 4) / FRN * FRN;                                   \
+        rb = rb < FRM ? FRM : rb;                                                               \
+        tb = tb < FRN ? FRN : tb;                                                               \
+        for (int64_t rB = r0; rB < r1; rB += rb) {                                              \
+            const int64_t rE = r1 - rB < rb ? r1 : rB + rb;                                     \
+            for (int64_t tB = 0; tB < ntok; tB += tb) {                                         \
+                const int64_t tE = ntok - tB < tb ? ntok : tB + tb;                             \
+                for (int64_t r = rB; r < rE; r += FRM) {                                        \
+                    int rm = rE - r < FRM ? (int)(rE - r) : FRM;                                \
+                    for (int64_t t = tB; t < tE; t += FRN) {                                    \
+                        int rn = tE - t < FRN ? (int)(tE - t) : FRN;                            \
+                        TILE##_any(wd + r * cols * ESIZE, x + t * cols, cols, rm, rn,           \
+                                   y + t * ldy + r, ldy);                                       \
+                    }                                                                           \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+    }
+
+DEFINE_FGEMM(matmul_f32, fmm_f32, ftile_f32, 4)
+DEFINE_FGEMM(matmul_f16, fmm_f16, ftile_f16, 2)
+DEFINE_FGEMM(matmul_bf16, fmm_bf16, ftile_bf16, 2)
 
 /* ---- q8_0 weights x q8 activations -------------------------------------------------------- */
 
-/* Per 32-block: maddubs takes unsigned x signed bytes, so it gets |w| and x with w's sign moved
- * onto it (|q| <= 127, so neither overflows and pair sums stay below 2^15); madd with ones
- * widens to 8 int32 lanes of 4 products each, converted to float and FMA'd with d_w*d_x. */
+/* Every output follows the scalar reference's chain exactly: per 32-block the exact int32 dot,
+ * then acc = acc + float(isum) * (d_w * d_x), blocks in order, each operation rounded on its own
+ * (-ffp-contract=off). So q8_0 results are bit-identical to the scalar table's, whatever the tile,
+ * the batch size or the thread split.
+ *
+ * The int32 dot: VPMADDUBSW multiplies unsigned by signed bytes and adds pairs into saturating
+ * int16, so it gets |w| and x with w's sign moved onto it. Quants are in [-127, 127] (a -128 from
+ * a file still works: |w| = 128 read unsigned), so a pair sum stays below 2^15 and is exact;
+ * VPMADDWD with ones widens the pairs into int32 lanes of 4 products.
+ *
+ * Prompts (ntok > 1) put rows in the lanes: a panel vector holds the same 4 columns of 8 rows (an
+ * 8x8 dword transpose of 8 row vectors), multiplied against the activation's 4 bytes broadcast, so
+ * after the block's 8 steps each lane holds one row's exact block sum, with no horizontal sums.
+ * Each panel of 8 rows x QKB blocks is transposed once into a buffer (with its |w| twin and the
+ * block scales) and reused by every tile of QRN tokens. Generation (ntok == 1) streams rows in
+ * their row-major layout and folds the lanes of 8 rows instead (q8_gemv8). */
 
-#define QRM 2
-#define QRN 2
+#define QRN 4  /* tokens of a prompt tile */
+#define QKB 32 /* blocks of a packed panel: 8 rows x 32 blocks x 2 = 16 KiB, stays in L1 */
 
-INLINE __m256i dot_lanes(__m256i aw, __m256i w, __m256i x) {
-    __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w));
-    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+INLINE int32_t ld32(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
 }
 
-INLINE void qtile(const int8_t *wq, const uint16_t *ws, const lmp_q8_act *x, int64_t t0,
-                  int64_t cols, int rm, int rn, float *y, int64_t ldy) {
+/* The exact int32 dots of 4-byte groups: lane i gets sum_k aw_k * (x_k with the sign of w_k). */
+INLINE __m256i dot4(__m256i w, __m256i aw, __m256i x) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1));
+}
+
+/* f32 scales of block b of nr <= 8 rows (row stride nb), missing rows 0. */
+INLINE __m256 load_scales8(const uint16_t *ws, int64_t nb, int64_t b, int nr) {
+    uint16_t s[8];
+    UNROLL for (int i = 0; i < 8; i++) s[i] = i < nr ? ws[i * nb + b] : 0;
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s));
+}
+
+/* Copies blocks [b0, b0+kb) of nr <= 8 rows into the panel buffer: per block, 8 steps of
+ * (panel vector, its |w|), step k = dword k of every row; then the block's scales in sd. */
+static void pack_panel8(const int8_t *wq, const uint16_t *ws, int64_t cols, int nr, int64_t b0, int kb,
+                        __m256i *pw, __m256 *sd) {
     const int64_t nb = cols / LMP_QK;
-    __m256 acc[QRM * 2][QRN];
-    UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++) acc[i][j] =
-        _mm256_setzero_ps();
-    const int64_t ahead = rn == 1 ? gemv_ahead(cols, rm, 1) : 0;
-    for (int64_t b = 0; b < nb; b++) {
-        if (ahead) { /* see gemv_ahead */
-            GEMV_PREFETCH(wq, ahead + b * LMP_QK * rm, rm * LMP_QK);
-            GEMV_PREFETCH(ws, ahead / 16 + b * 2 * rm, 1);
+    for (int b = 0; b < kb; b++) {
+        __m256i r[8], t[8], u[8];
+        UNROLL for (int i = 0; i < 8; i++)
+            r[i] = i < nr ? _mm256_loadu_si256((const __m256i *)(wq + i * cols + (b0 + b) * LMP_QK))
+                          : _mm256_setzero_si256();
+        UNROLL for (int i = 0; i < 4; i++) { /* rows 2i, 2i+1: dwords 0,1 | 4,5 and 2,3 | 6,7 */
+            t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
         }
-        __m256i wv[QRM * 2], aw[QRM * 2];
-        __m256 dw[QRM * 2];
-        UNROLL for (int i = 0; i < rm; i++) {
-            wv[i] = _mm256_loadu_si256((const __m256i *)(wq + i * cols + b * LMP_QK));
-            aw[i] = _mm256_sign_epi8(wv[i], wv[i]);
-            dw[i] = _mm256_set1_ps(_cvtsh_ss(ws[i * nb + b]));
+        UNROLL for (int q = 0; q < 2; q++) { /* u[4q+m]: rows 4q..4q+3, dword m | m+4 */
+            u[4 * q + 0] = _mm256_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
+            u[4 * q + 1] = _mm256_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
+            u[4 * q + 2] = _mm256_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
+            u[4 * q + 3] = _mm256_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
         }
-        UNROLL for (int j = 0; j < rn; j++) {
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + (t0 + j) * cols + b * LMP_QK));
-            __m256 dx = _mm256_broadcast_ss(x->d + (t0 + j) * nb + b);
-            UNROLL for (int i = 0; i < rm; i++) {
-                __m256 f = _mm256_cvtepi32_ps(dot_lanes(aw[i], wv[i], xv));
-                acc[i][j] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw[i], dx), acc[i][j]);
+        __m256i *p = pw + b * 16;
+        UNROLL for (int m = 0; m < 4; m++) {
+            __m256i lo = _mm256_permute2x128_si256(u[m], u[4 + m], 0x20);
+            __m256i hi = _mm256_permute2x128_si256(u[m], u[4 + m], 0x31);
+            p[2 * m] = lo, p[2 * m + 1] = _mm256_abs_epi8(lo);
+            p[2 * (m + 4)] = hi, p[2 * (m + 4) + 1] = _mm256_abs_epi8(hi);
+        }
+        sd[b] = load_scales8(ws, nb, b0 + b, nr);
+    }
+}
+
+/* One tile: the packed panel's 8 rows x RN tokens over its kb blocks, continuing the chains held
+ * in y (first: start from 0). y: &Y[t0*ldy + r]; nr rows are stored. */
+INLINE void q8_tile(const __m256i *pw, const __m256 *sd, int kb, const int8_t *xq, const float *xd,
+                    int64_t cols, int64_t nb, int first, __m256i rmask, int rn, float *y, int64_t ldy) {
+    __m256 acc[QRN];
+    const int8_t *xt[QRN];
+    UNROLL for (int j = 0; j < rn; j++) {
+        acc[j] = first ? _mm256_setzero_ps() : _mm256_maskload_ps(y + j * ldy, rmask);
+        xt[j] = xq + j * cols;
+    }
+    for (int b = 0; b < kb; b++, pw += 16) {
+        __m256i s[QRN];
+        UNROLL for (int j = 0; j < rn; j++) s[j] = _mm256_setzero_si256();
+        UNROLL for (int k = 0; k < 8; k++) {
+            const __m256i w = pw[2 * k], aw = pw[2 * k + 1];
+            UNROLL for (int j = 0; j < rn; j++) {
+                s[j] = _mm256_add_epi32(s[j], dot4(w, aw, _mm256_set1_epi32(ld32(xt[j] + 4 * k))));
+#if defined(__GNUC__)
+                /* one running sum per tile entry: otherwise GCC reassociates the 8 steps into a
+                 * tree, keeps every product live and spills them */
+                __asm__("" : "+x"(s[j]));
+#endif
             }
         }
+        UNROLL for (int j = 0; j < rn; j++) {
+            __m256 d = _mm256_mul_ps(sd[b], _mm256_broadcast_ss(xd + j * nb + b));
+            acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(_mm256_cvtepi32_ps(s[j]), d));
+            xt[j] += LMP_QK;
+        }
     }
-    UNROLL for (int i = 0; i < rm; i++) UNROLL for (int j = 0; j < rn; j++)
-        y[j * ldy + i] = hsum8(acc[i][j]);
+    UNROLL for (int j = 0; j < rn; j++) _mm256_maskstore_ps(y + j * ldy, rmask, acc[j]);
 }
 
-#define QCASE(RM, RN) case (RM) * 16 + (RN): qtile(wq, ws, x, t0, cols, RM, RN, y, ldy); break;
-
-static void qtile_any(const int8_t *wq, const uint16_t *ws, const lmp_q8_act *x, int64_t t0,
-                      int64_t cols, int rm, int rn, float *y, int64_t ldy) {
-    switch (rm * 16 + rn) {
-        QCASE(1, 1) QCASE(1, 2) QCASE(2, 1) QCASE(2, 2) QCASE(4, 1)
-    default: break;
+/* Generation: rows [0, nr) (nr <= 8) against one token. Per block each row's dot leaves 8
+ * partial sums in its lanes; three levels of unpacks and adds fold the 8 rows into one vector
+ * of exact block sums in row order. */
+INLINE void q8_gemv8(const int8_t *wq, const uint16_t *ws, const int8_t *xq, const float *xd,
+                     int64_t cols, int nr, int64_t ahead, float *y) {
+    const int64_t nb = cols / LMP_QK;
+    const __m256i sidx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                            _mm256_set1_epi32((int)nb * 2));
+    const __m256i rmask = first_lanes(nr);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        if (ahead) { /* see gemv_ahead */
+            GEMV_PREFETCH(wq, ahead + b * LMP_QK * nr, nr * LMP_QK);
+            GEMV_PREFETCH(ws, ahead / 16 + b * 2 * nr, 1);
+        }
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * LMP_QK));
+        __m256i r[8], t[4], u[2];
+        UNROLL for (int i = 0; i < 8; i++) {
+            if (i < nr) {
+                __m256i w = _mm256_loadu_si256((const __m256i *)(wq + i * cols + b * LMP_QK));
+                r[i] = dot4(w, _mm256_abs_epi8(w), xv);
+            } else {
+                r[i] = _mm256_setzero_si256();
+            }
+        }
+        UNROLL for (int i = 0; i < 4; i++) /* rows 2i, 2i+1 alternate, 2 partials each per half */
+            t[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]),
+                                    _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]));
+        UNROLL for (int i = 0; i < 2; i++) /* rows 4i..4i+3 per half */
+            u[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(t[2 * i], t[2 * i + 1]),
+                                    _mm256_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
+        __m256i c = _mm256_add_epi32(_mm256_permute2x128_si256(u[0], u[1], 0x20),
+                                     _mm256_permute2x128_si256(u[0], u[1], 0x31));
+        __m256 dw;
+        if (b + 1 < nb && nr == 8) { /* a 4-byte gather: the 2 bytes past each scale exist */
+            __m256i sw = _mm256_i32gather_epi32((const int *)(ws + b), sidx, 1);
+            sw = _mm256_and_si256(sw, _mm256_set1_epi32(0xffff));
+            sw = _mm256_permute4x64_epi64(_mm256_packus_epi32(sw, sw), 0x08);
+            dw = _mm256_cvtph_ps(_mm256_castsi256_si128(sw));
+        } else {
+            dw = load_scales8(ws, nb, b, nr);
+        }
+        __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(xd + b));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(c), d));
     }
+    _mm256_maskstore_ps(y, rmask, acc);
 }
+
+#define Q8CASE(RN) case RN: q8_tile(pw, sd, kb, xq, xd, cols, nb, first, rmask, RN, yt, ldy); break;
 
 static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv,
                         int64_t ntok, float *y, int64_t ldy) {
@@ -180,17 +320,30 @@ static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void 
     const int8_t *wq = w->data;
     const int64_t cols = w->cols, nb = cols / LMP_QK;
     if (ntok == 1) {
-        gemv_prologue(wq + r0 * cols, w->scales + r0 * nb, (r1 - r0) * cols, gemv_ahead(cols, 4, 1));
-        int64_t r = r0;
-        for (; r + 4 <= r1; r += 4) qtile_any(wq + r * cols, w->scales + r * nb, x, 0, cols, 4, 1, y + r, ldy);
-        for (; r < r1; r++) qtile_any(wq + r * cols, w->scales + r * nb, x, 0, cols, 1, 1, y + r, ldy);
+        const int64_t ahead = gemv_ahead(cols, 8, 1);
+        gemv_prologue(wq + r0 * cols, w->scales + r0 * nb, (r1 - r0) * cols, ahead);
+        for (int64_t r = r0; r < r1; r += 8) {
+            int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
+            q8_gemv8(wq + r * cols, w->scales + r * nb, x->q, x->d, cols, nr, ahead, y + r);
+        }
         return;
     }
-    for (int64_t r = r0; r < r1; r += QRM) {
-        int rm = r1 - r < QRM ? (int)(r1 - r) : QRM;
-        for (int64_t t = 0; t < ntok; t += QRN) {
-            int rn = ntok - t < QRN ? (int)(ntok - t) : QRN;
-            qtile_any(wq + r * cols, w->scales + r * nb, x, t, cols, rm, rn, y + t * ldy + r, ldy);
+    _Alignas(32) __m256i pw[QKB * 16];
+    _Alignas(32) __m256 sd[QKB];
+    for (int64_t r = r0; r < r1; r += 8) {
+        const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
+        const __m256i rmask = first_lanes(nr);
+        for (int64_t b0 = 0; b0 < nb; b0 += QKB) {
+            const int kb = nb - b0 < QKB ? (int)(nb - b0) : QKB;
+            pack_panel8(wq + r * cols, w->scales + r * nb, cols, nr, b0, kb, pw, sd);
+            for (int64_t t = 0; t < ntok; t += QRN) {
+                const int rn = ntok - t < QRN ? (int)(ntok - t) : QRN;
+                const int8_t *xq = x->q + t * cols + b0 * LMP_QK;
+                const float *xd = x->d + t * nb + b0;
+                const int first = b0 == 0;
+                float *yt = y + t * ldy + r;
+                switch (rn) { Q8CASE(1) Q8CASE(2) Q8CASE(3) Q8CASE(4) default: break; }
+            }
         }
     }
 }
@@ -466,6 +619,128 @@ static void axpy_f32(float a, const float *x, float *y, int64_t n) {
     }
 }
 
+/* ---- SwiGLU gate and attention --------------------------------------------------------------- */
+
+/* e^x per lane: x = n ln2 + r with n = round(x log2 e) and ln2 in two parts, e^r by its Taylor
+ * polynomial to r^7 (|r| <= ln2/2), then times 2^n as two exact powers of two, so results that
+ * fall below the normal range round once, like a scaling instruction would. x is clamped to
+ * [-104, 104] (e^x is 0 below after rounding, inf above after the scaling); NaN passes. */
+INLINE __m256 exp256(__m256 x) {
+    x = _mm256_max_ps(_mm256_set1_ps(-104.0f), x); /* NaN x: the second operand, x, is kept */
+    x = _mm256_min_ps(_mm256_set1_ps(104.0f), x);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    /* 2^n = 2^n1 * 2^n2 with n1 = n >> 1: both within the normal exponents for |n| <= 151 */
+    __m256i ni = _mm256_cvtps_epi32(n);
+    __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+/* The SwiGLU gate: g/(1 + e^-g) * u, the division and multiply rounded as the scalar loop's. */
+static void silu_mul_f32(float *g, const float *u, int64_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n; i += 8) {
+        const __m256i m = first_lanes(n - i >= 8 ? 8 : n - i);
+        __m256 gv = _mm256_maskload_ps(g + i, m);
+        __m256 s = _mm256_div_ps(gv, _mm256_add_ps(one, exp256(_mm256_xor_ps(gv, sign))));
+        _mm256_maskstore_ps(g + i, m, _mm256_mul_ps(s, _mm256_maskload_ps(u + i, m)));
+    }
+}
+
+/* s[p] = e^(s[p] - mx) for p < n; returns their sum (8 lanes by p mod 8, fixed reduction). */
+static float softmax_exp(float *s, int64_t n, float mx) {
+    const __m256 m = _mm256_set1_ps(mx);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t p = 0; p < n; p += 8) {
+        const __m256i k = first_lanes(n - p >= 8 ? 8 : n - p);
+        __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_maskload_ps(s + p, k), m)), _mm256_castsi256_ps(k));
+        _mm256_maskstore_ps(s + p, k, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    return hsum8(acc);
+}
+
+/* Attention for one query: the scores of 4 positions at a time (two chains per position, then
+ * the 4 sums folded together with the same adds for every position: a short last group repeats
+ * its final position), softmax with a vector exp, then the value rows summed into registers.
+ * NV (vectors per head row) is a constant in each instance so q and the output stay in
+ * registers where they fit. */
+INLINE void attend_nv(const float *q, const float *k, const float *v, int64_t ld, int64_t npos, int64_t hd,
+                      float scale, float *s, float *out, const int NV) {
+    const __m256i tail = first_lanes(hd - 8 * (NV - 1));
+#define ATT_LD(p, i) (i == NV - 1 ? _mm256_maskload_ps((p) + i * 8, tail) : _mm256_loadu_ps((p) + i * 8))
+    float mx = -INFINITY;
+    for (int64_t p = 0; p < npos; p += 4) {
+        const float *kp[4];
+        UNROLL for (int j = 0; j < 4; j++) kp[j] = k + (p + j < npos ? p + j : npos - 1) * ld;
+        __m256 a[4], b[4];
+        UNROLL for (int j = 0; j < 4; j++) a[j] = b[j] = _mm256_setzero_ps();
+        UNROLL for (int i = 0; i < NV; i++) {
+            const __m256 qv = ATT_LD(q, i);
+            UNROLL for (int j = 0; j < 4; j++) {
+                if (i % 2) b[j] = _mm256_fmadd_ps(qv, ATT_LD(kp[j], i), b[j]);
+                else a[j] = _mm256_fmadd_ps(qv, ATT_LD(kp[j], i), a[j]);
+            }
+        }
+        UNROLL for (int j = 0; j < 4; j++) a[j] = _mm256_add_ps(a[j], b[j]);
+        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        __m128 sc = _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)),
+                               _mm_set1_ps(scale));
+        float x4[4];
+        _mm_storeu_ps(x4, sc);
+        for (int j = 0; j < 4 && p + j < npos; j++) {
+            s[p + j] = x4[j];
+            mx = x4[j] > mx ? x4[j] : mx;
+        }
+    }
+    const float inv = 1.0f / softmax_exp(s, npos, mx);
+    __m256 o[NV];
+    UNROLL for (int i = 0; i < NV; i++) o[i] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < npos; p++) {
+        const float *vp = v + p * ld;
+        const __m256 w = _mm256_set1_ps(s[p] * inv);
+        UNROLL for (int i = 0; i < NV; i++) o[i] = _mm256_fmadd_ps(w, ATT_LD(vp, i), o[i]);
+    }
+    UNROLL for (int i = 0; i < NV; i++) {
+        if (i == NV - 1) _mm256_maskstore_ps(out + i * 8, tail, o[i]);
+        else _mm256_storeu_ps(out + i * 8, o[i]);
+    }
+#undef ATT_LD
+}
+
+static void attend_f32(const float *q, const float *k, const float *v, int64_t ld, int64_t npos, int64_t hd,
+                       float scale, float *s, float *out) {
+    switch ((hd + 7) / 8) {
+#define ATT_CASE(NV) case NV: attend_nv(q, k, v, ld, npos, hd, scale, s, out, NV); return;
+        ATT_CASE(1) ATT_CASE(2) ATT_CASE(3) ATT_CASE(4) ATT_CASE(5) ATT_CASE(6) ATT_CASE(7) ATT_CASE(8)
+        ATT_CASE(9) ATT_CASE(10) ATT_CASE(11) ATT_CASE(12) ATT_CASE(13) ATT_CASE(14) ATT_CASE(15) ATT_CASE(16)
+#undef ATT_CASE
+    default: break;
+    }
+    /* heads wider than 128: the composed path */
+    float mx = -INFINITY;
+    for (int64_t p = 0; p < npos; p++) {
+        s[p] = dot_f32(q, k + p * ld, hd) * scale;
+        if (s[p] > mx) mx = s[p];
+    }
+    float inv = 1.0f / softmax_exp(s, npos, mx);
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int64_t p = 0; p < npos; p++) axpy_f32(s[p] * inv, v + p * ld, out, hd);
+}
+
 const lmp_kernels lmp_kernels_avx2 = {
     .name = "avx2",
     .matmul = {[LMP_F32] = matmul_f32, [LMP_F16] = matmul_f16, [LMP_BF16] = matmul_bf16,
@@ -474,6 +749,8 @@ const lmp_kernels lmp_kernels_avx2 = {
     .quantize_act_q8 = quantize_act_q8,
     .dot_f32 = dot_f32,
     .axpy_f32 = axpy_f32,
+    .silu_mul_f32 = silu_mul_f32,
+    .attend_f32 = attend_f32,
 };
 
 #if defined(__clang__)

@@ -280,20 +280,29 @@ def test_env_var_naming_an_unrunnable_path_warns_and_falls_back():
     assert "LMPACK_KERNELS=avx9000 is not a kernel path this CPU can run" in out.stderr
 
 
-@pytest.mark.parametrize("rows,cols,ntok", [(45, 96, 1), (45, 96, 13), (33, 2080, 7), (7, 32, 2), (70, 1056, 1)])
-def test_avx512_q8_0_matmul_bit_identical_to_scalar(rows, cols, ntok):
-    """The AVX-512 q8_0 matmul keeps the scalar chain (exact block sums, then one rounded multiply
-    and add per block, in order), so prompts and generation give the reference's bits."""
-    if "avx512" not in PATHS:
-        pytest.skip("no AVX-512 on this CPU")
+@pytest.mark.parametrize("table", ["avx2", "avx512"])
+@pytest.mark.parametrize("rows,cols,ntok", [(45, 96, 1), (45, 96, 13), (33, 2080, 7), (7, 32, 2), (70, 1056, 1),
+                                            (17, 1024, 3), (9, 4096, 5), (64, 64, 4), (23, 160, 33), (1, 32, 6)])
+def test_simd_q8_0_matmul_bit_identical_to_scalar(table, rows, cols, ntok):
+    """The AVX2 and AVX-512 q8_0 matmuls keep the scalar chain (exact block sums, then one rounded
+    multiply and add per block, in order), so prompts and generation give the reference's bits,
+    whatever rows a thread gets (1, 2 or 3 uneven parts, cut inside the 8- and 32-row panels)."""
+    if table not in PATHS:
+        pytest.skip(f"no {table} on this CPU")
     rng = np.random.default_rng(rows + cols + ntok)
     w, ws, _ = make_weight("q8_0", rows, cols, rng)
     arg = quantize_act(rng.standard_normal((ntok, cols)).astype(np.float32))
     with using_kernels("scalar"):
         ref = matmul("q8_0", w, ws, rows, cols, arg, ntok)
-    with using_kernels("avx512"):
-        y = matmul("q8_0", w, ws, rows, cols, arg, ntok)
-    np.testing.assert_array_equal(y, ref)
+    with using_kernels(table):
+        for parts in (1, 2, 3):
+            cuts = [0] + [rows * i // parts + (i % 2) * (rows > 8) * 3 for i in range(1, parts)] + [rows]
+            cuts = sorted(min(max(c, 0), rows) for c in cuts)
+            y = np.full((ntok, rows), np.nan, np.float32)
+            for a, b in zip(cuts, cuts[1:]):
+                part = matmul("q8_0", w, ws, rows, cols, arg, ntok, a, b)
+                y[:, a:b] = part[:, a:b]
+            np.testing.assert_array_equal(y, ref, err_msg=f"{parts} parts at {cuts}")
 
 
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 1000])

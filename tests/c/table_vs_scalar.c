@@ -128,6 +128,41 @@ static void test_quantizers(const lmp_kernels *k, int n) {
     free(x); free(q0); free(q1); free(d0); free(d1); free(f0); free(f1); free(a); free(b); free(y0); free(y1);
 }
 
+/* The fused attention entry, where the table has one, against softmax attention in double:
+ * head widths around the vector sizes and past the fused limit, position counts around the
+ * groups of 4, rows with a stride wider than the head. */
+static void test_attend(const lmp_kernels *k, int hd, int npos) {
+    if (!k->attend_f32) return;
+    const int ld = hd * 2 + 3;
+    float *q = malloc((size_t)hd * 4), *kc = malloc((size_t)npos * ld * 4), *vc = malloc((size_t)npos * ld * 4);
+    float *s = malloc((size_t)npos * 4), *out = malloc((size_t)hd * 4 + 4);
+    double *sc = malloc((size_t)npos * 8);
+    for (int i = 0; i < hd; i++) q[i] = frand();
+    for (int i = 0; i < npos * ld; i++) kc[i] = frand(), vc[i] = frand();
+    out[hd] = 12345.0f; /* must stay: nothing past the head is written */
+    const float scale = 1.0f / sqrtf((float)hd);
+    k->attend_f32(q, kc, vc, ld, npos, hd, scale, s, out);
+    double mx = -INFINITY, sum = 0, vmax = 0;
+    for (int p = 0; p < npos; p++) {
+        double d = 0;
+        for (int i = 0; i < hd; i++) d += (double)q[i] * kc[p * ld + i];
+        sc[p] = d * scale;
+        if (sc[p] > mx) mx = sc[p];
+    }
+    for (int p = 0; p < npos; p++) sum += sc[p] = exp(sc[p] - mx);
+    int ok = out[hd] == 12345.0f;
+    for (int i = 0; i < hd; i++) {
+        double want = 0;
+        for (int p = 0; p < npos; p++) {
+            want += sc[p] / sum * vc[p * ld + i];
+            if (fabs(vc[p * ld + i]) > vmax) vmax = fabs(vc[p * ld + i]);
+        }
+        ok &= fabs(out[i] - want) <= 1e-5 * vmax;
+    }
+    check(ok, "attend_f32 vs double", hd, npos, 1);
+    free(q); free(kc); free(vc); free(s); free(out); free(sc);
+}
+
 int main(void) {
     const lmp_kernels *k = &TABLE;
     static const int shapes[][2] = {{1, 32}, {5, 96}, {13, 4128}, {9, 64}, {33, 160}, {17, 2048}};
@@ -135,6 +170,9 @@ int main(void) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
             for (int ntok = 1; ntok <= 7; ntok += 3) test_matmul(k, dtype, shapes[s][0], shapes[s][1], ntok);
     for (int n = 32; n <= 4128; n = n * 3 + 32) test_quantizers(k, n);
+    static const int hds[] = {1, 8, 13, 64, 100, 128, 136};
+    for (size_t h = 0; h < sizeof hds / sizeof hds[0]; h++)
+        for (int npos = 1; npos <= 40; npos = npos * 2 + 1) test_attend(k, hds[h], npos);
     printf("%s: %d passed, %d failed\n", k->name, passed, failed);
     return failed != 0;
 }
