@@ -1,7 +1,8 @@
 /* Kernel dispatch: detect the CPU, pick the best kernel table it can run, expose the choice.
  *
  * The active table pointer is the only mutable global of the C core, with its companion, the
- * GEMV prefetch profile of the CPU's vendor (gemv_prefetch.c). Both are resolved on first use
+ * GEMV prefetch profile of the CPU's vendor (gemv_prefetch.c), and a cached AVX512-BF16 feature
+ * bit (lmp_bf16_act_matmul). All are resolved on first use
  * (LMPACK_KERNELS may force a path) and changed only by set_kernel_path and the _gemv_prefetch
  * benchmark hook. A table is offered
  * only when the CPU has the instructions AND the OS saves the register state they need (xgetbv
@@ -19,16 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_x86.h"
 #include "kernels.h"
-
-#if defined(__x86_64__) || defined(_M_X64)
-#define LMP_X86 1
-#if defined(_MSC_VER)
-#include <intrin.h>
-#else
-#include <cpuid.h>
-#endif
-#endif
 
 #if defined(__aarch64__)
 #if defined(__linux__)
@@ -68,17 +61,6 @@ static const char *const feature_names[F_NFEAT] = {
 };
 
 #if defined(LMP_X86)
-static void cpuid(unsigned leaf, unsigned sub, unsigned r[4]) {
-#if defined(_MSC_VER)
-    int v[4];
-    __cpuidex(v, (int)leaf, (int)sub);
-    for (int i = 0; i < 4; i++) r[i] = (unsigned)v[i];
-#else
-    r[0] = r[1] = r[2] = r[3] = 0;
-    __cpuid_count(leaf, sub, r[0], r[1], r[2], r[3]);
-#endif
-}
-
 /* XCR0: which register states the OS saves on a context switch. */
 static unsigned long long xgetbv0(void) {
 #if defined(_MSC_VER)
@@ -95,10 +77,10 @@ static void detect(int f[F_NFEAT]) {
     memset(f, 0, sizeof(int) * F_NFEAT);
 #if defined(LMP_X86)
     unsigned r[4];
-    cpuid(0, 0, r);
+    lmp_cpuid(0, 0, r);
     unsigned max_leaf = r[0];
     if (max_leaf < 1) return;
-    cpuid(1, 0, r);
+    lmp_cpuid(1, 0, r);
     int osxsave = (r[2] >> 27) & 1;
     f[F_FMA] = (r[2] >> 12) & 1;
     f[F_AVX] = (r[2] >> 28) & 1;
@@ -110,7 +92,7 @@ static void detect(int f[F_NFEAT]) {
         f[F_OS_AMX] = (xcr0 & 0x60000) == 0x60000;            /* XTILECFG, XTILEDATA */
     }
     if (max_leaf >= 7) {
-        cpuid(7, 0, r);
+        lmp_cpuid(7, 0, r);
         f[F_AVX2] = (r[1] >> 5) & 1;
         f[F_AVX512F] = (r[1] >> 16) & 1;
         f[F_AVX512DQ] = (r[1] >> 17) & 1;
@@ -122,7 +104,7 @@ static void detect(int f[F_NFEAT]) {
         f[F_AMX_BF16] = (r[3] >> 22) & 1;
         unsigned sub_max = r[0];
         if (sub_max >= 1) {
-            cpuid(7, 1, r);
+            lmp_cpuid(7, 1, r);
             f[F_AVXVNNI] = (r[0] >> 4) & 1;
             f[F_AVX512BF16] = (r[0] >> 5) & 1;
         }

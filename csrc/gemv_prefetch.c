@@ -10,16 +10,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "cpu_x86.h"
 #include "kernels.h"
-
-#if defined(__x86_64__) || defined(_M_X64)
-#define LMP_X86 1
-#if defined(_MSC_VER)
-#include <intrin.h>
-#else
-#include <cpuid.h>
-#endif
-#endif
 
 static const lmp_gemv_prefetch profiles[] = {
     /* measured on an Intel Xeon: a fixed distance, rows shorter than a page only */
@@ -37,14 +29,8 @@ static _Atomic(const lmp_gemv_prefetch *) g_profile;
  * profile measured on Intel; other architectures none (their tables do not prefetch). */
 static const lmp_gemv_prefetch *vendor_profile(void) {
 #if defined(LMP_X86)
-    unsigned r[4] = {0, 0, 0, 0};
-#if defined(_MSC_VER)
-    int v4[4];
-    __cpuid(v4, 0);
-    for (int i = 0; i < 4; i++) r[i] = (unsigned)v4[i];
-#else
-    __cpuid(0, r[0], r[1], r[2], r[3]);
-#endif
+    unsigned r[4];
+    lmp_cpuid(0, 0, r);
     char v[12];
     memcpy(v, &r[1], 4); /* EBX, EDX, ECX spell it */
     memcpy(v + 4, &r[3], 4);
