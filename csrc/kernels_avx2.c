@@ -707,7 +707,7 @@ INLINE void attend_nv(const float *q, const float *k, const float *v, int64_t ld
         }
     }
     const float inv = 1.0f / softmax_exp(s, npos, mx);
-    __m256 o[NV];
+    __m256 o[16]; /* NV <= 16: heads up to 128 wide (attend_f32's cases) */
     UNROLL for (int i = 0; i < NV; i++) o[i] = _mm256_setzero_ps();
     for (int64_t p = 0; p < npos; p++) {
         const float *vp = v + p * ld;
