@@ -702,7 +702,9 @@ fail_t:
 static PyObject *model_get_n_ctx(ModelObject *self, void *closure) { return PyLong_FromLongLong(self->m.n_ctx); }
 static PyObject *model_get_threads(ModelObject *self, void *closure) { return PyLong_FromLong(self->threads); }
 static PyObject *model_get_activations(ModelObject *self, void *closure) {
-    return PyUnicode_FromString(self->m.act_bf16 ? "bf16" : "f32");
+    /* What runs, not what was asked: tables without a bf16-activation matmul run the exact path. */
+    const int bf16 = self->m.act_bf16 && lmp_bf16_act_matmul(lmp_active_kernels()) != NULL;
+    return PyUnicode_FromString(bf16 ? "bf16" : "f32");
 }
 
 static PyMethodDef model_methods[] = {

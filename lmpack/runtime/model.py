@@ -150,7 +150,7 @@ class Model:
                  activations: str = "f32"):
         if activations not in ACTIVATIONS:
             raise LmpackError(f"activations must be one of {', '.join(ACTIVATIONS)}, got {brief(activations)}")
-        self.activations = activations
+        self._activations = activations
         self.path = Path(path)
         self._reader = LmpReader(self.path)
         cfg = self.config = self._reader.config
@@ -301,6 +301,13 @@ class Model:
                 yield rest
         finally:
             stats.generation_seconds = time.perf_counter() - t1
+
+    @property
+    def activations(self) -> str:
+        """The mode bf16 weights' matmuls run in: "bf16" only where it was asked for and the active
+        kernel table has a bf16-activation matmul for this CPU; otherwise "f32", the exact path."""
+        core = self._core
+        return core.activations if core is not None else self._activations
 
     def close(self) -> None:
         """Release the KV cache and the file; later calls raise LmpackError."""
