@@ -196,10 +196,11 @@ def test_llama3_scaling_is_read_back_from_divisors():
 
 # ---- the other families: files rewritten with gguf-py from a valid export ----------------------
 
-def rewrite(src, dst, drop=(), fields=None, reshape=None, nan_scale=None) -> None:
+def rewrite(src, dst, drop=(), fields=None, reshape=None, nan_scale=None, q8=()) -> None:
     """Copy the GGUF `src` to `dst` with gguf-py, leaving out tensors `drop`, setting metadata
     `fields` ({key: (value, GGUFValueType)}), giving tensors in `reshape` another row count (data
-    cut or repeated), and making the first Q8_0 scale of tensor `nan_scale` a NaN."""
+    cut or repeated), making the first Q8_0 scale of tensor `nan_scale` a NaN, and storing the f32
+    tensors `q8` as Q8_0."""
     import numpy as np
 
     r = gguf.GGUFReader(src)
@@ -225,9 +226,13 @@ def rewrite(src, dst, drop=(), fields=None, reshape=None, nan_scale=None) -> Non
             assert t.tensor_type == gguf.GGMLQuantizationType.Q8_0
             flat = data.reshape(-1).view(np.uint8)
             flat[0:2] = np.frombuffer(np.float16(np.nan).tobytes(), np.uint8)
-        quant = t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+        ttype = t.tensor_type
+        if t.name in q8:
+            data, ttype = gguf.quants.quantize(data.astype(np.float32), gguf.GGMLQuantizationType.Q8_0), \
+                gguf.GGMLQuantizationType.Q8_0
+        quant = ttype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
         w.add_tensor(t.name, data, raw_shape=data.shape if not quant else None,
-                     raw_dtype=t.tensor_type if quant else None)
+                     raw_dtype=ttype if quant else None)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -272,8 +277,10 @@ FAMILY_CORRUPTIONS = {
     "phi3-nan-q8_0-scale": ("phi3", dict(nan_scale="blk.1.ffn_up.weight"), "NaN"),
     "olmo2-lying-block-count": ("olmo2", dict(fields={"olmo2.block_count": (1 << 20, U32)}), "layers"),
     "olmo2-missing-k-norm": ("olmo2", dict(drop=["blk.0.attn_k_norm.weight"]), "missing"),
-    "mixtral-lying-expert-count": ("mixtral", dict(fields={"llama.expert_count": (8, U32)}), "shape"),
+    "mixtral-lying-expert-count": ("mixtral", dict(fields={"llama.expert_count": (8, U32)}), "experts"),
     "mixtral-huge-expert-count": ("mixtral", dict(fields={"llama.expert_count": (1 << 30, U32)}), "n_experts"),
+    "mixtral-many-experts": ("mixtral", dict(fields={"llama.expert_count": (4096, U32)}), "experts"),
+    "gemma2-q8_0-norm": ("gemma2", dict(q8=["blk.0.attn_norm.weight"]), "vector"),
     "mixtral-used-above-count": ("mixtral", dict(fields={"llama.expert_used_count": (5, U32)}), "n_experts_used"),
     "mixtral-missing-experts": ("mixtral", dict(drop=["blk.1.ffn_down_exps.weight"]), "missing"),
     "mixtral-missing-router": ("mixtral", dict(drop=["blk.0.ffn_gate_inp.weight"]), "missing"),

@@ -13,6 +13,8 @@ be given a stored type by the user (`dequantized` lists them).
 """
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +71,17 @@ class GgufSource:
                                                              str(self.path))
         # the layer count is a claim: every layer holds at least four tensors, so a count the file
         # cannot back is refused before names are built for it
-        if self._config.n_layers * 4 > len(by_gguf):
-            raise LmpackError(f"{self.path}: {self._config.n_layers} layers claimed, but the file holds only "
+        cfg = self._config
+        if cfg.n_layers * 4 > len(by_gguf):
+            raise LmpackError(f"{self.path}: {cfg.n_layers} layers claimed, but the file holds only "
                               f"{len(by_gguf)} tensors")
+        # so is the expert count: every expert of every layer holds three dim x ffn_dim matrices, one
+        # name each, and all of them must fit in the weights the file holds
+        if cfg.n_experts:
+            held = sum(math.prod(t.shape) for t in by_gguf.values())
+            if cfg.n_layers * cfg.n_experts * 3 * max(cfg.dim, 1) * max(cfg.ffn_dim, 1) > held:
+                raise LmpackError(f"{self.path}: {cfg.n_experts} experts in each of {cfg.n_layers} layers claimed, "
+                                  f"but the file holds only {held} weights")
         self._layout = {g.name: g for g in layout(self._config, self.family)}
         exact = {T.F32: "f32", T.F16: "f16", T.BF16: "bf16", T.Q8_0: "q8_0"}
         found = {}
@@ -86,6 +96,9 @@ class GgufSource:
                 raise LmpackError(f"{self.path}: tensor '{gname}' has shape {list(t.shape)}, its metadata implies "
                                   f"{list(g.shape)}")
             dtype = exact.get(t.ggml_type)
+            if dtype == "q8_0" and len(t.shape) < 2:  # lmpack's Q8_0 is for matrices (docs/FORMAT.md)
+                raise LmpackError(f"{self.path}: tensor '{gname}' is a vector stored as Q8_0; only matrices "
+                                  f"may be")
             if dtype is None:
                 if not hasattr(gguf.quants, t.type_name):
                     raise LmpackError(f"{self.path}: tensor '{gname}' is {t.type_name}, which is not a weight type "
