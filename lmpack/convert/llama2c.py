@@ -194,18 +194,18 @@ class Llama2cSource:
         from lmpack.formats.lmp import Q8Tensor
 
         worst, err2, ref2 = 0.0, 0.0, 0.0
-        with _written(out) as r:
+        with _written(out) as (read, release):
             for name, (_, shape, quantized) in self._where.items():
                 if not quantized:
                     continue
                 src = self.load(name)
-                got = r.tensor(name)
+                got = read(name)
                 got = got.dequantize() if isinstance(got, Q8Tensor) else np.asarray(got, np.float32)
                 diff = got.astype(np.float64) - src
                 worst = max(worst, float(np.abs(diff).max()))
                 err2 += float((diff * diff).sum())
                 ref2 += float((src.astype(np.float64) ** 2).sum())
-                r.release(name)
+                release(name)
         rel = (err2 / ref2) ** 0.5 if ref2 else 0.0
         return [f"llama2.c int8 weights (groups of {gs}, f32 scales) re-quantized to ggml Q8_0 (groups of 32, "
                 f"fp16 scales): max |error| {worst:.3g}, rms error {100 * rel:.3g}% of the weights' rms"]
@@ -244,22 +244,21 @@ class Llama2cSource:
 
 @contextmanager
 def _written(out: Path) -> Iterator[Any]:
-    """The file just written, as something with `tensor(name)` and `release(name)` in lmpack's
-    names and row order: an `.lmp` reader, or a GGUF read back by the GGUF source."""
+    """The file just written, as (read(name), release(name)) in lmpack's names and row order: an
+    `.lmp` reader's, or those of a GGUF read back by the GGUF source."""
     if out.suffix.lower() == ".gguf":
         from lmpack.convert.gguf_source import GgufSource
 
         src = GgufSource(out)
-        src.tensor = src.load
         try:
-            yield src
+            yield src.load, src.release
         finally:
             src.close()
     else:
         from lmpack.formats.lmp import LmpReader
 
         with LmpReader(out) as r:
-            yield r
+            yield r.tensor, r.release
 
 
 def read_tokenizer_bin(data: bytes, vocab_size: int) -> list[tuple[bytes, float, int]] | None:
