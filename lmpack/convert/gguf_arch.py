@@ -81,7 +81,7 @@ class Family:
         if self.gemma_scale:
             if (config.query_pre_attn_scalar or config.head_dim) != self.attn_scalar(config):
                 raise LmpackError(f"{where} scales q.k by {self.attn_scalar(config)}^-1/2 for this shape; this model "
-                                  f"by {(config.query_pre_attn_scalar or config.head_dim):g}^-1/2")
+                                  f"by query_pre_attn_scalar {config.query_pre_attn_scalar or config.head_dim:g}^-1/2")
         elif config.query_pre_attn_scalar not in (None, config.head_dim):
             raise LmpackError(f"{where} scales q.k by head_dim^-1/2; this model does not")
         if config.rope_local_theta is not None and any(slides) and config.rope_local_theta != 10000.0:
