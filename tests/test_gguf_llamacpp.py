@@ -23,6 +23,26 @@ gguf = pytest.importorskip("gguf")
 import checkpoints  # noqa: E402
 from test_e2e_hf import token_ids  # noqa: E402
 
+
+def convert_script() -> str:
+    """llama.cpp's convert_hf_to_gguf.py, named by LMPACK_LLAMA_CPP_CONVERT; the test skips without it."""
+    import os
+
+    script = os.environ.get("LMPACK_LLAMA_CPP_CONVERT")
+    if not script:
+        pytest.skip("set LMPACK_LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
+    return script
+
+
+def llama_cpp_gguf(script: str, folder, out, outtype: str):
+    """The GGUF llama.cpp's own converter writes for an HF folder."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, script, str(folder), "--outfile", str(out), "--outtype", outtype],
+                   check=True, capture_output=True)
+    return out
+
 VARIANTS = {
     "llama-f32-gqa": (dict(n_kv_heads=2), "f32", 0.01),
     "llama-bf16-tied-llama3rope": (dict(dtype="bfloat16", tie=True, rope_scaling=checkpoints.LLAMA3_ROPE), "bf16", 0.1),
@@ -74,19 +94,11 @@ def test_llama_cpp_agrees(variant, hf_checkpoint, converted, tmp_path, run_lmpac
     (dict(n_kv_heads=2), "f16"),
 ])
 def test_same_tensors_as_convert_hf_to_gguf(hf_checkpoint, tmp_path, kwargs, outtype):
-    import os
-    import subprocess
-    import sys
-
-    script = os.environ.get("LMPACK_LLAMA_CPP_CONVERT")
-    if not script:
-        pytest.skip("set LMPACK_LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
+    script = convert_script()
     from lmpack.convert import convert
 
     ckpt = hf_checkpoint(**kwargs)
-    theirs = tmp_path / "llama.cpp.gguf"
-    subprocess.run([sys.executable, script, str(ckpt.path), "--outfile", str(theirs), "--outtype", outtype],
-                   check=True, capture_output=True)
+    theirs = llama_cpp_gguf(script, ckpt.path, tmp_path / "llama.cpp.gguf", outtype)
     ours = convert(ckpt.path, tmp_path / "lmpack.gguf", dtype=outtype)
     a, b = gguf.GGUFReader(theirs), gguf.GGUFReader(ours)
     ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
@@ -105,20 +117,12 @@ def test_same_tensors_as_convert_hf_to_gguf(hf_checkpoint, tmp_path, kwargs, out
 
 
 def test_gguf_from_convert_hf_to_gguf_comes_in_exactly(hf_checkpoint, converted, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    script = os.environ.get("LMPACK_LLAMA_CPP_CONVERT")
-    if not script:
-        pytest.skip("set LMPACK_LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
+    script = convert_script()
     from lmpack.convert import convert
     from lmpack.formats.lmp import LmpReader
 
     ckpt = hf_checkpoint(dtype="bfloat16", n_kv_heads=2, rope_scaling=checkpoints.LLAMA3_ROPE)
-    theirs = tmp_path / "llama.cpp.gguf"
-    subprocess.run([sys.executable, script, str(ckpt.path), "--outfile", str(theirs), "--outtype", "q8_0"],
-                   check=True, capture_output=True)
+    theirs = llama_cpp_gguf(script, ckpt.path, tmp_path / "llama.cpp.gguf", "q8_0")
     back = convert(theirs, tmp_path / "back.lmp")
     direct = converted(ckpt, "q8_0")
     with LmpReader(back) as a, LmpReader(direct) as b:
@@ -184,19 +188,11 @@ def test_llama_cpp_agrees_on_other_families(variant, family_checkpoint, converte
     # (not OLMo 2: llama.cpp's converter takes only a BPE tokenizer it recognises by hash for it)
 ])
 def test_same_tensors_as_convert_hf_to_gguf_other_families(family_checkpoint, tmp_path, model_type, kwargs):
-    import os
-    import subprocess
-    import sys
-
-    script = os.environ.get("LMPACK_LLAMA_CPP_CONVERT")
-    if not script:
-        pytest.skip("set LMPACK_LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
+    script = convert_script()
     from lmpack.convert import convert
 
     ckpt = family_checkpoint(model_type, dtype="bfloat16", **kwargs)
-    theirs = tmp_path / "llama.cpp.gguf"
-    subprocess.run([sys.executable, script, str(ckpt.path), "--outfile", str(theirs), "--outtype", "q8_0"],
-                   check=True, capture_output=True)
+    theirs = llama_cpp_gguf(script, ckpt.path, tmp_path / "llama.cpp.gguf", "q8_0")
     ours = convert(ckpt.path, tmp_path / "lmpack.gguf", dtype="q8_0")
     a, b = gguf.GGUFReader(theirs), gguf.GGUFReader(ours)
     assert a.fields["general.architecture"].contents() == b.fields["general.architecture"].contents()
@@ -240,22 +236,14 @@ def test_other_family_gguf_from_convert_hf_to_gguf_comes_in_exactly(model_type, 
                                                                     tmp_path):
     """llama.cpp's own Q8_0 GGUF of each family reads back into the direct conversion's tensors
     (its f32 MoE router as f32) and logits."""
-    import os
-    import subprocess
-    import sys
-
-    script = os.environ.get("LMPACK_LLAMA_CPP_CONVERT")
-    if not script:
-        pytest.skip("set LMPACK_LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
+    script = convert_script()
     import lmpack
     from lmpack.convert import convert
     from lmpack.formats.arch import keeps_precision
     from lmpack.formats.lmp import LmpReader
 
     ckpt = family_checkpoint(model_type, dtype="bfloat16", **kwargs)
-    theirs = tmp_path / "llama.cpp.gguf"
-    subprocess.run([sys.executable, script, str(ckpt.path), "--outfile", str(theirs), "--outtype", "q8_0"],
-                   check=True, capture_output=True)
+    theirs = llama_cpp_gguf(script, ckpt.path, tmp_path / "llama.cpp.gguf", "q8_0")
     back = convert(theirs, tmp_path / "back.lmp")
     direct = converted(ckpt, "q8_0")
     with LmpReader(back) as a, LmpReader(direct) as b:
