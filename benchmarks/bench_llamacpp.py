@@ -407,13 +407,17 @@ def main() -> None:
             "load_start": load_start, "load_end": list(os.getloadavg()),
             "command": " ".join([Path(sys.executable).name] + sys.argv)}
     run = {"meta": meta, "read_bw": bw, "peaks": peaks, "checks": checks, "results": results}
-    if not os.environ.get(CHILD_ENV):
-        text = report.report(run)
+    write_outputs(a, None if os.environ.get(CHILD_ENV) else report.report(run), run)
+
+
+def write_outputs(a, text: str | None, data: dict) -> None:
+    """Print the report (and save it with --markdown), and save every number with --json."""
+    if text is not None:
         print("\n" + text)
         if a.markdown:
             a.markdown.write_text(text)
     if a.json:
-        a.json.write_text(json.dumps(run, indent=1))
+        a.json.write_text(json.dumps(data, indent=1))
         print(f"wrote {a.json}")
 
 
@@ -463,13 +467,7 @@ def run_tables(a) -> None:
             if r.returncode != 0:
                 sys.exit(f"error: the {name} run failed (exit status {r.returncode})")
             merged["tables"][name] = json.loads(out.read_text())
-    text = "\n".join(report.report(run, name) for name, run in merged["tables"].items())
-    print("\n" + text)
-    if a.markdown:
-        a.markdown.write_text(text)
-    if a.json:
-        a.json.write_text(json.dumps(merged, indent=1))
-        print(f"wrote {a.json}")
+    write_outputs(a, "\n".join(report.report(run, name) for name, run in merged["tables"].items()), merged)
 
 
 if __name__ == "__main__":
