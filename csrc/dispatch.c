@@ -522,3 +522,61 @@ PyObject *lmp_py_test_silu_mul_f32(PyObject *self, PyObject *args) {
     PyBuffer_Release(&gb);
     Py_RETURN_NONE;
 }
+
+/* _attend_f32(q, k, v, nh, ntok, npos0, hd, ld, scale, out, per_query) -> bool: the active
+ * table's block attention (kernels.h) on contiguous q and out [ntok, nh*hd] and key/value rows
+ * at stride ld, either as one block or one call per query; False if the table has none. */
+PyObject *lmp_py_test_attend_f32(PyObject *self, PyObject *args) {
+    PyObject *qo, *ko, *vo, *oo;
+    long long nh, ntok, npos0, hd, ld;
+    float scale;
+    int per_query;
+    if (!PyArg_ParseTuple(args, "OOOLLLLLfOp:_attend_f32", &qo, &ko, &vo, &nh, &ntok, &npos0, &hd, &ld, &scale,
+                          &oo, &per_query))
+        return NULL;
+    if (nh < 1 || ntok < 1 || npos0 < 1 || hd < 1 || ld < hd || nh > 1024 || ntok > 4096 || hd > 4096 ||
+        npos0 > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "bad attention shape");
+        return NULL;
+    }
+    const lmp_kernels *k = lmp_active_kernels();
+    if (!k->attend_f32) Py_RETURN_FALSE;
+    const int64_t nq = nh * ntok, maxpos = npos0 + ntok - 1;
+    Py_buffer qb, kb, vb, ob;
+    if (get_buf(qo, &qb, 0, nq * hd * 4, 4, "q") < 0) return NULL;
+    if (get_buf(ko, &kb, 0, ((maxpos - 1) * ld + hd) * 4, 4, "k") < 0) goto fail_q;
+    if (get_buf(vo, &vb, 0, ((maxpos - 1) * ld + hd) * 4, 4, "v") < 0) goto fail_k;
+    if (get_buf(oo, &ob, 1, nq * hd * 4, 4, "out") < 0) goto fail_v;
+    float *s = malloc((size_t)(LMP_ATT_ROWS * maxpos) * sizeof(float));
+    if (!s) {
+        PyErr_NoMemory();
+        goto fail_o;
+    }
+    const float *q = qb.buf, *kr = kb.buf, *vr = vb.buf;
+    float *out = ob.buf;
+    Py_BEGIN_ALLOW_THREADS
+    if (per_query) {
+        for (int64_t t = 0; t < ntok; t++)
+            for (int64_t j = 0; j < nh; j++)
+                k->attend_f32(q + (t * nh + j) * hd, nh * hd, 1, 1, kr, vr, ld, npos0 + t, hd, scale, s,
+                              out + (t * nh + j) * hd, nh * hd);
+    } else {
+        k->attend_f32(q, nh * hd, nh, ntok, kr, vr, ld, npos0, hd, scale, s, out, nh * hd);
+    }
+    Py_END_ALLOW_THREADS
+    free(s);
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&vb);
+    PyBuffer_Release(&kb);
+    PyBuffer_Release(&qb);
+    Py_RETURN_TRUE;
+fail_o:
+    PyBuffer_Release(&ob);
+fail_v:
+    PyBuffer_Release(&vb);
+fail_k:
+    PyBuffer_Release(&kb);
+fail_q:
+    PyBuffer_Release(&qb);
+    return NULL;
+}

@@ -75,7 +75,7 @@ int lmp_state_alloc(lmp_model *m, int threads) {
     const lmp_config *c = &m->cfg;
     int64_t kv_dim, q_dim, kv_n = 0, n_scores;
     if (!mul64(c->n_kv_heads, c->head_dim, &kv_dim) || !mul64(c->n_heads, c->head_dim, &q_dim) ||
-        !mul64(threads, m->n_ctx, &n_scores))
+        !mul64(threads, m->n_ctx, &n_scores) || !mul64(n_scores, LMP_ATT_ROWS, &n_scores))
         return -1;
     /* A sliding layer keeps only the rows its queries can still see: a chunk's first token looks
      * back window - 1 positions while the chunk writes LMP_CHUNK rows ahead of it. */
@@ -347,16 +347,18 @@ typedef struct {
     int64_t n;            /* tokens in the chunk */
     int64_t window;       /* the layer's window, 0 for full attention */
     float softcap;        /* 0, or the cap of the scores */
+    int64_t nblk, hs, nsub; /* tasks: ATT_TOKENS-token blocks x KV heads x nsub slices of hs query heads */
 } att_job;
 
-/* One (token, query head): scores over the cache positions it sees, softmax, weighted V sum. */
-static void att_task(void *ctx, int64_t task, int thread) {
-    const att_job *j = ctx;
-    const lmp_model *m = j->m;
-    const lmp_config *c = &m->cfg;
+/* Tokens per attention task: with a KV head's query heads, enough queries for the kernel to
+ * reuse each loaded key and value row, few enough tasks' worth of work to balance threads. */
+#define ATT_TOKENS 16
+
+/* One query (token t, head h) composed from dot_f32 and axpy_f32: the path of soft-capped
+ * scores, of rings that wrap, and of tables without attend_f32. */
+static void att_one(const att_job *j, int64_t t, int64_t h, float *s) {
+    const lmp_config *c = &j->m->cfg;
     const int64_t hd = c->head_dim, kv_dim = c->n_kv_heads * hd, q_dim = c->n_heads * hd;
-    /* a head's tasks are consecutive: its key and value rows stay in cache from token to token */
-    const int64_t h = task / j->n, t = task % j->n;
     const int64_t kvh = h / (c->n_heads / c->n_kv_heads);
     /* positions [first, p0 + t]: all of them, or the last `window` in a sliding layer */
     int64_t npos = j->p0 + t + 1, first = 0;
@@ -364,18 +366,11 @@ static void att_task(void *ctx, int64_t task, int thread) {
         first = npos - j->window;
         npos = j->window;
     }
-    const float *qh = m->q + t * q_dim + h * hd;
+    const float *qh = j->m->q + t * q_dim + h * hd;
     const int64_t row0 = first % j->len;
-    /* rows [row0, row0 + npos) of the cache, unless they wrap around the end of a ring */
     const int wraps = row0 + npos > j->len;
     const float *kc = j->kc + row0 * kv_dim, *vc = j->vc + row0 * kv_dim;
-    float *s = m->scores + (int64_t)thread * m->n_ctx;
-    float *o = m->att + t * q_dim + h * hd;
-    if (!wraps && !j->softcap && j->k->attend_f32) { /* the fused kernel: no call per position */
-        j->k->attend_f32(qh, kc + kvh * hd, vc + kvh * hd, kv_dim, npos, hd, j->scale, s, o);
-        return;
-    }
-
+    float *o = j->m->att + t * q_dim + h * hd;
     /* the rows are [row0, row0 + n1), then (a ring that wraps) [0, npos - n1) */
     const int64_t n1 = wraps ? j->len - row0 : npos;
     /* locals: the stores to s[] could otherwise alias the job's floats and force reloads */
@@ -399,6 +394,48 @@ static void att_task(void *ctx, int64_t task, int thread) {
         const float *vr = p < n1 ? vc + p * kv_dim : j->vc + (p - n1) * kv_dim;
         j->k->axpy_f32(s[p] * inv, vr + kvh * hd, o, hd);
     }
+}
+
+/* One block of tokens x a slice of the query heads sharing a KV head. Tasks come latest block
+ * first: causal rows cost more further on, and the dynamic hand-out ends on the cheap ones. */
+static void att_task(void *ctx, int64_t task, int thread) {
+    const att_job *j = ctx;
+    const lmp_config *c = &j->m->cfg;
+    const int64_t hd = c->head_dim, kv_dim = c->n_kv_heads * hd, q_dim = c->n_heads * hd;
+    const int64_t g = c->n_heads / c->n_kv_heads, per_blk = c->n_kv_heads * j->nsub;
+    const int64_t blk = j->nblk - 1 - task / per_blk, kvh = task % per_blk / j->nsub, sub = task % j->nsub;
+    const int64_t t0 = blk * ATT_TOKENS, t1 = t0 + ATT_TOKENS < j->n ? t0 + ATT_TOKENS : j->n;
+    const int64_t h0 = kvh * g + sub * j->hs, nh = h0 + j->hs < (kvh + 1) * g ? j->hs : (kvh + 1) * g - h0;
+    float *s = j->m->scores + (int64_t)thread * LMP_ATT_ROWS * j->m->n_ctx;
+    const float *q = j->m->q + h0 * hd;
+    float *o = j->m->att + h0 * hd;
+    if (j->k->attend_f32 && !j->softcap) {
+        /* every query of the block sees the cache from row 0, no window cut in yet: one call */
+        if (!j->window || j->p0 + t1 <= j->window) {
+            j->k->attend_f32(q + t0 * q_dim, q_dim, nh, t1 - t0, j->kc + kvh * hd, j->vc + kvh * hd, kv_dim,
+                             j->p0 + t0 + 1, hd, j->scale, s, o + t0 * q_dim, q_dim);
+            return;
+        }
+        /* a sliding window: each token's own rows, the heads together where they do not wrap */
+        for (int64_t t = t0; t < t1; t++) {
+            int64_t npos = j->p0 + t + 1, first = 0;
+            if (npos > j->window) {
+                first = npos - j->window;
+                npos = j->window;
+            }
+            const int64_t row0 = first % j->len;
+            if (row0 + npos <= j->len) {
+                j->k->attend_f32(q + t * q_dim, q_dim, nh, 1, j->kc + row0 * kv_dim + kvh * hd,
+                                 j->vc + row0 * kv_dim + kvh * hd, kv_dim, npos, hd, j->scale, s, o + t * q_dim,
+                                 q_dim);
+            } else {
+                for (int64_t h = h0; h < h0 + nh; h++) att_one(j, t, h, s);
+            }
+        }
+        return;
+    }
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t h = h0; h < h0 + nh; h++) att_one(j, t, h, s);
 }
 
 /* ---- the step ------------------------------------------------------------------------------ */
@@ -552,11 +589,23 @@ static void run_chunk(lmp_model *m, const lmp_kernels *k, const int32_t *tokens,
             }
 
         att_job aj = {m, k, kc, vc, L->cache_len, p0, c->attn_scale, n, L->window, c->attn_softcap};
-        const int64_t seen = L->window && L->window < p0 + n ? L->window : p0 + n;
-        if ((double)(n * c->n_heads * hd) * (double)seen < (double)SERIAL_WORK) {
-            for (int64_t i = 0; i < n * c->n_heads; i++) att_task(&aj, i, 0);
-        } else {
-            lmp_pool_run(m->pool, n * c->n_heads, att_task, &aj);
+        {
+            const int64_t seen = L->window && L->window < p0 + n ? L->window : p0 + n;
+            const int serial = (double)(n * c->n_heads * hd) * (double)seen < (double)SERIAL_WORK;
+            const int64_t nth = serial ? 1 : lmp_pool_size(m->pool), g = c->n_heads / c->n_kv_heads;
+            /* the query heads of a KV head together, split only when too few tasks (generation)
+             * would leave threads idle */
+            aj.nblk = (n + ATT_TOKENS - 1) / ATT_TOKENS;
+            int64_t nsub = 1;
+            while (nsub < g && aj.nblk * c->n_kv_heads * nsub < 4 * nth) nsub++;
+            aj.hs = (g + nsub - 1) / nsub;
+            aj.nsub = (g + aj.hs - 1) / aj.hs;
+            const int64_t ntasks = aj.nblk * c->n_kv_heads * aj.nsub;
+            if (serial) {
+                for (int64_t i = 0; i < ntasks; i++) att_task(&aj, i, 0);
+            } else {
+                lmp_pool_run(m->pool, ntasks, att_task, &aj);
+            }
         }
         {
             const lmp_weight *ws[1] = {&L->wo};

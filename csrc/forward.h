@@ -77,7 +77,7 @@ typedef struct {
     float *att;             /* attention output [CHUNK, n_heads*head_dim] */
     float *proj;            /* o_proj / down_proj output [CHUNK, dim] */
     float *gate, *up;       /* [CHUNK, ffn_dim] */
-    float *scores;          /* [threads, n_ctx] softmax rows, one per thread */
+    float *scores;          /* [threads, LMP_ATT_ROWS, n_ctx] softmax rows, LMP_ATT_ROWS per thread */
     float *rope_cos, *rope_sin; /* [n_rope, CHUNK, rope_dim/2] for the chunk's positions */
     float *rlog;            /* MoE: router logits, then probabilities [CHUNK, n_experts] */
     float *xg, *moe;        /* MoE: one expert's gathered input rows, and the mixture [CHUNK, dim] */

@@ -14,6 +14,7 @@
 enum lmp_dtype { LMP_F32 = 0, LMP_F16 = 1, LMP_BF16 = 2, LMP_Q8_0 = 3, LMP_DTYPE_COUNT };
 
 #define LMP_QK 32 /* weights per Q8_0 block */
+#define LMP_ATT_ROWS 8 /* score rows of attend_f32's scratch: the queries it holds at once */
 
 /* A 2-D weight matrix as mapped from the file, row-major [rows, cols]. */
 typedef struct {
@@ -55,14 +56,18 @@ typedef struct {
     void (*quantize_act_q8)(const float *x, int64_t n, int8_t *q, float *d);
     float (*dot_f32)(const float *a, const float *b, int64_t n);
     void (*axpy_f32)(float a, const float *x, float *y, int64_t n); /* y += a*x */
-    /* Optional (NULL: the caller composes dot_f32 and axpy_f32): one query row q[hd] against
-     * npos cached positions whose key and value rows sit at k + p*ld and v + p*ld:
-     * out = sum_p softmax_p(scale * q.k_p) v_p, with s[npos] as scratch. */
     /* Optional (NULL: the caller's scalar loop): g[i] = silu(g[i]) * u[i] = g/(1 + e^-g) * u, the
      * SwiGLU gate, for i < n. */
     void (*silu_mul_f32)(float *g, const float *u, int64_t n);
-    void (*attend_f32)(const float *q, const float *k, const float *v, int64_t ld, int64_t npos, int64_t hd,
-                       float scale, float *s, float *out);
+    /* Optional (NULL: the caller composes dot_f32 and axpy_f32): causal attention for a block of
+     * queries against cached positions whose key and value rows sit at k + p*ld and v + p*ld.
+     * Query (t, j), t < ntok, j < nh, is the row q + t*ldq + j*hd; it sees the first npos0 + t
+     * positions, and out + t*ldo + j*hd = sum_p softmax_p(scale * q.k_p) v_p. s is scratch of
+     * LMP_ATT_ROWS * (npos0 + ntok - 1) floats. Each output's bits depend only on its own query,
+     * its npos and hd: one query alone (ntok = nh = 1, generation) gives the same bits as inside
+     * any block, which only lets a loaded key or value row serve several queries. */
+    void (*attend_f32)(const float *q, int64_t ldq, int64_t nh, int64_t ntok, const float *k, const float *v,
+                       int64_t ld, int64_t npos0, int64_t hd, float scale, float *s, float *out, int64_t ldo);
 } lmp_kernels;
 
 extern const lmp_kernels lmp_kernels_scalar;

@@ -469,9 +469,9 @@ static void quantize_act_q8(const float *x, int64_t n, int8_t *q, float *d) {
 static float dot_f32(const float *a, const float *b, int64_t n) { return lmp_kernels_avx512.dot_f32(a, b, n); }
 static void silu_mul_f32(float *g, const float *u, int64_t n) { lmp_kernels_avx512.silu_mul_f32(g, u, n); }
 static void axpy_f32(float a, const float *x, float *y, int64_t n) { lmp_kernels_avx512.axpy_f32(a, x, y, n); }
-static void attend_f32(const float *q, const float *k, const float *v, int64_t ld, int64_t npos, int64_t hd,
-                       float scale, float *s, float *out) {
-    lmp_kernels_avx512.attend_f32(q, k, v, ld, npos, hd, scale, s, out);
+static void attend_f32(const float *q, int64_t ldq, int64_t nh, int64_t ntok, const float *k, const float *v,
+                       int64_t ld, int64_t npos0, int64_t hd, float scale, float *s, float *out, int64_t ldo) {
+    lmp_kernels_avx512.attend_f32(q, ldq, nh, ntok, k, v, ld, npos0, hd, scale, s, out, ldo);
 }
 
 const lmp_kernels lmp_kernels_amx = {

@@ -721,24 +721,30 @@ INLINE void attend_nv(const float *q, const float *k, const float *v, int64_t ld
 #undef ATT_LD
 }
 
-static void attend_f32(const float *q, const float *k, const float *v, int64_t ld, int64_t npos, int64_t hd,
-                       float scale, float *s, float *out) {
-    switch ((hd + 7) / 8) {
-#define ATT_CASE(NV) case NV: attend_nv(q, k, v, ld, npos, hd, scale, s, out, NV); return;
-        ATT_CASE(1) ATT_CASE(2) ATT_CASE(3) ATT_CASE(4) ATT_CASE(5) ATT_CASE(6) ATT_CASE(7) ATT_CASE(8)
-        ATT_CASE(9) ATT_CASE(10) ATT_CASE(11) ATT_CASE(12) ATT_CASE(13) ATT_CASE(14) ATT_CASE(15) ATT_CASE(16)
+static void attend_f32(const float *q, int64_t ldq, int64_t nh, int64_t ntok, const float *k, const float *v,
+                       int64_t ld, int64_t npos0, int64_t hd, float scale, float *s, float *out, int64_t ldo) {
+    for (int64_t t = 0; t < ntok; t++)
+        for (int64_t jh = 0; jh < nh; jh++) {
+            const float *qr = q + t * ldq + jh * hd;
+            float *o = out + t * ldo + jh * hd;
+            const int64_t npos = npos0 + t;
+            switch ((hd + 7) / 8) {
+#define ATT_CASE(NV) case NV: attend_nv(qr, k, v, ld, npos, hd, scale, s, o, NV); continue;
+                ATT_CASE(1) ATT_CASE(2) ATT_CASE(3) ATT_CASE(4) ATT_CASE(5) ATT_CASE(6) ATT_CASE(7) ATT_CASE(8)
+                ATT_CASE(9) ATT_CASE(10) ATT_CASE(11) ATT_CASE(12) ATT_CASE(13) ATT_CASE(14) ATT_CASE(15) ATT_CASE(16)
 #undef ATT_CASE
-    default: break;
-    }
-    /* heads wider than 128: the composed path */
-    float mx = -INFINITY;
-    for (int64_t p = 0; p < npos; p++) {
-        s[p] = dot_f32(q, k + p * ld, hd) * scale;
-        if (s[p] > mx) mx = s[p];
-    }
-    float inv = 1.0f / softmax_exp(s, npos, mx);
-    memset(out, 0, (size_t)hd * sizeof(float));
-    for (int64_t p = 0; p < npos; p++) axpy_f32(s[p] * inv, v + p * ld, out, hd);
+            default: break;
+            }
+            /* heads wider than 128: the composed path */
+            float mx = -INFINITY;
+            for (int64_t p = 0; p < npos; p++) {
+                s[p] = dot_f32(qr, k + p * ld, hd) * scale;
+                if (s[p] > mx) mx = s[p];
+            }
+            float inv = 1.0f / softmax_exp(s, npos, mx);
+            memset(o, 0, (size_t)hd * sizeof(float));
+            for (int64_t p = 0; p < npos; p++) axpy_f32(s[p] * inv, v + p * ld, o, hd);
+        }
 }
 
 const lmp_kernels lmp_kernels_avx2 = {

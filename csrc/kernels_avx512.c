@@ -780,58 +780,143 @@ static float softmax_exp(float *s, int64_t n, float mx) {
     return hsum16(acc);
 }
 
-/* Attention for one query: scores a dot product per position (hd/16 vectors, one chain, fixed
- * reduction), softmax with a vector exp, then the value rows summed into
- * registers. NV (vectors per head row) is a constant in each instance so q and the output stay
- * in registers. */
-INLINE void attend_nv(const float *q, const float *k, const float *v, int64_t ld, int64_t npos, int64_t hd,
-                      float scale, float *s, float *out, const int NV) {
-    const __mmask16 tail = hd % 16 ? (__mmask16)((1u << (hd % 16)) - 1) : (__mmask16)0xffff;
-    __m512 qv[8], o[8];
-    UNROLL for (int i = 0; i < NV; i++) qv[i] = _mm512_maskz_loadu_ps(i == NV - 1 ? tail : 0xffff, q + i * 16);
-    float mx = -INFINITY;
-    for (int64_t p = 0; p < npos; p++) {
-        const float *kp = k + p * ld;
-        __m512 a = _mm512_setzero_ps();
-        UNROLL for (int i = 0; i < NV; i++)
-            a = _mm512_fmadd_ps(qv[i], _mm512_maskz_loadu_ps(i == NV - 1 ? tail : 0xffff, kp + i * 16), a);
-        float x = hsum16(a) * scale;
-        s[p] = x;
-        mx = x > mx ? x : mx;
+/* Sixteen score vectors to one vector of their sixteen sums, each lane bit for bit hsum16 of its
+ * vector: at every level the same pairs are added (halves, quarters, pairs, then the last two),
+ * for many scores per instruction. The last level leaves lane 4L + e holding vector 4e + L, so
+ * callers put score i in a[ATT_T(i)] to get the scores in order. */
+#define ATT_T(i) (((i) % 4) * 4 + (i) / 4)
+INLINE __m512 hsum16x16(const __m512 a[16]) {
+    __m512 b[8], c[4], d[2];
+    UNROLL for (int j = 0; j < 8; j++) /* lanes i + 8: [8 sums of a[2j] | 8 of a[2j+1]] */
+        b[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * j], a[2 * j + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_f32x4(a[2 * j], a[2 * j + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    UNROLL for (int j = 0; j < 4; j++) /* lanes i + 4: 128-bit block L holds vector 4j + L */
+        c[j] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * j], b[2 * j + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(b[2 * j], b[2 * j + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    UNROLL for (int j = 0; j < 2; j++) { /* lanes i + 2 */
+        const __m512d x = _mm512_castps_pd(c[2 * j]), y = _mm512_castps_pd(c[2 * j + 1]);
+        d[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
     }
-    const float inv = 1.0f / softmax_exp(s, npos, mx);
-    UNROLL for (int i = 0; i < NV; i++) o[i] = _mm512_setzero_ps();
-    for (int64_t p = 0; p < npos; p++) {
-        const float *vp = v + p * ld;
-        __m512 w = _mm512_set1_ps(s[p] * inv);
-        UNROLL for (int i = 0; i < NV; i++)
-            o[i] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(i == NV - 1 ? tail : 0xffff, vp + i * 16), o[i]);
-    }
-    UNROLL for (int i = 0; i < NV; i++) _mm512_mask_storeu_ps(out + i * 16, i == NV - 1 ? tail : 0xffff, o[i]);
+    return _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-static void attend_f32(const float *q, const float *k, const float *v, int64_t ld, int64_t npos, int64_t hd,
-                       float scale, float *s, float *out) {
+/* Scores of one query: s[p] = scale * hsum16(chain over the head's NV vectors of fma(q, k_p)),
+ * the single-query chain, 16 positions per reduction; returns their maximum. */
+INLINE float att_scores(const float *q, const float *k, int64_t ld, int64_t npos, __mmask16 tail, float scale,
+                        float *s, const int NV) {
+    __m512 qv[8];
+    UNROLL for (int i = 0; i < NV; i++) qv[i] = _mm512_maskz_loadu_ps(i == NV - 1 ? tail : 0xffff, q + i * 16);
+    const __m512 sc = _mm512_set1_ps(scale);
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t p = 0; p < npos; p += 16) {
+        __m512 a[16];
+        UNROLL for (int j = 0; j < 16; j++) {
+            /* past the last position: repeat it (always a valid row), the lane is dropped */
+            const float *kp = k + (p + j < npos ? p + j : npos - 1) * ld;
+            __m512 acc = _mm512_setzero_ps();
+            UNROLL for (int i = 0; i < NV; i++)
+                acc = _mm512_fmadd_ps(qv[i], _mm512_maskz_loadu_ps(i == NV - 1 ? tail : 0xffff, kp + i * 16), acc);
+            a[ATT_T(j)] = acc;
+        }
+        const __m512 x = _mm512_mul_ps(hsum16x16(a), sc);
+        const __mmask16 m = npos - p >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (npos - p)) - 1);
+        _mm512_mask_storeu_ps(s + p, m, x);
+        mx = _mm512_mask_max_ps(mx, m, mx, x);
+    }
+    return _mm512_reduce_max_ps(mx);
+}
+
+/* QB queries' weighted value sums, o_r = sum_p s_r[p] v_p in order of p for each, each value
+ * vector loaded once for all of them; npos[] is non-decreasing, so positions past the first
+ * query's finish query by query. */
+INLINE void att_values(const float *v, int64_t ld, const int64_t *npos, __mmask16 tail, float *const *s,
+                       float *const *out, const int NV, const int QB) {
+    __m512 o[8][8];
+    UNROLL for (int r = 0; r < QB; r++) UNROLL for (int i = 0; i < NV; i++) o[r][i] = _mm512_setzero_ps();
+    int64_t p = 0;
+    for (; p < npos[0]; p++) {
+        const float *vp = v + p * ld;
+        __m512 w[8];
+        UNROLL for (int r = 0; r < QB; r++) w[r] = _mm512_set1_ps(s[r][p]);
+        UNROLL for (int i = 0; i < NV; i++) {
+            const __m512 x = _mm512_maskz_loadu_ps(i == NV - 1 ? tail : 0xffff, vp + i * 16);
+            UNROLL for (int r = 0; r < QB; r++) o[r][i] = _mm512_fmadd_ps(w[r], x, o[r][i]);
+        }
+    }
+    UNROLL for (int r = 1; r < QB; r++)
+        for (int64_t pp = p; pp < npos[r]; pp++) {
+            const float *vp = v + pp * ld;
+            const __m512 w = _mm512_set1_ps(s[r][pp]);
+            UNROLL for (int i = 0; i < NV; i++)
+                o[r][i] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(i == NV - 1 ? tail : 0xffff, vp + i * 16), o[r][i]);
+        }
+    UNROLL for (int r = 0; r < QB; r++) UNROLL for (int i = 0; i < NV; i++)
+        _mm512_mask_storeu_ps(out[r] + i * 16, i == NV - 1 ? tail : 0xffff, o[r][i]);
+}
+
+/* Queries per value pass: QB*NV accumulators + QB weights + one value vector within 32 zmm. */
+#define ATT_QB(NV) ((NV) <= 2 ? 8 : (NV) == 3 ? 6 : (NV) == 4 ? 5 : (NV) <= 6 ? 3 : 2)
+
+/* Attention for a block of queries (kernels.h): per query the scores (att_scores), the softmax
+ * with the vector exp (softmax_exp, the single-query sum), each score then times 1/sum as the
+ * single-query kernel rounded it; the value sums QB queries at a time. NV (vectors per head row)
+ * is a constant in each instance so q and the outputs stay in registers. */
+INLINE void attend_nv(const float *q, int64_t ldq, int64_t nh, int64_t ntok, const float *k, const float *v,
+                      int64_t ld, int64_t npos0, int64_t hd, float scale, float *s, float *out, int64_t ldo,
+                      const int NV) {
+    const int QB = ATT_QB(NV);
+    const __mmask16 tail = hd % 16 ? (__mmask16)((1u << (hd % 16)) - 1) : (__mmask16)0xffff;
+    const int64_t nq = nh * ntok, stride = npos0 + ntok - 1;
+    for (int64_t r0 = 0; r0 < nq; r0 += QB) {
+        int64_t npos[8];
+        float *sr[8], *orow[8];
+        const int nb = nq - r0 < QB ? (int)(nq - r0) : QB;
+        for (int r = 0; r < QB; r++) {
+            const int64_t qi = r0 + (r < nb ? r : nb - 1), t = qi / nh, jh = qi % nh;
+            npos[r] = npos0 + t;
+            sr[r] = s + (int64_t)r * stride;
+            orow[r] = out + t * ldo + jh * hd;
+            if (r >= nb) continue;
+            const float mx = att_scores(q + t * ldq + jh * hd, k, ld, npos[r], tail, scale, sr[r], NV);
+            const float inv = 1.0f / softmax_exp(sr[r], npos[r], mx);
+            const __m512 vi = _mm512_set1_ps(inv);
+            for (int64_t p = 0; p < npos[r]; p += 16) {
+                const __mmask16 m = npos[r] - p >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (npos[r] - p)) - 1);
+                _mm512_mask_storeu_ps(sr[r] + p, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sr[r] + p), vi));
+            }
+        }
+        if (nb == QB) {
+            att_values(v, ld, npos, tail, sr, orow, NV, QB);
+        } else { /* the block's last few queries, one at a time */
+            for (int r = 0; r < nb; r++) att_values(v, ld, npos + r, tail, sr + r, orow + r, NV, 1);
+        }
+    }
+}
+
+static void attend_f32(const float *q, int64_t ldq, int64_t nh, int64_t ntok, const float *k, const float *v,
+                       int64_t ld, int64_t npos0, int64_t hd, float scale, float *s, float *out, int64_t ldo) {
     switch ((hd + 15) / 16) {
-    case 1: attend_nv(q, k, v, ld, npos, hd, scale, s, out, 1); return;
-    case 2: attend_nv(q, k, v, ld, npos, hd, scale, s, out, 2); return;
-    case 3: attend_nv(q, k, v, ld, npos, hd, scale, s, out, 3); return;
-    case 4: attend_nv(q, k, v, ld, npos, hd, scale, s, out, 4); return;
-    case 5: attend_nv(q, k, v, ld, npos, hd, scale, s, out, 5); return;
-    case 6: attend_nv(q, k, v, ld, npos, hd, scale, s, out, 6); return;
-    case 7: attend_nv(q, k, v, ld, npos, hd, scale, s, out, 7); return;
-    case 8: attend_nv(q, k, v, ld, npos, hd, scale, s, out, 8); return;
+#define ATT_CASE(NV) case NV: attend_nv(q, ldq, nh, ntok, k, v, ld, npos0, hd, scale, s, out, ldo, NV); return;
+        ATT_CASE(1) ATT_CASE(2) ATT_CASE(3) ATT_CASE(4) ATT_CASE(5) ATT_CASE(6) ATT_CASE(7) ATT_CASE(8)
+#undef ATT_CASE
     default: break;
     }
-    /* heads wider than 128: the composed path */
-    float mx = -INFINITY;
-    for (int64_t p = 0; p < npos; p++) {
-        s[p] = dot_f32(q, k + p * ld, hd) * scale;
-        if (s[p] > mx) mx = s[p];
-    }
-    float inv = 1.0f / softmax_exp(s, npos, mx);
-    memset(out, 0, (size_t)hd * sizeof(float));
-    for (int64_t p = 0; p < npos; p++) axpy_f32(s[p] * inv, v + p * ld, out, hd);
+    /* heads wider than 128: the composed path, query by query */
+    for (int64_t t = 0; t < ntok; t++)
+        for (int64_t jh = 0; jh < nh; jh++) {
+            const float *qr = q + t * ldq + jh * hd;
+            float *o = out + t * ldo + jh * hd;
+            const int64_t npos = npos0 + t;
+            float mx = -INFINITY;
+            for (int64_t p = 0; p < npos; p++) {
+                s[p] = dot_f32(qr, k + p * ld, hd) * scale;
+                if (s[p] > mx) mx = s[p];
+            }
+            float inv = 1.0f / softmax_exp(s, npos, mx);
+            memset(o, 0, (size_t)hd * sizeof(float));
+            for (int64_t p = 0; p < npos; p++) axpy_f32(s[p] * inv, v + p * ld, o, hd);
+        }
 }
 
 const lmp_kernels lmp_kernels_avx512 = {

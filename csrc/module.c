@@ -33,6 +33,9 @@ static PyMethodDef core_methods[] = {
     {"_axpy_f32", lmp_py_test_axpy_f32, METH_VARARGS, "_axpy_f32(a, x, y): test hook, y += a*x."},
     {"_silu_mul_f32", lmp_py_test_silu_mul_f32, METH_VARARGS,
      "_silu_mul_f32(g, u): test hook, g = silu(g) * u (the scalar loop where the table has none)."},
+    {"_attend_f32", lmp_py_test_attend_f32, METH_VARARGS,
+     "_attend_f32(q, k, v, nh, ntok, npos0, hd, ld, scale, out, per_query) -> bool: test hook, the\n"
+     "table's block attention as one block or query by query (False: the table has none)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -23,6 +23,7 @@ PyObject *lmp_py_test_quantize_act_q8(PyObject *self, PyObject *args);
 PyObject *lmp_py_test_dot_f32(PyObject *self, PyObject *args);
 PyObject *lmp_py_test_axpy_f32(PyObject *self, PyObject *args);
 PyObject *lmp_py_test_silu_mul_f32(PyObject *self, PyObject *args);
+PyObject *lmp_py_test_attend_f32(PyObject *self, PyObject *args);
 
 /* py_quant.c */
 PyObject *lmp_py_quantize_q8_0(PyObject *self, PyObject *args, PyObject *kwargs);
