@@ -782,56 +782,98 @@ static float softmax_exp(float *s, int64_t n, float mx) {
 
 /* Sixteen score vectors to one vector of their sixteen sums, each lane bit for bit hsum16 of its
  * vector: at every level the same pairs are added (halves, quarters, pairs, then the last two),
- * for many scores per instruction. The last level leaves lane 4L + e holding vector 4e + L, so
- * callers put score i in a[ATT_T(i)] to get the scores in order. */
-#define ATT_T(i) (((i) % 4) * 4 + (i) / 4)
+ * for many scores per instruction. Each level adds a blend of two vectors to a shuffle of the
+ * opposite blend, one shuffle per add (the shuffle unit is the narrow one; blends run anywhere).
+ * The lanes come out in bit-reversed order of the vectors, so callers put score i in
+ * a[ATT_T(i)]. */
+#define ATT_T(i) ((((i) & 1) << 3) | (((i) & 2) << 1) | (((i) & 4) >> 1) | (((i) & 8) >> 3))
 INLINE __m512 hsum16x16(const __m512 a[16]) {
     __m512 b[8], c[4], d[2];
-    UNROLL for (int j = 0; j < 8; j++) /* lanes i + 8: [8 sums of a[2j] | 8 of a[2j+1]] */
-        b[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * j], a[2 * j + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_f32x4(a[2 * j], a[2 * j + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    UNROLL for (int j = 0; j < 4; j++) /* lanes i + 4: 128-bit block L holds vector 4j + L */
-        c[j] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * j], b[2 * j + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm512_shuffle_f32x4(b[2 * j], b[2 * j + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-    UNROLL for (int j = 0; j < 2; j++) { /* lanes i + 2 */
-        const __m512d x = _mm512_castps_pd(c[2 * j]), y = _mm512_castps_pd(c[2 * j + 1]);
-        d[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    UNROLL for (int j = 0; j < 8; j++) { /* lanes i + 8: [8 sums of a[2j] | 8 of a[2j+1]] */
+        const __m512 x = a[2 * j], y = a[2 * j + 1];
+        b[j] = _mm512_add_ps(_mm512_mask_blend_ps(0xff00, x, y), _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(1, 0, 3, 2)));
     }
-    return _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    UNROLL for (int j = 0; j < 4; j++) { /* lanes i + 4: 128-bit blocks hold b[2j]'s two, b[2j+1]'s two */
+        const __m512 x = b[2 * j], y = b[2 * j + 1], yx = _mm512_mask_blend_ps(0xf0f0, y, x);
+        c[j] = _mm512_add_ps(_mm512_mask_blend_ps(0xf0f0, x, y), _mm512_shuffle_f32x4(yx, yx, _MM_SHUFFLE(2, 3, 0, 1)));
+    }
+    UNROLL for (int j = 0; j < 2; j++) { /* lanes i + 2, within each 128-bit block */
+        const __m512 x = c[2 * j], y = c[2 * j + 1];
+        d[j] = _mm512_add_ps(_mm512_mask_blend_ps(0xcccc, x, y),
+                             _mm512_castpd_ps(_mm512_shuffle_pd(_mm512_castps_pd(x), _mm512_castps_pd(y), 0x55)));
+    }
+    /* the last pair: lanes 2l and 2l + 1 of each block */
+    return _mm512_add_ps(_mm512_mask_blend_ps(0xaaaa, d[0], d[1]),
+                         _mm512_permute_ps(_mm512_mask_blend_ps(0xaaaa, d[1], d[0]), _MM_SHUFFLE(2, 3, 0, 1)));
 }
 
-/* Scores of one query: s[p] = scale * hsum16(chain over the head's NV vectors of fma(q, k_p)),
- * the single-query chain, 16 positions per reduction; returns their maximum. */
-INLINE float att_scores(const float *q, const float *k, int64_t ld, int64_t npos, __mmask16 tail, float scale,
-                        float *s, const int NV) {
-    __m512 qv[8];
-    UNROLL for (int i = 0; i < NV; i++) qv[i] = _mm512_maskz_loadu_ps(i == NV - 1 ? tail : 0xffff, q + i * 16);
-    const __m512 sc = _mm512_set1_ps(scale);
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    for (int64_t p = 0; p < npos; p += 16) {
-        __m512 a[16];
+/* Vector i of a head row; the last one masked to the head's width unless it is whole (FULL). */
+#define ATT_LD(p, i) (i == NV - 1 && !FULL ? _mm512_maskz_loadu_ps(tail, (p) + i * 16) : _mm512_loadu_ps((p) + i * 16))
+
+/* Scores of one query at positions [p, p + 16) clipped to npos: s[p + j] = scale * hsum16 of the
+ * chain over the head's NV vectors of fma(q, k_p), the single-query chain; mx takes their max. */
+INLINE void att_scores16(const __m512 *qv, const float *k, int64_t ld, int64_t p, int64_t npos, __mmask16 tail,
+                         __m512 sc, float *s, __m512 *mx, const int NV, const int FULL) {
+    __m512 a[16];
+    if (p + 16 <= npos) {
+        const float *kp = k + p * ld;
         UNROLL for (int j = 0; j < 16; j++) {
-            /* past the last position: repeat it (always a valid row), the lane is dropped */
-            const float *kp = k + (p + j < npos ? p + j : npos - 1) * ld;
             __m512 acc = _mm512_setzero_ps();
-            UNROLL for (int i = 0; i < NV; i++)
-                acc = _mm512_fmadd_ps(qv[i], _mm512_maskz_loadu_ps(i == NV - 1 ? tail : 0xffff, kp + i * 16), acc);
+            UNROLL for (int i = 0; i < NV; i++) acc = _mm512_fmadd_ps(qv[i], ATT_LD(kp + j * ld, i), acc);
             a[ATT_T(j)] = acc;
         }
         const __m512 x = _mm512_mul_ps(hsum16x16(a), sc);
-        const __mmask16 m = npos - p >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (npos - p)) - 1);
-        _mm512_mask_storeu_ps(s + p, m, x);
-        mx = _mm512_mask_max_ps(mx, m, mx, x);
+        _mm512_storeu_ps(s + p, x);
+        *mx = _mm512_max_ps(*mx, x);
+        return;
     }
-    return _mm512_reduce_max_ps(mx);
+    UNROLL for (int j = 0; j < 16; j++) {
+        /* past the last position: repeat it (always a valid row), the lane is dropped */
+        const float *kp = k + (p + j < npos ? p + j : npos - 1) * ld;
+        __m512 acc = _mm512_setzero_ps();
+        UNROLL for (int i = 0; i < NV; i++) acc = _mm512_fmadd_ps(qv[i], ATT_LD(kp, i), acc);
+        a[ATT_T(j)] = acc;
+    }
+    const __m512 x = _mm512_mul_ps(hsum16x16(a), sc);
+    const __mmask16 m = (__mmask16)((1u << (npos - p)) - 1);
+    _mm512_mask_storeu_ps(s + p, m, x);
+    *mx = _mm512_mask_max_ps(*mx, m, *mx, x);
+}
+
+/* The scores of two queries (the same chains as att_scores16) at positions [p, p + 8) clipped to
+ * na and nb (na <= nb), each key vector loaded once for both: lanes 0-7 of the reduction are the
+ * first query's, 8-15 the second's. */
+INLINE void att_scores2x8(const __m512 *qa, const __m512 *qb, const float *k, int64_t ld, int64_t p, int64_t na,
+                          int64_t nb, __mmask16 tail, __m512 sc, float *sa, float *sb, __m512 *mxa, __m512 *mxb,
+                          const int NV, const int FULL) {
+    __m512 a[16];
+    const int whole = p + 8 <= na;
+    UNROLL for (int j = 0; j < 8; j++) {
+        /* past the second query's last position: repeat it, the lane is dropped */
+        const float *kp = k + (whole || p + j < nb ? p + j : nb - 1) * ld;
+        __m512 x = _mm512_setzero_ps(), y = _mm512_setzero_ps();
+        UNROLL for (int i = 0; i < NV; i++) {
+            const __m512 kv = ATT_LD(kp, i);
+            x = _mm512_fmadd_ps(qa[i], kv, x);
+            y = _mm512_fmadd_ps(qb[i], kv, y);
+        }
+        a[ATT_T(j)] = x;
+        a[ATT_T(j + 8)] = y;
+    }
+    const __m512 x = _mm512_mul_ps(hsum16x16(a), sc);
+    const __mmask8 ma = p >= na ? 0 : na - p >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (na - p)) - 1);
+    const __mmask8 mb = nb - p >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (nb - p)) - 1);
+    _mm256_mask_storeu_ps(sa + p, ma, _mm512_castps512_ps256(x));
+    _mm256_mask_storeu_ps(sb + p, mb, _mm512_extractf32x8_ps(x, 1));
+    *mxa = _mm512_mask_max_ps(*mxa, ma, *mxa, x);
+    *mxb = _mm512_mask_max_ps(*mxb, (__mmask16)((unsigned)mb << 8), *mxb, x);
 }
 
 /* QB queries' weighted value sums, o_r = sum_p s_r[p] v_p in order of p for each, each value
  * vector loaded once for all of them; npos[] is non-decreasing, so positions past the first
  * query's finish query by query. */
 INLINE void att_values(const float *v, int64_t ld, const int64_t *npos, __mmask16 tail, float *const *s,
-                       float *const *out, const int NV, const int QB) {
+                       float *const *out, const int NV, const int FULL, const int QB) {
     __m512 o[8][8];
     UNROLL for (int r = 0; r < QB; r++) UNROLL for (int i = 0; i < NV; i++) o[r][i] = _mm512_setzero_ps();
     int64_t p = 0;
@@ -840,7 +882,7 @@ INLINE void att_values(const float *v, int64_t ld, const int64_t *npos, __mmask1
         __m512 w[8];
         UNROLL for (int r = 0; r < QB; r++) w[r] = _mm512_set1_ps(s[r][p]);
         UNROLL for (int i = 0; i < NV; i++) {
-            const __m512 x = _mm512_maskz_loadu_ps(i == NV - 1 ? tail : 0xffff, vp + i * 16);
+            const __m512 x = ATT_LD(vp, i);
             UNROLL for (int r = 0; r < QB; r++) o[r][i] = _mm512_fmadd_ps(w[r], x, o[r][i]);
         }
     }
@@ -848,56 +890,83 @@ INLINE void att_values(const float *v, int64_t ld, const int64_t *npos, __mmask1
         for (int64_t pp = p; pp < npos[r]; pp++) {
             const float *vp = v + pp * ld;
             const __m512 w = _mm512_set1_ps(s[r][pp]);
-            UNROLL for (int i = 0; i < NV; i++)
-                o[r][i] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(i == NV - 1 ? tail : 0xffff, vp + i * 16), o[r][i]);
+            UNROLL for (int i = 0; i < NV; i++) o[r][i] = _mm512_fmadd_ps(w, ATT_LD(vp, i), o[r][i]);
         }
-    UNROLL for (int r = 0; r < QB; r++) UNROLL for (int i = 0; i < NV; i++)
-        _mm512_mask_storeu_ps(out[r] + i * 16, i == NV - 1 ? tail : 0xffff, o[r][i]);
+    UNROLL for (int r = 0; r < QB; r++) UNROLL for (int i = 0; i < NV; i++) {
+        if (i == NV - 1 && !FULL) _mm512_mask_storeu_ps(out[r] + i * 16, tail, o[r][i]);
+        else _mm512_storeu_ps(out[r] + i * 16, o[r][i]);
+    }
 }
 
-/* Queries per value pass: QB*NV accumulators + QB weights + one value vector within 32 zmm. */
-#define ATT_QB(NV) ((NV) <= 2 ? 8 : (NV) == 3 ? 6 : (NV) == 4 ? 5 : (NV) <= 6 ? 3 : 2)
+/* Queries per value pass, a divisor of LMP_ATT_ROWS: QB*NV accumulators + QB weights + one value
+ * vector within 32 zmm. */
+#define ATT_QB(NV) ((NV) <= 2 ? 8 : (NV) <= 6 ? 4 : 2)
 
-/* Attention for a block of queries (kernels.h): per query the scores (att_scores), the softmax
- * with the vector exp (softmax_exp, the single-query sum), each score then times 1/sum as the
- * single-query kernel rounded it; the value sums QB queries at a time. NV (vectors per head row)
- * is a constant in each instance so q and the outputs stay in registers. */
+/* Attention for a block of queries (kernels.h), LMP_ATT_ROWS queries at a time: their scores
+ * 16 positions at a time, query by query while those key rows stay in L1; per query the softmax
+ * with the vector exp (softmax_exp, the single-query sum) and each score times 1/sum, rounded as
+ * the single-query kernel did; then the value sums, ATT_QB queries per loaded value row. NV
+ * (vectors per head row) is a constant in each instance so q and the outputs stay in registers. */
 INLINE void attend_nv(const float *q, int64_t ldq, int64_t nh, int64_t ntok, const float *k, const float *v,
                       int64_t ld, int64_t npos0, int64_t hd, float scale, float *s, float *out, int64_t ldo,
-                      const int NV) {
+                      const int NV, const int FULL) {
     const int QB = ATT_QB(NV);
     const __mmask16 tail = hd % 16 ? (__mmask16)((1u << (hd % 16)) - 1) : (__mmask16)0xffff;
+    const __m512 sc = _mm512_set1_ps(scale);
     const int64_t nq = nh * ntok, stride = npos0 + ntok - 1;
-    for (int64_t r0 = 0; r0 < nq; r0 += QB) {
-        int64_t npos[8];
-        float *sr[8], *orow[8];
-        const int nb = nq - r0 < QB ? (int)(nq - r0) : QB;
-        for (int r = 0; r < QB; r++) {
-            const int64_t qi = r0 + (r < nb ? r : nb - 1), t = qi / nh, jh = qi % nh;
+    for (int64_t r0 = 0; r0 < nq; r0 += LMP_ATT_ROWS) {
+        const int nb = nq - r0 < LMP_ATT_ROWS ? (int)(nq - r0) : LMP_ATT_ROWS;
+        int64_t npos[LMP_ATT_ROWS];
+        const float *qr[LMP_ATT_ROWS];
+        float *sr[LMP_ATT_ROWS], *orow[LMP_ATT_ROWS];
+        __m512 mx[LMP_ATT_ROWS];
+        for (int r = 0; r < nb; r++) {
+            const int64_t t = (r0 + r) / nh, jh = (r0 + r) % nh;
             npos[r] = npos0 + t;
+            qr[r] = q + t * ldq + jh * hd;
             sr[r] = s + (int64_t)r * stride;
             orow[r] = out + t * ldo + jh * hd;
-            if (r >= nb) continue;
-            const float mx = att_scores(q + t * ldq + jh * hd, k, ld, npos[r], tail, scale, sr[r], NV);
-            const float inv = 1.0f / softmax_exp(sr[r], npos[r], mx);
+            mx[r] = _mm512_set1_ps(-INFINITY);
+        }
+        /* queries in pairs sharing each key load where both queries' q fit in registers */
+        const int npair = NV <= 4 ? nb / 2 : 0;
+        const int64_t last = npos0 + (r0 + nb - 1) / nh; /* the block's longest row */
+        for (int64_t p = 0; p < last; p += 16) {
+            for (int r = 0; r < 2 * npair; r += 2) {
+                __m512 qa[8], qb[8];
+                UNROLL for (int i = 0; i < NV; i++) qa[i] = ATT_LD(qr[r], i);
+                UNROLL for (int i = 0; i < NV; i++) qb[i] = ATT_LD(qr[r + 1], i);
+                for (int64_t pp = p; pp < p + 16 && pp < npos[r + 1]; pp += 8)
+                    att_scores2x8(qa, qb, k, ld, pp, npos[r], npos[r + 1], tail, sc, sr[r], sr[r + 1], &mx[r],
+                                  &mx[r + 1], NV, FULL);
+            }
+            for (int r = 2 * npair; r < nb; r++) {
+                if (p >= npos[r]) continue;
+                __m512 qv[8];
+                UNROLL for (int i = 0; i < NV; i++) qv[i] = ATT_LD(qr[r], i);
+                att_scores16(qv, k, ld, p, npos[r], tail, sc, sr[r], &mx[r], NV, FULL);
+            }
+        }
+        for (int r = 0; r < nb; r++) {
+            const float inv = 1.0f / softmax_exp(sr[r], npos[r], _mm512_reduce_max_ps(mx[r]));
             const __m512 vi = _mm512_set1_ps(inv);
             for (int64_t p = 0; p < npos[r]; p += 16) {
                 const __mmask16 m = npos[r] - p >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (npos[r] - p)) - 1);
                 _mm512_mask_storeu_ps(sr[r] + p, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sr[r] + p), vi));
             }
         }
-        if (nb == QB) {
-            att_values(v, ld, npos, tail, sr, orow, NV, QB);
-        } else { /* the block's last few queries, one at a time */
-            for (int r = 0; r < nb; r++) att_values(v, ld, npos + r, tail, sr + r, orow + r, NV, 1);
-        }
+        int r = 0;
+        for (; r + QB <= nb; r += QB) att_values(v, ld, npos + r, tail, sr + r, orow + r, NV, FULL, QB);
+        for (; r < nb; r++) att_values(v, ld, npos + r, tail, sr + r, orow + r, NV, FULL, 1);
     }
 }
 
 static void attend_f32(const float *q, int64_t ldq, int64_t nh, int64_t ntok, const float *k, const float *v,
                        int64_t ld, int64_t npos0, int64_t hd, float scale, float *s, float *out, int64_t ldo) {
-    switch ((hd + 15) / 16) {
-#define ATT_CASE(NV) case NV: attend_nv(q, ldq, nh, ntok, k, v, ld, npos0, hd, scale, s, out, ldo, NV); return;
+    switch ((hd + 15) / 16 * 2 + (hd % 16 == 0)) {
+#define ATT_CASE(NV)                                                                                       \
+    case NV * 2: attend_nv(q, ldq, nh, ntok, k, v, ld, npos0, hd, scale, s, out, ldo, NV, 0); return;     \
+    case NV * 2 + 1: attend_nv(q, ldq, nh, ntok, k, v, ld, npos0, hd, scale, s, out, ldo, NV, 1); return;
         ATT_CASE(1) ATT_CASE(2) ATT_CASE(3) ATT_CASE(4) ATT_CASE(5) ATT_CASE(6) ATT_CASE(7) ATT_CASE(8)
 #undef ATT_CASE
     default: break;
