@@ -660,12 +660,19 @@ static void silu_mul_f32(float *g, const float *u, int64_t n) {
     }
 }
 
-/* s[p] = e^(s[p] - mx) for p < n; returns their sum (8 lanes by p mod 8, fixed reduction). */
+/* s[p] = e^(s[p] - mx) for p < n; returns their sum (8 lanes by p mod 8, fixed reduction). Whole
+ * vectors load and store plainly (masked moves are slow on some cores); the tail is masked. */
 static float softmax_exp(float *s, int64_t n, float mx) {
     const __m256 m = _mm256_set1_ps(mx);
     __m256 acc = _mm256_setzero_ps();
-    for (int64_t p = 0; p < n; p += 8) {
-        const __m256i k = first_lanes(n - p >= 8 ? 8 : n - p);
+    int64_t p = 0;
+    for (; p + 8 <= n; p += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + p), m));
+        _mm256_storeu_ps(s + p, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    if (p < n) {
+        const __m256i k = first_lanes(n - p);
         __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_maskload_ps(s + p, k), m)), _mm256_castsi256_ps(k));
         _mm256_maskstore_ps(s + p, k, e);
         acc = _mm256_add_ps(acc, e);
@@ -673,69 +680,157 @@ static float softmax_exp(float *s, int64_t n, float mx) {
     return hsum8(acc);
 }
 
-/* Attention for one query: the scores of 4 positions at a time (two chains per position, then
- * the 4 sums folded together with the same adds for every position: a short last group repeats
- * its final position), softmax with a vector exp, then the value rows summed into registers.
- * NV (vectors per head row) is a constant in each instance so q and the output stay in
- * registers where they fit. */
-INLINE void attend_nv(const float *q, const float *k, const float *v, int64_t ld, int64_t npos, int64_t hd,
-                      float scale, float *s, float *out, const int NV) {
-    const __m256i tail = first_lanes(hd - 8 * (NV - 1));
-#define ATT_LD(p, i) (i == NV - 1 ? _mm256_maskload_ps((p) + i * 8, tail) : _mm256_loadu_ps((p) + i * 8))
-    float mx = -INFINITY;
-    for (int64_t p = 0; p < npos; p += 4) {
-        const float *kp[4];
-        UNROLL for (int j = 0; j < 4; j++) kp[j] = k + (p + j < npos ? p + j : npos - 1) * ld;
-        __m256 a[4], b[4];
-        UNROLL for (int j = 0; j < 4; j++) a[j] = b[j] = _mm256_setzero_ps();
-        UNROLL for (int i = 0; i < NV; i++) {
-            const __m256 qv = ATT_LD(q, i);
-            UNROLL for (int j = 0; j < 4; j++) {
-                if (i % 2) b[j] = _mm256_fmadd_ps(qv, ATT_LD(kp[j], i), b[j]);
-                else a[j] = _mm256_fmadd_ps(qv, ATT_LD(kp[j], i), a[j]);
-            }
-        }
-        UNROLL for (int j = 0; j < 4; j++) a[j] = _mm256_add_ps(a[j], b[j]);
-        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-        __m128 sc = _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)),
-                               _mm_set1_ps(scale));
-        float x4[4];
-        _mm_storeu_ps(x4, sc);
-        for (int j = 0; j < 4 && p + j < npos; j++) {
-            s[p + j] = x4[j];
-            mx = x4[j] > mx ? x4[j] : mx;
-        }
-    }
-    const float inv = 1.0f / softmax_exp(s, npos, mx);
-    __m256 o[16]; /* NV <= 16: heads up to 128 wide (attend_f32's cases) */
-    UNROLL for (int i = 0; i < NV; i++) o[i] = _mm256_setzero_ps();
-    for (int64_t p = 0; p < npos; p++) {
-        const float *vp = v + p * ld;
-        const __m256 w = _mm256_set1_ps(s[p] * inv);
-        UNROLL for (int i = 0; i < NV; i++) o[i] = _mm256_fmadd_ps(w, ATT_LD(vp, i), o[i]);
-    }
+/* Vector i of a head row; the last one masked to the head's width unless it is whole (FULL). */
+#define ATT_LD(p, i) (i == NV - 1 && !FULL ? _mm256_maskload_ps((p) + i * 8, tail) : _mm256_loadu_ps((p) + i * 8))
+
+/* Scores of one query at positions [p, p + 4) clipped to npos (a short group repeats its final
+ * position): two chains per position (even and odd vectors of the head), added, then the 4
+ * sums folded with the same adds for every position, times scale. mx takes their max. */
+INLINE void att_scores4(const float *q, const float *k, int64_t ld, int64_t p, int64_t npos, __m256i tail,
+                        __m128 sc, float *s, __m128 *mx, const int NV, const int FULL) {
+    const float *kp[4];
+    UNROLL for (int j = 0; j < 4; j++) kp[j] = k + (p + j < npos ? p + j : npos - 1) * ld;
+    __m256 a[4], b[4];
+    UNROLL for (int j = 0; j < 4; j++) a[j] = b[j] = _mm256_setzero_ps();
     UNROLL for (int i = 0; i < NV; i++) {
-        if (i == NV - 1) _mm256_maskstore_ps(out + i * 8, tail, o[i]);
-        else _mm256_storeu_ps(out + i * 8, o[i]);
+        const __m256 qv = ATT_LD(q, i);
+        UNROLL for (int j = 0; j < 4; j++) {
+            if (i % 2) b[j] = _mm256_fmadd_ps(qv, ATT_LD(kp[j], i), b[j]);
+            else a[j] = _mm256_fmadd_ps(qv, ATT_LD(kp[j], i), a[j]);
+        }
+    }
+    UNROLL for (int j = 0; j < 4; j++) a[j] = _mm256_add_ps(a[j], b[j]);
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    const __m128 x = _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)), sc);
+    if (p + 4 <= npos) {
+        _mm_storeu_ps(s + p, x);
+        *mx = _mm_max_ps(*mx, x);
+        return;
+    }
+    float x4[4];
+    _mm_storeu_ps(x4, x);
+    for (int j = 0; p + j < npos; j++) s[p + j] = x4[j];
+    /* the repeated position's score equals the last real one: the max is unchanged */
+    *mx = _mm_max_ps(*mx, x);
+}
+
+/* QB queries' weighted value sums over positions [c0, c1): o_r += s_r[p] v_p in order of p for
+ * each, each value vector loaded once for all of them; npos[] is non-decreasing, so positions
+ * past the first query's finish query by query. The sums start at 0 when c0 is 0, else from
+ * out, where they are left (exactly: a stored float reloads as itself). */
+INLINE void att_values(const float *v, int64_t ld, int64_t c0, int64_t c1, const int64_t *npos, __m256i tail,
+                       float *const *s, float *const *out, int64_t col, const int NV, const int FULL, const int QB) {
+    __m256 o[4][16];
+    v += col;
+    UNROLL for (int r = 0; r < QB; r++) UNROLL for (int i = 0; i < NV; i++)
+        o[r][i] = c0 == 0 ? _mm256_setzero_ps() : ATT_LD(out[r] + col, i);
+    int64_t p = c0;
+    for (; p < c1 && p < npos[0]; p++) {
+        const float *vp = v + p * ld;
+        __m256 w[4];
+        UNROLL for (int r = 0; r < QB; r++) w[r] = _mm256_broadcast_ss(s[r] + p);
+        UNROLL for (int i = 0; i < NV; i++) {
+            const __m256 x = ATT_LD(vp, i);
+            UNROLL for (int r = 0; r < QB; r++) o[r][i] = _mm256_fmadd_ps(w[r], x, o[r][i]);
+        }
+    }
+    UNROLL for (int r = 1; r < QB; r++)
+        for (int64_t pp = p; pp < c1 && pp < npos[r]; pp++) {
+            const float *vp = v + pp * ld;
+            const __m256 w = _mm256_broadcast_ss(s[r] + pp);
+            UNROLL for (int i = 0; i < NV; i++) o[r][i] = _mm256_fmadd_ps(w, ATT_LD(vp, i), o[r][i]);
+        }
+    UNROLL for (int r = 0; r < QB; r++) UNROLL for (int i = 0; i < NV; i++) {
+        if (i == NV - 1 && !FULL) _mm256_maskstore_ps(out[r] + col + i * 8, tail, o[r][i]);
+        else _mm256_storeu_ps(out[r] + col + i * 8, o[r][i]);
+    }
+}
+
+/* The value sums of nb queries over positions [c0, c1), the head's columns in slices of at most
+ * 4 vectors for 3 queries at a time: 12 independent FMA chains (one FMA's latency times the two
+ * FMA units, with room to spare) and 3 weights within 16 ymm; the block's last one or two queries
+ * go together. A column slice is a set of lanes, each summed in order of p as before. */
+INLINE void att_values_cols(const float *v, int64_t ld, int64_t c0, int64_t c1, const int64_t *npos, __m256i tail,
+                            float *const *s, float *const *out, int nb, int64_t col, const int NS, const int FULL) {
+    int r = 0;
+    for (; r + 3 <= nb; r += 3) att_values(v, ld, c0, c1, npos + r, tail, s + r, out + r, col, NS, FULL, 3);
+    if (nb - r == 2) att_values(v, ld, c0, c1, npos + r, tail, s + r, out + r, col, NS, FULL, 2);
+    else if (nb - r == 1) att_values(v, ld, c0, c1, npos + r, tail, s + r, out + r, col, NS, FULL, 1);
+}
+
+/* Positions per slice of the value pass: a slice of rows stays in L1 for all of a block's queries
+ * even when the cache's row stride maps its rows onto a few sets (a multiple of 1 KB does). */
+#define ATT_VCHUNK 16
+
+/* Attention for a block of queries (kernels.h), LMP_ATT_ROWS queries at a time: their scores
+ * 4 positions at a time, a 16-position slice for every query before the next so its key rows
+ * stay in L1; per query the softmax with the vector exp (softmax_exp, the single-query sum) and
+ * each score times 1/sum, rounded as the single-query kernel did; then the value sums
+ * (att_values_cols), ATT_VCHUNK positions at a time. NV (vectors per head row) is a constant in
+ * each instance. */
+INLINE void attend_nv(const float *q, int64_t ldq, int64_t nh, int64_t ntok, const float *k, const float *v,
+                      int64_t ld, int64_t npos0, int64_t hd, float scale, float *s, float *out, int64_t ldo,
+                      const int NV, const int FULL) {
+    const __m256i tail = first_lanes(hd - 8 * (NV - 1));
+    const __m128 sc = _mm_set1_ps(scale);
+    const int64_t nq = nh * ntok, stride = npos0 + ntok - 1;
+    for (int64_t r0 = 0; r0 < nq; r0 += LMP_ATT_ROWS) {
+        const int nb = nq - r0 < LMP_ATT_ROWS ? (int)(nq - r0) : LMP_ATT_ROWS;
+        int64_t npos[LMP_ATT_ROWS];
+        const float *qr[LMP_ATT_ROWS];
+        float *sr[LMP_ATT_ROWS], *orow[LMP_ATT_ROWS];
+        __m128 mx[LMP_ATT_ROWS];
+        for (int r = 0; r < nb; r++) {
+            const int64_t t = (r0 + r) / nh, jh = (r0 + r) % nh;
+            npos[r] = npos0 + t;
+            qr[r] = q + t * ldq + jh * hd;
+            sr[r] = s + (int64_t)r * stride;
+            orow[r] = out + t * ldo + jh * hd;
+            mx[r] = _mm_set1_ps(-INFINITY);
+        }
+        const int64_t last = npos0 + (r0 + nb - 1) / nh; /* the block's longest row */
+        for (int64_t p = 0; p < last; p += 16)
+            for (int r = 0; r < nb; r++)
+                for (int64_t pp = p; pp < p + 16 && pp < npos[r]; pp += 4)
+                    att_scores4(qr[r], k, ld, pp, npos[r], tail, sc, sr[r], &mx[r], NV, FULL);
+        for (int r = 0; r < nb; r++) {
+            __m128 m = _mm_max_ps(mx[r], _mm_movehl_ps(mx[r], mx[r]));
+            m = _mm_max_ss(m, _mm_movehdup_ps(m));
+            const float inv = 1.0f / softmax_exp(sr[r], npos[r], _mm_cvtss_f32(m));
+            const __m256 vi = _mm256_set1_ps(inv);
+            int64_t p = 0;
+            for (; p + 8 <= npos[r]; p += 8) _mm256_storeu_ps(sr[r] + p, _mm256_mul_ps(_mm256_loadu_ps(sr[r] + p), vi));
+            for (; p < npos[r]; p++) sr[r][p] *= inv;
+        }
+        /* the value rows a slice of positions at a time (~16 KB), every query of the block in
+         * turn, so each row comes from L2 once per block */
+        for (int64_t c0 = 0; c0 < last; c0 += ATT_VCHUNK) {
+            int i0 = 0;
+            for (; i0 + 4 < NV; i0 += 4)
+                att_values_cols(v, ld, c0, c0 + ATT_VCHUNK, npos, tail, sr, orow, nb, i0 * 8, 4, 1);
+            att_values_cols(v, ld, c0, c0 + ATT_VCHUNK, npos, tail, sr, orow, nb, i0 * 8, NV - 4 * ((NV - 1) / 4), FULL);
+        }
     }
 #undef ATT_LD
 }
 
 static void attend_f32(const float *q, int64_t ldq, int64_t nh, int64_t ntok, const float *k, const float *v,
                        int64_t ld, int64_t npos0, int64_t hd, float scale, float *s, float *out, int64_t ldo) {
+    switch ((hd + 7) / 8 * 2 + (hd % 8 == 0)) {
+#define ATT_CASE(NV)                                                                                       \
+    case NV * 2: attend_nv(q, ldq, nh, ntok, k, v, ld, npos0, hd, scale, s, out, ldo, NV, 0); return;     \
+    case NV * 2 + 1: attend_nv(q, ldq, nh, ntok, k, v, ld, npos0, hd, scale, s, out, ldo, NV, 1); return;
+        ATT_CASE(1) ATT_CASE(2) ATT_CASE(3) ATT_CASE(4) ATT_CASE(5) ATT_CASE(6) ATT_CASE(7) ATT_CASE(8)
+        ATT_CASE(9) ATT_CASE(10) ATT_CASE(11) ATT_CASE(12) ATT_CASE(13) ATT_CASE(14) ATT_CASE(15) ATT_CASE(16)
+#undef ATT_CASE
+    default: break;
+    }
+    /* heads wider than 128: the composed path, query by query */
     for (int64_t t = 0; t < ntok; t++)
         for (int64_t jh = 0; jh < nh; jh++) {
             const float *qr = q + t * ldq + jh * hd;
             float *o = out + t * ldo + jh * hd;
             const int64_t npos = npos0 + t;
-            switch ((hd + 7) / 8) {
-#define ATT_CASE(NV) case NV: attend_nv(qr, k, v, ld, npos, hd, scale, s, o, NV); continue;
-                ATT_CASE(1) ATT_CASE(2) ATT_CASE(3) ATT_CASE(4) ATT_CASE(5) ATT_CASE(6) ATT_CASE(7) ATT_CASE(8)
-                ATT_CASE(9) ATT_CASE(10) ATT_CASE(11) ATT_CASE(12) ATT_CASE(13) ATT_CASE(14) ATT_CASE(15) ATT_CASE(16)
-#undef ATT_CASE
-            default: break;
-            }
-            /* heads wider than 128: the composed path */
             float mx = -INFINITY;
             for (int64_t p = 0; p < npos; p++) {
                 s[p] = dot_f32(qr, k + p * ld, hd) * scale;

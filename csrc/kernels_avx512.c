@@ -869,15 +869,17 @@ INLINE void att_scores2x8(const __m512 *qa, const __m512 *qb, const float *k, in
     *mxb = _mm512_mask_max_ps(*mxb, (__mmask16)((unsigned)mb << 8), *mxb, x);
 }
 
-/* QB queries' weighted value sums, o_r = sum_p s_r[p] v_p in order of p for each, each value
- * vector loaded once for all of them; npos[] is non-decreasing, so positions past the first
- * query's finish query by query. */
-INLINE void att_values(const float *v, int64_t ld, const int64_t *npos, __mmask16 tail, float *const *s,
-                       float *const *out, const int NV, const int FULL, const int QB) {
+/* QB queries' weighted value sums over positions [c0, c1): o_r += s_r[p] v_p in order of p for
+ * each, each value vector loaded once for all of them; npos[] is non-decreasing, so positions
+ * past the first query's finish query by query. The sums start at 0 when c0 is 0, else from
+ * out, where they are left (exactly: a stored float reloads as itself). */
+INLINE void att_values(const float *v, int64_t ld, int64_t c0, int64_t c1, const int64_t *npos, __mmask16 tail,
+                       float *const *s, float *const *out, const int NV, const int FULL, const int QB) {
     __m512 o[8][8];
-    UNROLL for (int r = 0; r < QB; r++) UNROLL for (int i = 0; i < NV; i++) o[r][i] = _mm512_setzero_ps();
-    int64_t p = 0;
-    for (; p < npos[0]; p++) {
+    UNROLL for (int r = 0; r < QB; r++) UNROLL for (int i = 0; i < NV; i++)
+        o[r][i] = c0 == 0 ? _mm512_setzero_ps() : ATT_LD(out[r], i);
+    int64_t p = c0;
+    for (; p < c1 && p < npos[0]; p++) {
         const float *vp = v + p * ld;
         __m512 w[8];
         UNROLL for (int r = 0; r < QB; r++) w[r] = _mm512_set1_ps(s[r][p]);
@@ -887,7 +889,7 @@ INLINE void att_values(const float *v, int64_t ld, const int64_t *npos, __mmask1
         }
     }
     UNROLL for (int r = 1; r < QB; r++)
-        for (int64_t pp = p; pp < npos[r]; pp++) {
+        for (int64_t pp = p; pp < c1 && pp < npos[r]; pp++) {
             const float *vp = v + pp * ld;
             const __m512 w = _mm512_set1_ps(s[r][pp]);
             UNROLL for (int i = 0; i < NV; i++) o[r][i] = _mm512_fmadd_ps(w, ATT_LD(vp, i), o[r][i]);
@@ -955,9 +957,11 @@ INLINE void attend_nv(const float *q, int64_t ldq, int64_t nh, int64_t ntok, con
                 _mm512_mask_storeu_ps(sr[r] + p, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sr[r] + p), vi));
             }
         }
+        /* (slicing the positions so value rows stay in L1 across the block measured no faster
+         * here: ATT_QB queries already share each row loaded) */
         int r = 0;
-        for (; r + QB <= nb; r += QB) att_values(v, ld, npos + r, tail, sr + r, orow + r, NV, FULL, QB);
-        for (; r < nb; r++) att_values(v, ld, npos + r, tail, sr + r, orow + r, NV, FULL, 1);
+        for (; r + QB <= nb; r += QB) att_values(v, ld, 0, last, npos + r, tail, sr + r, orow + r, NV, FULL, QB);
+        for (; r < nb; r++) att_values(v, ld, 0, last, npos + r, tail, sr + r, orow + r, NV, FULL, 1);
     }
 }
 
