@@ -331,6 +331,32 @@ def _incremental_equals_one_pass(dtype, batch_invariant):
     np.testing.assert_array_equal(core2(ids, all_logits=False)[0], full[-1])
 
 
+ATTENTION_SHAPES = [
+    pytest.param(dict(dim=96, n_heads=6, n_kv_heads=2, head_dim=40), id="gqa3-hd40"),
+    pytest.param(dict(dim=96, n_heads=8, n_kv_heads=1, head_dim=72), id="mqa8-hd72"),
+    pytest.param(dict(dim=90, n_heads=5, n_kv_heads=5, head_dim=18), id="mha5-hd18"),
+]
+
+
+@pytest.mark.parametrize("path", _core.kernel_paths())
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES)
+def test_prompt_attention_blocks_equal_token_by_token(shape, path):
+    """Prompt attention runs blocks of tokens x the query heads of a KV head; generation one
+    token. Both, and any thread count, give the same bits; a prompt of 100 tokens crosses a chunk
+    and ends off a 16-token block."""
+    p = packed("f32", **shape)
+    ids = prompt(100, p.cfg["vocab_size"], seed=11)
+    with using_kernels(path):
+        full = p.core(n_ctx=112)(ids)
+        two = p.core(n_ctx=112, threads=2)(ids)
+        core = p.core(n_ctx=112, threads=2)
+        rows = [core(ids[:37]), core(ids[37:81], 37)]
+        rows += [core(ids[i:i + 1], i) for i in range(81, 100)]
+    np.testing.assert_array_equal(two, full)
+    np.testing.assert_array_equal(np.concatenate(rows), full)
+    assert rel_err(full, p.hf_logits(ids)) < TOL
+
+
 def test_rewriting_the_cache_from_an_earlier_position():
     """A new continuation at pos overwrites the cache there: the stale entries are never seen."""
     p = packed("f32")

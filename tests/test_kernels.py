@@ -369,3 +369,93 @@ def test_gemv_prefetch_hook_rejects_unknown_names(prefetch_restored):
     with pytest.raises(ValueError, match="unknown GEMV prefetch profile"):
         _core._gemv_prefetch("fastest")
     assert _core._gemv_prefetch() == before
+
+
+# ---- attention ------------------------------------------------------------------------------
+
+def attend(q, k, v, nh, ntok, npos0, hd, ld, scale, per_query):
+    """(ran, out): the table's block attention on contiguous q [ntok, nh*hd] as one block or query by query."""
+    out = np.full((ntok, nh * hd), np.nan, np.float32)
+    return _core._attend_f32(q, k, v, nh, ntok, npos0, hd, ld, scale, out, per_query), out
+
+
+def attention_float64(q, k, v, nh, ntok, npos0, hd, ld, scale):
+    rows = npos0 + ntok - 1
+    K = np.stack([k[p * ld:p * ld + hd] for p in range(rows)]).astype(np.float64)
+    V = np.stack([v[p * ld:p * ld + hd] for p in range(rows)]).astype(np.float64)
+    out = np.empty((ntok, nh * hd))
+    for t in range(ntok):
+        n = npos0 + t
+        for j in range(nh):
+            s = K[:n] @ q[t, j * hd:(j + 1) * hd].astype(np.float64) * scale
+            w = np.exp(s - s.max())
+            out[t, j * hd:(j + 1) * hd] = (w / w.sum()) @ V[:n]
+    return out
+
+
+# head widths: odd, below one vector, whole AVX2/AVX-512 vectors, a tail, the widest fused, past it
+ATT_HD = [1, 7, 16, 24, 33, 64, 72, 100, 128, 130]
+
+
+@pytest.mark.parametrize("hd", ATT_HD)
+def test_block_attention_is_the_single_query_kernel_bit_for_bit(path, hd):
+    """A block of queries (consecutive tokens x query heads sharing a KV head, causal) gives every
+    output the bits of the same query alone, as generation runs it: any block, any GQA group, any
+    number of positions (not multiples of 16 either), and the float64 softmax within rounding."""
+    rng = np.random.default_rng(hd)
+    ran_any = False
+    for nh, ntok, npos0 in [(1, 1, 1), (1, 17, 1), (3, 5, 15), (8, 3, 16), (2, 9, 31), (1, 40, 70), (4, 2, 200)]:
+        ld = hd + 3 * (hd % 2)  # rows of the cache are wider than a head
+        rows = npos0 + ntok - 1
+        q = rng.standard_normal((ntok, nh * hd)).astype(np.float32)
+        k = rng.standard_normal((rows - 1) * ld + hd).astype(np.float32)
+        v = rng.standard_normal((rows - 1) * ld + hd).astype(np.float32)
+        scale = float(np.float32(1.5 / np.sqrt(hd)))
+        ran, block = attend(q, k, v, nh, ntok, npos0, hd, ld, scale, False)
+        if not ran:  # the scalar table composes dot_f32 and axpy_f32 in the forward pass
+            assert path == "scalar" or path == "neon"
+            return
+        ran_any = True
+        _, single = attend(q, k, v, nh, ntok, npos0, hd, ld, scale, True)
+        np.testing.assert_array_equal(block.view(np.uint32), single.view(np.uint32),
+                                      err_msg=f"nh={nh} ntok={ntok} npos0={npos0}")
+        want = attention_float64(q, k, v, nh, ntok, npos0, hd, ld, scale)
+        np.testing.assert_allclose(block, want, rtol=0, atol=2e-5 * max(1.0, np.abs(want).max()))
+    assert ran_any
+
+
+def test_attention_hook_rejects_bad_shapes():
+    z = np.zeros(64, np.float32)
+    with pytest.raises(ValueError):
+        _core._attend_f32(z, z, z, 1, 1, 1, 64, 32, 1.0, z, False)  # ld < hd
+    with pytest.raises(ValueError):
+        _core._attend_f32(z, z, z, 1, 2, 1, 64, 64, 1.0, z, False)  # k too short for 2 positions
+
+
+# sha256 prefixes of one query-by-query attention output per table and head width; they are the
+# bits the single-query kernels gave before queries ran in blocks (checked against that build
+# at 1680 shapes), so a change to any score chain, reduction, exp or value order shows here
+ATTENTION_BITS = {
+    ("avx2", 24): "dfc253a279a3cf6a", ("avx2", 64): "8043cd6fac391a6d", ("avx2", 72): "9ff3fcd50c9a6cb8",
+    ("avx2", 128): "aeb5fe7d7ce86b4c", ("avx512", 24): "168bd8687778ea5f", ("avx512", 64): "9ff9c67135e0e3d1",
+    ("avx512", 72): "02206e28184ea8e8", ("avx512", 128): "f11431818aebad94",
+}
+
+
+@pytest.mark.parametrize("hd", [24, 64, 72, 128])
+def test_attention_keeps_the_single_query_kernels_bits(path, hd):
+    import hashlib
+
+    table = "avx512" if path == "amx" else path  # amx's entry is avx512's
+    if (table, hd) not in ATTENTION_BITS:
+        pytest.skip(f"no recorded bits for the {path} table")
+    rng = np.random.default_rng(hd)
+    nh, ntok, npos0, ld = 2, 3, 45, hd + 8
+    rows = npos0 + ntok - 1
+    q = rng.standard_normal((ntok, nh * hd)).astype(np.float32)
+    k = rng.standard_normal((rows - 1) * ld + hd).astype(np.float32)
+    v = rng.standard_normal((rows - 1) * ld + hd).astype(np.float32)
+    for per_query in (True, False):
+        ran, out = attend(q, k, v, nh, ntok, npos0, hd, ld, 0.125, per_query)
+        assert ran
+        assert hashlib.sha256(out.tobytes()).hexdigest()[:16] == ATTENTION_BITS[(table, hd)]
