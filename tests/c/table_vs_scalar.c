@@ -130,36 +130,43 @@ static void test_quantizers(const lmp_kernels *k, int n) {
 
 /* The fused attention entry, where the table has one, against softmax attention in double:
  * head widths around the vector sizes and past the fused limit, position counts around the
- * groups of 4, rows with a stride wider than the head. */
-static void test_attend(const lmp_kernels *k, int hd, int npos) {
+ * groups of 4 and 16, rows with a stride wider than the head, one query alone and causal blocks
+ * of ntok tokens x nh heads (query t sees npos + t positions). */
+static void test_attend(const lmp_kernels *k, int hd, int npos, int nh, int ntok) {
     if (!k->attend_f32) return;
-    const int ld = hd * 2 + 3;
-    float *q = malloc((size_t)hd * 4), *kc = malloc((size_t)npos * ld * 4), *vc = malloc((size_t)npos * ld * 4);
-    float *s = malloc((size_t)npos * 4), *out = malloc((size_t)hd * 4 + 4);
-    double *sc = malloc((size_t)npos * 8);
-    for (int i = 0; i < hd; i++) q[i] = frand();
-    for (int i = 0; i < npos * ld; i++) kc[i] = frand(), vc[i] = frand();
-    out[hd] = 12345.0f; /* must stay: nothing past the head is written */
+    const int ld = hd * 2 + 3, rows = npos + ntok - 1, nq = nh * ntok;
+    float *q = malloc((size_t)nq * hd * 4), *kc = malloc((size_t)rows * ld * 4), *vc = malloc((size_t)rows * ld * 4);
+    float *s = malloc((size_t)LMP_ATT_ROWS * rows * 4), *out = malloc((size_t)nq * hd * 4 + 4);
+    double *sc = malloc((size_t)rows * 8);
+    for (int i = 0; i < nq * hd; i++) q[i] = frand();
+    for (int i = 0; i < rows * ld; i++) kc[i] = frand(), vc[i] = frand();
+    out[nq * hd] = 12345.0f; /* must stay: nothing past the last head is written */
     const float scale = 1.0f / sqrtf((float)hd);
-    k->attend_f32(q, kc, vc, ld, npos, hd, scale, s, out);
-    double mx = -INFINITY, sum = 0, vmax = 0;
-    for (int p = 0; p < npos; p++) {
-        double d = 0;
-        for (int i = 0; i < hd; i++) d += (double)q[i] * kc[p * ld + i];
-        sc[p] = d * scale;
-        if (sc[p] > mx) mx = sc[p];
-    }
-    for (int p = 0; p < npos; p++) sum += sc[p] = exp(sc[p] - mx);
-    int ok = out[hd] == 12345.0f;
-    for (int i = 0; i < hd; i++) {
-        double want = 0;
-        for (int p = 0; p < npos; p++) {
-            want += sc[p] / sum * vc[p * ld + i];
-            if (fabs(vc[p * ld + i]) > vmax) vmax = fabs(vc[p * ld + i]);
+    k->attend_f32(q, nh * hd, nh, ntok, kc, vc, ld, npos, hd, scale, s, out, nh * hd);
+    int ok = out[nq * hd] == 12345.0f;
+    for (int t = 0; t < ntok; t++)
+        for (int j = 0; j < nh; j++) {
+            const float *qr = q + (t * nh + j) * hd;
+            const float *o = out + (t * nh + j) * hd;
+            const int n = npos + t;
+            double mx = -INFINITY, sum = 0, vmax = 0;
+            for (int p = 0; p < n; p++) {
+                double d = 0;
+                for (int i = 0; i < hd; i++) d += (double)qr[i] * kc[p * ld + i];
+                sc[p] = d * scale;
+                if (sc[p] > mx) mx = sc[p];
+            }
+            for (int p = 0; p < n; p++) sum += sc[p] = exp(sc[p] - mx);
+            for (int i = 0; i < hd; i++) {
+                double want = 0;
+                for (int p = 0; p < n; p++) {
+                    want += sc[p] / sum * vc[p * ld + i];
+                    if (fabs(vc[p * ld + i]) > vmax) vmax = fabs(vc[p * ld + i]);
+                }
+                ok &= fabs(o[i] - want) <= 1e-5 * vmax;
+            }
         }
-        ok &= fabs(out[i] - want) <= 1e-5 * vmax;
-    }
-    check(ok, "attend_f32 vs double", hd, npos, 1);
+    check(ok, "attend_f32 vs double", hd, npos, nh * 100 + ntok);
     free(q); free(kc); free(vc); free(s); free(out); free(sc);
 }
 
@@ -172,7 +179,10 @@ int main(void) {
     for (int n = 32; n <= 4128; n = n * 3 + 32) test_quantizers(k, n);
     static const int hds[] = {1, 8, 13, 64, 100, 128, 136};
     for (size_t h = 0; h < sizeof hds / sizeof hds[0]; h++)
-        for (int npos = 1; npos <= 40; npos = npos * 2 + 1) test_attend(k, hds[h], npos);
+        for (int npos = 1; npos <= 40; npos = npos * 2 + 1) {
+            test_attend(k, hds[h], npos, 1, 1);
+            test_attend(k, hds[h], npos, 3, 7);
+        }
     printf("%s: %d passed, %d failed\n", k->name, passed, failed);
     return failed != 0;
 }
