@@ -368,6 +368,7 @@ static void att_one(const att_job *j, int64_t t, int64_t h, float *s) {
     }
     const float *qh = j->m->q + t * q_dim + h * hd;
     const int64_t row0 = first % j->len;
+    /* rows [row0, row0 + npos) of the cache, unless they wrap around the end of a ring */
     const int wraps = row0 + npos > j->len;
     const float *kc = j->kc + row0 * kv_dim, *vc = j->vc + row0 * kv_dim;
     float *o = j->m->att + t * q_dim + h * hd;
