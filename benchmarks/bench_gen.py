@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--bw-mib", type=int, default=512, help="read-bandwidth buffer; 0 leaves it out")
     a = ap.parse_args()
+    if a.steps < 1 or a.rounds < 1 or a.threads < 1:
+        ap.error("--steps, --rounds and --threads must be at least 1")
     variants = [(t, p) for t in a.tables.split(",") for p in a.prefetch.split(",")]
     table0, prefetch0 = _core.kernel_path(), _core._gemv_prefetch()
     try:
