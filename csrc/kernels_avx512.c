@@ -425,6 +425,15 @@ INLINE void q8_tile(const __m512i *pw, const __m512 *sd, int kb, const int8_t *x
     }
 }
 
+/* Requests the kb blocks of one weight row (quants and scales) at wq, ws ahead of their packing:
+ * the panel copy would otherwise wait on every line of rows that are not in cache (a layer's
+ * weights come from memory in a forward pass). */
+INLINE void prefetch_row(const int8_t *wq, const uint16_t *ws, int kb) {
+    for (int i = 0; i < kb * LMP_QK; i += 64) _mm_prefetch((const char *)wq + i, _MM_HINT_T0);
+    _mm_prefetch((const char *)ws, _MM_HINT_T0);
+    _mm_prefetch((const char *)(ws + kb - 1), _MM_HINT_T0);
+}
+
 #define Q8CASE(RN) case RN: q8_tile(pw, sd, kb, xq, xd, sq, cols, nb, first, nr, RN, yt, ldy); break;
 
 static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv,
@@ -454,8 +463,16 @@ static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void 
             for (int64_t b0 = 0; b0 < nb; b0 += QKB) {
                 const int kb = nb - b0 < QKB ? (int)(nb - b0) : QKB;
                 pack_panel(wq + r * cols, w->scales + r * nb, cols, nr, b0, kb, pw, sd);
-                for (int64_t t = 0; t < ntok; t += QRN) {
+                /* the next panel: the next k-slice of these rows, or the next rows' first */
+                const int64_t pr = b0 + QKB < nb ? r : r + 32, pb = b0 + QKB < nb ? b0 + QKB : 0;
+                const int pn = pr >= r1 ? 0 : r1 - pr < 32 ? (int)(r1 - pr) : 32;
+                const int pkb = nb - pb < QKB ? (int)(nb - pb) : QKB;
+                const int64_t ntiles = (ntok + QRN - 1) / QRN;
+                int64_t tile = 0;
+                for (int64_t t = 0; t < ntok; t += QRN, tile++) {
                     const int rn = ntok - t < QRN ? (int)(ntok - t) : QRN;
+                    for (int64_t i = tile * pn / ntiles; i < (tile + 1) * pn / ntiles; i++)
+                        prefetch_row(wq + (pr + i) * cols + pb * LMP_QK, w->scales + (pr + i) * nb + pb, pkb);
                     const int8_t *xq = x->q + t * cols + b0 * LMP_QK;
                     const float *xd = x->d + t * nb + b0;
                     const int32_t *sq = seed + t * nb + b0;
