@@ -279,17 +279,41 @@ INLINE __m512 load_scales(const uint16_t *ws, int64_t nb, int64_t b, int nr) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
 }
 
-/* -128 * sum of each block's activation quants, per token: the seeds of the int accumulators. */
+/* -128 * sum of each block's activation quants, per token: the seeds of the int accumulators.
+ * Sixteen blocks at a time: one VPDPBUSD against ones per two blocks leaves 8 partial sums of
+ * each in its half, and three levels of shuffles and adds fold the 8 vectors into the 16 sums
+ * (as q8_gemv8 folds rows), put in block order by one permute. */
 static void act_seeds(const lmp_q8_act *x, int64_t ntok, int64_t cols, int32_t *seed) {
     const __m512i ones = _mm512_set1_epi8(1);
+    /* the fold leaves block k in lane idx[k] */
+    const __m512i idx = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
     const int64_t nb = cols / LMP_QK;
-    for (int64_t t = 0; t < ntok; t++)
-        for (int64_t b = 0; b < nb; b++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(x->q + t * cols + b * LMP_QK));
-            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones,
-                                            _mm512_castsi256_si512(q)); /* upper half: 0 */
-            seed[t * nb + b] = -128 * _mm512_reduce_add_epi32(s);
+    for (int64_t t = 0; t < ntok; t++) {
+        const int8_t *q = x->q + t * cols;
+        int32_t *sd = seed + t * nb;
+        int64_t b = 0;
+        for (; b + 16 <= nb; b += 16) {
+            __m512i r[8], u4[4], u2[2];
+            UNROLL for (int i = 0; i < 8; i++)
+                r[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, _mm512_loadu_si512(q + (b + 2 * i) * LMP_QK));
+            UNROLL for (int i = 0; i < 4; i++)
+                u4[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]),
+                                         _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]));
+            UNROLL for (int i = 0; i < 2; i++)
+                u2[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(u4[2 * i], u4[2 * i + 1]),
+                                         _mm512_unpackhi_epi64(u4[2 * i], u4[2 * i + 1]));
+            __m512i c = _mm512_add_epi32(_mm512_shuffle_i32x4(u2[0], u2[1], 0x88),
+                                         _mm512_shuffle_i32x4(u2[0], u2[1], 0xdd));
+            c = _mm512_permutexvar_epi32(idx, c);
+            _mm512_storeu_si512(sd + b, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(c, 7)));
         }
+        for (; b < nb; b++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(q + b * LMP_QK));
+            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones,
+                                            _mm512_castsi256_si512(v)); /* upper half: 0 */
+            sd[b] = -128 * _mm512_reduce_add_epi32(s);
+        }
+    }
 }
 
 /* acc + float(isum) * (dw * dx), each rounded (the adds' explicit rounding keeps them unfused). */
