@@ -149,18 +149,33 @@ int lmp_state_alloc(lmp_model *m, int threads) {
 
 /* ---- element-wise pieces (cheap next to the matmuls: run on the calling thread) ----------- */
 
-/* y = x / sqrt(mean(x^2) + eps) * (offset + w) on `rows` rows of n values (y may be x). */
+/* y = x / sqrt(mean(x^2) + eps) * (offset + w) on `rows` rows of n values (y may be x).
+ * The sum of squares is in double (the mean is then as good as torch's cascaded f32 sum), one
+ * chain per row in element order; RMS_ROWS rows' chains run side by side, since one chain alone
+ * waits on each add's latency. */
+#define RMS_ROWS 8
 static void rmsnorm(float *y, const float *x, const float *w, int64_t rows, int64_t n, float eps, float offset) {
-    for (int64_t t = 0; t < rows; t++, x += n, y += n) {
-        /* double for the sum of squares: the mean is then as good as torch's cascaded f32 sum */
-        double ss = 0.0;
-        for (int64_t i = 0; i < n; i++) ss += (double)x[i] * (double)x[i];
-        float var = (float)(ss / (double)n);
-        float r = 1.0f / sqrtf(var + eps);
-        if (offset == 0.0f)
-            for (int64_t i = 0; i < n; i++) y[i] = w[i] * (x[i] * r);
-        else
-            for (int64_t i = 0; i < n; i++) y[i] = (x[i] * r) * (offset + w[i]);
+    for (int64_t t0 = 0; t0 < rows; t0 += RMS_ROWS) {
+        const int nr = rows - t0 < RMS_ROWS ? (int)(rows - t0) : RMS_ROWS;
+        double ss[RMS_ROWS] = {0.0};
+        const float *xr = x + t0 * n;
+        if (nr == RMS_ROWS) {
+            for (int64_t i = 0; i < n; i++)
+                for (int r = 0; r < RMS_ROWS; r++) ss[r] += (double)xr[r * n + i] * (double)xr[r * n + i];
+        } else {
+            for (int r = 0; r < nr; r++)
+                for (int64_t i = 0; i < n; i++) ss[r] += (double)xr[r * n + i] * (double)xr[r * n + i];
+        }
+        for (int r = 0; r < nr; r++) {
+            const float *xi = xr + r * n;
+            float *yi = y + (t0 + r) * n;
+            float var = (float)(ss[r] / (double)n);
+            float rs = 1.0f / sqrtf(var + eps);
+            if (offset == 0.0f)
+                for (int64_t i = 0; i < n; i++) yi[i] = w[i] * (xi[i] * rs);
+            else
+                for (int64_t i = 0; i < n; i++) yi[i] = (xi[i] * rs) * (offset + w[i]);
+        }
     }
 }
 
