@@ -471,6 +471,9 @@ static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void 
         lmp_kernels_scalar.matmul[LMP_Q8_0](w, r0, r1, xv, ntok, y, ldy);
         return;
     }
+    if (ntok > 1) /* the first panel's rows, while the seeds are computed (the tiles prefetch the rest) */
+        for (int64_t r = r0; r < r1 && r < r0 + 32; r++)
+            prefetch_row(wq + r * cols, w->scales + r * nb, nb < QKB ? (int)nb : QKB);
     act_seeds(x, ntok, cols, seed);
     if (ntok == 1) {
         const int64_t ahead = gemv_ahead(cols, 8, 1);
