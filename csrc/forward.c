@@ -149,18 +149,33 @@ int lmp_state_alloc(lmp_model *m, int threads) {
 
 /* ---- element-wise pieces (cheap next to the matmuls: run on the calling thread) ----------- */
 
-/* y = x / sqrt(mean(x^2) + eps) * (offset + w) on `rows` rows of n values (y may be x). */
+/* y = x / sqrt(mean(x^2) + eps) * (offset + w) on `rows` rows of n values (y may be x).
+ * The sum of squares is in double (the mean is then as good as torch's cascaded f32 sum), one
+ * chain per row in element order; RMS_ROWS rows' chains run side by side, since one chain alone
+ * waits on each add's latency. */
+#define RMS_ROWS 8
 static void rmsnorm(float *y, const float *x, const float *w, int64_t rows, int64_t n, float eps, float offset) {
-    for (int64_t t = 0; t < rows; t++, x += n, y += n) {
-        /* double for the sum of squares: the mean is then as good as torch's cascaded f32 sum */
-        double ss = 0.0;
-        for (int64_t i = 0; i < n; i++) ss += (double)x[i] * (double)x[i];
-        float var = (float)(ss / (double)n);
-        float r = 1.0f / sqrtf(var + eps);
-        if (offset == 0.0f)
-            for (int64_t i = 0; i < n; i++) y[i] = w[i] * (x[i] * r);
-        else
-            for (int64_t i = 0; i < n; i++) y[i] = (x[i] * r) * (offset + w[i]);
+    for (int64_t t0 = 0; t0 < rows; t0 += RMS_ROWS) {
+        const int nr = rows - t0 < RMS_ROWS ? (int)(rows - t0) : RMS_ROWS;
+        double ss[RMS_ROWS] = {0.0};
+        const float *xr = x + t0 * n;
+        if (nr == RMS_ROWS) {
+            for (int64_t i = 0; i < n; i++)
+                for (int r = 0; r < RMS_ROWS; r++) ss[r] += (double)xr[r * n + i] * (double)xr[r * n + i];
+        } else {
+            for (int r = 0; r < nr; r++)
+                for (int64_t i = 0; i < n; i++) ss[r] += (double)xr[r * n + i] * (double)xr[r * n + i];
+        }
+        for (int r = 0; r < nr; r++) {
+            const float *xi = xr + r * n;
+            float *yi = y + (t0 + r) * n;
+            float var = (float)(ss[r] / (double)n);
+            float rs = 1.0f / sqrtf(var + eps);
+            if (offset == 0.0f)
+                for (int64_t i = 0; i < n; i++) yi[i] = w[i] * (xi[i] * rs);
+            else
+                for (int64_t i = 0; i < n; i++) yi[i] = (xi[i] * rs) * (offset + w[i]);
+        }
     }
 }
 
@@ -277,6 +292,38 @@ static void round_bf16(const float *x, int64_t n, uint16_t *h) {
     }
 }
 
+/* Element-wise passes over a prompt's rows split across the pool (one thread runs them
+ * whole): the quantization of a matmul input, the MLP's gate. Each element's result depends on
+ * its own block or value only, so any split gives the same bits. */
+#define SPLIT_MIN (INT64_C(1) << 15) /* elements below which the hand-off costs more than it saves */
+
+typedef struct {
+    const lmp_kernels *k;
+    const float *x;
+    int64_t cols, ntok, per; /* quantize: tokens per task */
+    int8_t *q;
+    float *d;
+} quant_job;
+
+static void quant_task(void *ctx, int64_t task, int thread) {
+    (void)thread;
+    const quant_job *j = ctx;
+    const int64_t t0 = task * j->per, t1 = t0 + j->per < j->ntok ? t0 + j->per : j->ntok;
+    j->k->quantize_act_q8(j->x + t0 * j->cols, (t1 - t0) * j->cols, j->q + t0 * j->cols,
+                          j->d + t0 * (j->cols / LMP_QK));
+}
+
+/* The q8_0 activations of x [ntok, cols] into m->act_q / act_d. */
+static void quantize_rows(lmp_model *m, const lmp_kernels *k, const float *x, int64_t cols, int64_t ntok) {
+    const int nth = lmp_pool_size(m->pool);
+    if (nth == 1 || ntok < 2 || ntok * cols < SPLIT_MIN) {
+        k->quantize_act_q8(x, ntok * cols, m->act_q, m->act_d);
+        return;
+    }
+    quant_job j = {k, x, cols, ntok, (ntok + 2 * nth - 1) / (2 * nth), m->act_q, m->act_d};
+    lmp_pool_run(m->pool, (ntok + j.per - 1) / j.per, quant_task, &j);
+}
+
 /* Y_i = W_i X for up to three weights sharing the input x [ntok, cols], in one parallel region.
  * Rows go out in blocks of a multiple of 16 (whole SIMD row tiles), about four blocks per thread
  * so a thread slowed by a neighbour on the machine does not hold up the step. */
@@ -298,7 +345,7 @@ static void matmuls(lmp_model *m, const lmp_kernels *k, const float *x, int64_t 
     int64_t ntasks = 0;
     for (int i = 0; i < nops; i++) {
         if (ws[i]->dtype == LMP_Q8_0 && !j.qa.q) {
-            k->quantize_act_q8(x, ntok * cols, m->act_q, m->act_d);
+            quantize_rows(m, k, x, cols, ntok);
             j.qa.q = m->act_q;
             j.qa.d = m->act_d;
         }
@@ -451,22 +498,49 @@ static void add_bias(float *x, const float *b, int64_t n, int64_t cols) {
 }
 
 /* The MLP's gate times its up projection, in place in m->gate: SwiGLU or GeGLU. */
-static void glu(lmp_model *m, const lmp_kernels *k, int64_t count) {
+static void glu_range(lmp_model *m, const lmp_kernels *k, int64_t i0, int64_t i1) {
+    float *gate = m->gate;
+    const float *up = m->up;
     if (m->cfg.act == LMP_ACT_GELU_TANH) {
         /* gelu(g) = g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))), torch's tanh form */
         const float k0 = 0.7978845608028654f, k1 = 0.044715f;
-        for (int64_t i = 0; i < count; i++) {
-            float g = m->gate[i];
-            m->gate[i] = 0.5f * g * (1.0f + tanhf(k0 * (g + k1 * g * g * g))) * m->up[i];
+        for (int64_t i = i0; i < i1; i++) {
+            float g = gate[i];
+            gate[i] = 0.5f * g * (1.0f + tanhf(k0 * (g + k1 * g * g * g))) * up[i];
         }
     } else if (k->silu_mul_f32) {
-        k->silu_mul_f32(m->gate, m->up, count);
+        k->silu_mul_f32(gate + i0, up + i0, i1 - i0);
     } else {
-        for (int64_t i = 0; i < count; i++) {
-            float g = m->gate[i];
-            m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
+        for (int64_t i = i0; i < i1; i++) {
+            float g = gate[i];
+            gate[i] = g / (1.0f + expf(-g)) * up[i];
         }
     }
+}
+
+typedef struct {
+    lmp_model *m;
+    const lmp_kernels *k;
+    int64_t count, per;
+} glu_job;
+
+static void glu_task(void *ctx, int64_t task, int thread) {
+    (void)thread;
+    const glu_job *j = ctx;
+    const int64_t i0 = task * j->per, i1 = i0 + j->per < j->count ? i0 + j->per : j->count;
+    glu_range(j->m, j->k, i0, i1);
+}
+
+/* gate = act(gate) * up over count values, across the pool for a prompt. The pieces are whole
+ * multiples of 64 values, so a SIMD kernel sees its full vectors where it did unsplit. */
+static void glu(lmp_model *m, const lmp_kernels *k, int64_t count) {
+    const int nth = lmp_pool_size(m->pool);
+    if (nth == 1 || count < SPLIT_MIN) {
+        glu_range(m, k, 0, count);
+        return;
+    }
+    glu_job j = {m, k, count, ((count + 2 * nth - 1) / (2 * nth) + 63) / 64 * 64};
+    lmp_pool_run(m->pool, (count + j.per - 1) / j.per, glu_task, &j);
 }
 
 /* The dense MLP on n rows x [n, dim] into m->proj. */

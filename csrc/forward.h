@@ -13,7 +13,7 @@
 #include "threadpool.h"
 
 /* Tokens per pass through the layers: bounds the scratch memory whatever the prompt length. */
-#define LMP_CHUNK 64
+#define LMP_CHUNK 128
 /* Experts per MoE layer at most (lmpack/formats/arch.py MAX_EXPERTS). */
 #define LMP_MAX_EXPERTS 256
 

@@ -279,17 +279,41 @@ INLINE __m512 load_scales(const uint16_t *ws, int64_t nb, int64_t b, int nr) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
 }
 
-/* -128 * sum of each block's activation quants, per token: the seeds of the int accumulators. */
+/* -128 * sum of each block's activation quants, per token: the seeds of the int accumulators.
+ * Sixteen blocks at a time: one VPDPBUSD against ones per two blocks leaves 8 partial sums of
+ * each in its half, and three levels of shuffles and adds fold the 8 vectors into the 16 sums
+ * (as q8_gemv8 folds rows), put in block order by one permute. */
 static void act_seeds(const lmp_q8_act *x, int64_t ntok, int64_t cols, int32_t *seed) {
     const __m512i ones = _mm512_set1_epi8(1);
+    /* the fold leaves block k in lane idx[k] */
+    const __m512i idx = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
     const int64_t nb = cols / LMP_QK;
-    for (int64_t t = 0; t < ntok; t++)
-        for (int64_t b = 0; b < nb; b++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(x->q + t * cols + b * LMP_QK));
-            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones,
-                                            _mm512_castsi256_si512(q)); /* upper half: 0 */
-            seed[t * nb + b] = -128 * _mm512_reduce_add_epi32(s);
+    for (int64_t t = 0; t < ntok; t++) {
+        const int8_t *q = x->q + t * cols;
+        int32_t *sd = seed + t * nb;
+        int64_t b = 0;
+        for (; b + 16 <= nb; b += 16) {
+            __m512i r[8], u4[4], u2[2];
+            UNROLL for (int i = 0; i < 8; i++)
+                r[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, _mm512_loadu_si512(q + (b + 2 * i) * LMP_QK));
+            UNROLL for (int i = 0; i < 4; i++)
+                u4[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]),
+                                         _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]));
+            UNROLL for (int i = 0; i < 2; i++)
+                u2[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(u4[2 * i], u4[2 * i + 1]),
+                                         _mm512_unpackhi_epi64(u4[2 * i], u4[2 * i + 1]));
+            __m512i c = _mm512_add_epi32(_mm512_shuffle_i32x4(u2[0], u2[1], 0x88),
+                                         _mm512_shuffle_i32x4(u2[0], u2[1], 0xdd));
+            c = _mm512_permutexvar_epi32(idx, c);
+            _mm512_storeu_si512(sd + b, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(c, 7)));
         }
+        for (; b < nb; b++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(q + b * LMP_QK));
+            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones,
+                                            _mm512_castsi256_si512(v)); /* upper half: 0 */
+            sd[b] = -128 * _mm512_reduce_add_epi32(s);
+        }
+    }
 }
 
 /* acc + float(isum) * (dw * dx), each rounded (the adds' explicit rounding keeps them unfused). */
@@ -425,6 +449,15 @@ INLINE void q8_tile(const __m512i *pw, const __m512 *sd, int kb, const int8_t *x
     }
 }
 
+/* Requests the kb blocks of one weight row (quants and scales) at wq, ws ahead of their packing:
+ * the panel copy would otherwise wait on every line of rows that are not in cache (a layer's
+ * weights come from memory in a forward pass). */
+INLINE void prefetch_row(const int8_t *wq, const uint16_t *ws, int kb) {
+    for (int i = 0; i < kb * LMP_QK; i += 64) _mm_prefetch((const char *)wq + i, _MM_HINT_T0);
+    _mm_prefetch((const char *)ws, _MM_HINT_T0);
+    _mm_prefetch((const char *)(ws + kb - 1), _MM_HINT_T0);
+}
+
 #define Q8CASE(RN) case RN: q8_tile(pw, sd, kb, xq, xd, sq, cols, nb, first, nr, RN, yt, ldy); break;
 
 static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv,
@@ -438,6 +471,9 @@ static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void 
         lmp_kernels_scalar.matmul[LMP_Q8_0](w, r0, r1, xv, ntok, y, ldy);
         return;
     }
+    if (ntok > 1) /* the first panel's rows, while the seeds are computed (the tiles prefetch the rest) */
+        for (int64_t r = r0; r < r1 && r < r0 + 32; r++)
+            prefetch_row(wq + r * cols, w->scales + r * nb, nb < QKB ? (int)nb : QKB);
     act_seeds(x, ntok, cols, seed);
     if (ntok == 1) {
         const int64_t ahead = gemv_ahead(cols, 8, 1);
@@ -454,8 +490,16 @@ static void matmul_q8_0(const lmp_weight *w, int64_t r0, int64_t r1, const void 
             for (int64_t b0 = 0; b0 < nb; b0 += QKB) {
                 const int kb = nb - b0 < QKB ? (int)(nb - b0) : QKB;
                 pack_panel(wq + r * cols, w->scales + r * nb, cols, nr, b0, kb, pw, sd);
-                for (int64_t t = 0; t < ntok; t += QRN) {
+                /* the next panel: the next k-slice of these rows, or the next rows' first */
+                const int64_t pr = b0 + QKB < nb ? r : r + 32, pb = b0 + QKB < nb ? b0 + QKB : 0;
+                const int pn = pr >= r1 ? 0 : r1 - pr < 32 ? (int)(r1 - pr) : 32;
+                const int pkb = nb - pb < QKB ? (int)(nb - pb) : QKB;
+                const int64_t ntiles = (ntok + QRN - 1) / QRN;
+                int64_t tile = 0;
+                for (int64_t t = 0; t < ntok; t += QRN, tile++) {
                     const int rn = ntok - t < QRN ? (int)(ntok - t) : QRN;
+                    for (int64_t i = tile * pn / ntiles; i < (tile + 1) * pn / ntiles; i++)
+                        prefetch_row(wq + (pr + i) * cols + pb * LMP_QK, w->scales + (pr + i) * nb + pb, pkb);
                     const int8_t *xq = x->q + t * cols + b0 * LMP_QK;
                     const float *xd = x->d + t * nb + b0;
                     const int32_t *sq = seed + t * nb + b0;

@@ -1,4 +1,5 @@
 /* lmpack._core: the module object and its method table; the functions live beside their concern. */
+#include "forward.h"
 #include "pyapi.h"
 
 static PyMethodDef core_methods[] = {
@@ -53,6 +54,11 @@ PyMODINIT_FUNC PyInit__core(void) {
     Py_INCREF(&LmpModel_Type);
     if (PyModule_AddObject(m, "Model", (PyObject *)&LmpModel_Type) < 0) {
         Py_DECREF(&LmpModel_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* tokens per pass through the layers: what a ring cache can step back (lmp_can_start) */
+    if (PyModule_AddIntConstant(m, "CHUNK", LMP_CHUNK) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,5 +1,6 @@
 """The benchmark harness's parsing and reporting (benchmarks/report.py, benchmarks/ct2.py, the
-option handling of benchmarks/bench_llamacpp.py): no timing, no llama.cpp or CTranslate2 needed."""
+option handling of benchmarks/bench_llamacpp.py, benchmarks/bench_gen.py end to end on a tiny
+file): no timing checked, no llama.cpp or CTranslate2 needed."""
 from __future__ import annotations
 
 import sys
@@ -10,6 +11,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import bench_gen  # noqa: E402
 import bench_llamacpp  # noqa: E402
 import ct2  # noqa: E402
 import report  # noqa: E402
@@ -140,3 +142,30 @@ def test_table_children_get_the_options_but_not_table_or_json():
     argv = ["--table", "avx2=/x", "--json=o.json", "--reps", "1", "--table=avx512", "--json", "p.json", "--no-ct2",
             "--markdown", "r.md"]
     assert bench_llamacpp.strip_table_args(argv) == ["--reps", "1", "--no-ct2"]
+
+
+def test_bench_gen_times_every_variant_and_restores_the_active_ones(tiny_lmp, monkeypatch, capsys):
+    from lmpack import _core
+
+    table0, prefetch0 = _core.kernel_path(), _core._gemv_prefetch()
+    tables = ",".join(dict.fromkeys(["scalar", table0]))
+    monkeypatch.setattr(sys, "argv", ["bench_gen.py", str(tiny_lmp), "--tables", tables, "--prefetch", "none,amd",
+                                      "--steps", "2", "--rounds", "2", "--bw-mib", "0", "--threads", "2"])
+    bench_gen.main()
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(tiny_lmp.name)]
+    assert [(r[1], r[2]) for r in rows] == [(t, p) for t in tables.split(",") for p in ("none", "amd")]
+    assert all(float(x) > 0 for r in rows for x in r[3:8])
+    assert (_core.kernel_path(), _core._gemv_prefetch()) == (table0, prefetch0)
+
+
+def test_bench_gen_refuses_unknown_names_before_loading(tiny_lmp, monkeypatch, capsys):
+    from lmpack import _core
+
+    table0, prefetch0 = _core.kernel_path(), _core._gemv_prefetch()
+    for opt in (["--tables", "nope"], ["--prefetch", "nope"]):
+        monkeypatch.setattr(sys, "argv", ["bench_gen.py", str(tiny_lmp), "--bw-mib", "0", *opt])
+        with pytest.raises(SystemExit) as e:
+            bench_gen.main()
+        assert str(e.value).startswith("error: ") and "nope" in str(e.value)
+        assert (_core.kernel_path(), _core._gemv_prefetch()) == (table0, prefetch0)
+    assert tiny_lmp.name not in capsys.readouterr().out

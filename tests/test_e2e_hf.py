@@ -146,12 +146,16 @@ def test_logits_fresh_context_and_causal(tiny_hf, tiny_lmp, lmpack):
     assert_logits_close(one, tiny_hf.reference_logits([ids[5]]), F32_TOL, "single token")
 
 
-@pytest.mark.parametrize("variant", ["f32-mha-untied", "bf16-mqa-untied-3shards"])
-def test_threads_give_identical_logits(variant, hf_checkpoint, converted, lmpack):
-    kwargs, dtype, _ = VARIANTS[variant]
+@pytest.mark.parametrize("variant,dtype", [("f32-mha-untied", "auto"), ("bf16-mqa-untied-3shards", "auto"),
+                                           ("f32-mha-untied", "q8_0")])
+def test_threads_give_identical_logits(variant, dtype, hf_checkpoint, converted, lmpack):
+    """Any thread count gives the same bits. At 130 tokens the prompt path splits into many tiles,
+    and the MLP's gate and the q8_0 quantization of the down projection's input (130 x ffn 320
+    values, past forward.c's SPLIT_MIN) are split across the threads too."""
+    kwargs, _, _ = VARIANTS[variant]
     ckpt = hf_checkpoint(**kwargs)
     path = converted(ckpt, dtype)
-    for n in (5, 130):  # short, and long enough for the prompt path to split into many tiles
+    for n in (5, 130):
         ids = token_ids(ckpt.vocab_size, n=n, seed=5)
         one = lmpack.load(path, threads=1).logits(ids)
         for threads in (2, 3):

@@ -384,22 +384,25 @@ def test_mixtral_reads_only_the_chosen_experts(family_checkpoint, converted, tmp
                          rope_parameters=GEMMA3_ROPE, query_pre_attn_scalar=32, tie=True)),
 ], ids=["mistral", "gemma3"])
 def test_sliding_layers_keep_a_ring_cache(model_type, kwargs, family_checkpoint, converted):
-    """A sliding layer's cache holds window + 63 rows, reused round the ring: 200 positions (past
-    the ring several times over, prompt chunks and single tokens alike) still give transformers'
-    logits, and a run may go back at most 64 positions."""
+    """A sliding layer's cache holds window + CHUNK - 1 rows (CHUNK: tokens per pass), reused round
+    the ring: positions past the ring twice over (prompt chunks and single tokens alike) still give
+    transformers' logits, and a run may go back at most CHUNK positions."""
+    C = _core.CHUNK
+    n = 2 * (16 + C)  # window 16: past the ring of 16 + C - 1 rows twice
     ck = family_checkpoint(model_type, **kwargs)
-    ids = token_ids(ck.vocab_size, n=200, seed=5)
+    ids = token_ids(ck.vocab_size, n=n, seed=5)
     ref = ck.reference_logits(ids)
-    m = lmpack.load(converted(ck), threads=2, max_context=256)
+    m = lmpack.load(converted(ck), threads=2, max_context=n + 56)
     full = m.logits(ids)
     assert rel_err(full, ref) < F32_TOL
-    rows = [m.forward(ids[:150], 0, all_logits=True)]
-    rows += [m.forward([t], 150 + i) for i, t in enumerate(ids[150:])]
+    split = n - 50
+    rows = [m.forward(ids[:split], 0, all_logits=True)]
+    rows += [m.forward([t], split + i) for i, t in enumerate(ids[split:])]
     assert rel_err(np.concatenate(rows), ref) < F32_TOL
-    # going back 64 positions re-runs them over the window still in the ring
-    np.testing.assert_array_equal(m.forward(ids[136:], 136, all_logits=True), full[136:])
+    # going back CHUNK positions re-runs them over the window still in the ring
+    np.testing.assert_array_equal(m.forward(ids[n - C:], n - C, all_logits=True), full[n - C:])
     with pytest.raises(LmpackError, match="sliding-window cache"):
-        m.forward(ids[100:], 100)
+        m.forward(ids[n - C - 1:], n - C - 1)
     with pytest.raises(LmpackError, match="sliding-window cache"):
-        m.forward([5], 201)  # past what was written
+        m.forward([5], n + 1)  # past what was written
     np.testing.assert_array_equal(m.logits(ids[:20]), full[:20])  # position 0 always starts afresh

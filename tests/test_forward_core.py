@@ -342,16 +342,17 @@ ATTENTION_SHAPES = [
 @pytest.mark.parametrize("shape", ATTENTION_SHAPES)
 def test_prompt_attention_blocks_equal_token_by_token(shape, path):
     """Prompt attention runs blocks of tokens x the query heads of a KV head; generation one
-    token. Both, and any thread count, give the same bits; a prompt of 100 tokens crosses a chunk
+    token. Both, and any thread count, give the same bits; a prompt of 150 tokens crosses a chunk
     and ends off a 16-token block."""
     p = packed("f32", **shape)
-    ids = prompt(100, p.cfg["vocab_size"], seed=11)
+    n = _core.CHUNK + 22
+    ids = prompt(n, p.cfg["vocab_size"], seed=11)
     with using_kernels(path):
-        full = p.core(n_ctx=112)(ids)
-        two = p.core(n_ctx=112, threads=2)(ids)
-        core = p.core(n_ctx=112, threads=2)
-        rows = [core(ids[:37]), core(ids[37:81], 37)]
-        rows += [core(ids[i:i + 1], i) for i in range(81, 100)]
+        full = p.core(n_ctx=n + 10)(ids)
+        two = p.core(n_ctx=n + 10, threads=2)(ids)
+        core = p.core(n_ctx=n + 10, threads=2)
+        rows = [core(ids[:37]), core(ids[37:n - 19], 37)]
+        rows += [core(ids[i:i + 1], i) for i in range(n - 19, n)]
     np.testing.assert_array_equal(two, full)
     np.testing.assert_array_equal(np.concatenate(rows), full)
     assert rel_err(full, p.hf_logits(ids)) < TOL

@@ -84,7 +84,7 @@ def run_state_bytes(cfg: ModelConfig, n_ctx: int, threads: int) -> int:
     """Bytes of the KV cache and scratch the C core allocates for `n_ctx` positions (forward.c,
     lmp_state_alloc): sized here so an absurd context fails before anything is allocated."""
     kv_dim, q_dim = cfg.n_kv_heads * cfg.head_dim, cfg.n_heads * cfg.head_dim
-    chunk = 64  # LMP_CHUNK
+    chunk = _core.CHUNK  # tokens per pass (LMP_CHUNK)
     scratch = chunk * (3 * cfg.dim + 2 * q_dim + 2 * cfg.ffn_dim + cfg.head_dim + 2 * max(cfg.dim, q_dim, cfg.ffn_dim))
     return 4 * (2 * cfg.n_layers * n_ctx * kv_dim + threads * n_ctx + scratch)
 
