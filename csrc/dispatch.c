@@ -534,7 +534,7 @@ PyObject *lmp_py_test_attend_f32(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOLLLLLfOp:_attend_f32", &qo, &ko, &vo, &nh, &ntok, &npos0, &hd, &ld, &scale,
                           &oo, &per_query))
         return NULL;
-    if (nh < 1 || ntok < 1 || npos0 < 1 || hd < 1 || ld < hd || nh > 1024 || ntok > 4096 || hd > 4096 ||
+    if (nh < 1 || ntok < 1 || npos0 < 1 || hd < 1 || ld < hd || ld > (1 << 24) || nh > 1024 || ntok > 4096 || hd > 4096 ||
         npos0 > (1 << 20)) {
         PyErr_SetString(PyExc_ValueError, "bad attention shape");
         return NULL;

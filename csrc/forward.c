@@ -531,7 +531,8 @@ static void glu_task(void *ctx, int64_t task, int thread) {
     glu_range(j->m, j->k, i0, i1);
 }
 
-/* gate = act(gate) * up over count values, across the pool for a prompt. The pieces are whole
+/* gate = act(gate) * up over count values, across the pool once there are enough of them to pay
+ * for the hand-off (a prompt's rows, or one token of an MLP wider than SPLIT_MIN). The pieces are whole
  * multiples of 64 values, so a SIMD kernel sees its full vectors where it did unsplit. */
 static void glu(lmp_model *m, const lmp_kernels *k, int64_t count) {
     const int nth = lmp_pool_size(m->pool);

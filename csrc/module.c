@@ -62,5 +62,10 @@ PyMODINIT_FUNC PyInit__core(void) {
         Py_DECREF(m);
         return NULL;
     }
+    /* softmax rows of scratch per thread and context position (run_state_bytes sizes them) */
+    if (PyModule_AddIntConstant(m, "ATT_ROWS", LMP_ATT_ROWS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

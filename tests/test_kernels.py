@@ -430,6 +430,8 @@ def test_attention_hook_rejects_bad_shapes():
         _core._attend_f32(z, z, z, 1, 1, 1, 64, 32, 1.0, z, False)  # ld < hd
     with pytest.raises(ValueError):
         _core._attend_f32(z, z, z, 1, 2, 1, 64, 64, 1.0, z, False)  # k too short for 2 positions
+    with pytest.raises(ValueError):  # a stride whose byte count would wrap int64 and pass a tiny buffer
+        _core._attend_f32(z, z, z, 1, 1, 5, 1, 2**62, 1.0, z, False)
 
 
 # sha256 prefixes of one query-by-query attention output per table and head width; they are the

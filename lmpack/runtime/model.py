@@ -86,7 +86,7 @@ def run_state_bytes(cfg: ModelConfig, n_ctx: int, threads: int) -> int:
     kv_dim, q_dim = cfg.n_kv_heads * cfg.head_dim, cfg.n_heads * cfg.head_dim
     chunk = _core.CHUNK  # tokens per pass (LMP_CHUNK)
     scratch = chunk * (3 * cfg.dim + 2 * q_dim + 2 * cfg.ffn_dim + cfg.head_dim + 2 * max(cfg.dim, q_dim, cfg.ffn_dim))
-    return 4 * (2 * cfg.n_layers * n_ctx * kv_dim + threads * n_ctx + scratch)
+    return 4 * (2 * cfg.n_layers * n_ctx * kv_dim + threads * _core.ATT_ROWS * n_ctx + scratch)
 
 
 def physical_memory() -> int | None:
