@@ -1009,6 +1009,8 @@ INLINE void attend_nv(const float *q, int64_t ldq, int64_t nh, int64_t ntok, con
     }
 }
 
+DEFINE_ATTEND_WIDE(attend_wide, dot_f32, softmax_exp, axpy_f32)
+
 static void attend_f32(const float *q, int64_t ldq, int64_t nh, int64_t ntok, const float *k, const float *v,
                        int64_t ld, int64_t npos0, int64_t hd, float scale, float *s, float *out, int64_t ldo) {
     switch ((hd + 15) / 16 * 2 + (hd % 16 == 0)) {
@@ -1020,20 +1022,7 @@ static void attend_f32(const float *q, int64_t ldq, int64_t nh, int64_t ntok, co
     default: break;
     }
     /* heads wider than 128: the composed path, query by query */
-    for (int64_t t = 0; t < ntok; t++)
-        for (int64_t jh = 0; jh < nh; jh++) {
-            const float *qr = q + t * ldq + jh * hd;
-            float *o = out + t * ldo + jh * hd;
-            const int64_t npos = npos0 + t;
-            float mx = -INFINITY;
-            for (int64_t p = 0; p < npos; p++) {
-                s[p] = dot_f32(qr, k + p * ld, hd) * scale;
-                if (s[p] > mx) mx = s[p];
-            }
-            float inv = 1.0f / softmax_exp(s, npos, mx);
-            memset(o, 0, (size_t)hd * sizeof(float));
-            for (int64_t p = 0; p < npos; p++) axpy_f32(s[p] * inv, v + p * ld, o, hd);
-        }
+    attend_wide(q, ldq, nh, ntok, k, v, ld, npos0, hd, scale, s, out, ldo);
 }
 
 const lmp_kernels lmp_kernels_avx512 = {

@@ -1,4 +1,5 @@
-/* The row x token tiling of the float matmuls, shared by the SIMD kernel tables.
+/* The row x token tiling of the float matmuls, shared by the SIMD kernel tables (and the wide-head
+ * attention they compose from their own pieces).
  *
  * Each table defines its register tile NAME(w, x, cols, rm, rn, y, ldy) for constant shapes, the
  * largest tile FRM x FRN, and FCASES_RM(T, RM) listing the token counts 1..FRN for a row count
@@ -104,6 +105,29 @@ static inline void gemv_prologue(const void *w, const void *scales, int64_t byte
                            ldy);                                                                \
             }                                                                                   \
         }                                                                                       \
+    }
+
+/* Attention query by query, composed from a table's own DOT, SOFTMAX_EXP (exponentials in place,
+ * returning their sum) and AXPY: the tables' path for heads wider than their block kernels hold in
+ * registers, one definition so the tables cannot drift apart in it. s: npos0 + ntok - 1 floats. */
+#define DEFINE_ATTEND_WIDE(NAME, DOT, SOFTMAX_EXP, AXPY)                                            \
+    static void NAME(const float *q, int64_t ldq, int64_t nh, int64_t ntok, const float *k,         \
+                     const float *v, int64_t ld, int64_t npos0, int64_t hd, float scale, float *s,  \
+                     float *out, int64_t ldo) {                                                     \
+        for (int64_t t = 0; t < ntok; t++)                                                          \
+            for (int64_t jh = 0; jh < nh; jh++) {                                                   \
+                const float *qr = q + t * ldq + jh * hd;                                            \
+                float *o = out + t * ldo + jh * hd;                                                 \
+                const int64_t npos = npos0 + t;                                                     \
+                float mx = -INFINITY;                                                               \
+                for (int64_t p = 0; p < npos; p++) {                                                \
+                    s[p] = DOT(qr, k + p * ld, hd) * scale;                                         \
+                    if (s[p] > mx) mx = s[p];                                                       \
+                }                                                                                   \
+                float inv = 1.0f / SOFTMAX_EXP(s, npos, mx);                                        \
+                memset(o, 0, (size_t)hd * sizeof(float));                                           \
+                for (int64_t p = 0; p < npos; p++) AXPY(s[p] * inv, v + p * ld, o, hd);            \
+            }                                                                                       \
     }
 
 #endif
