@@ -279,6 +279,20 @@ INLINE __m512 load_scales(const uint16_t *ws, int64_t nb, int64_t b, int nr) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
 }
 
+/* Three levels of unpacks and adds: 8 vectors of 16 dword partial sums -> one vector whose lane
+ * holds the sum of a 4-lane group of one input (which group and input sits where is the callers'
+ * business: each puts its lanes in order with one permute). */
+INLINE __m512i fold8_epi32(const __m512i r[8]) {
+    __m512i t[4], u[2];
+    UNROLL for (int i = 0; i < 4; i++)
+        t[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]),
+                                _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]));
+    UNROLL for (int i = 0; i < 2; i++)
+        u[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * i], t[2 * i + 1]),
+                                _mm512_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], 0x88), _mm512_shuffle_i32x4(u[0], u[1], 0xdd));
+}
+
 /* -128 * sum of each block's activation quants, per token: the seeds of the int accumulators.
  * Sixteen blocks at a time: one VPDPBUSD against ones per two blocks leaves 8 partial sums of
  * each in its half, and three levels of shuffles and adds fold the 8 vectors into the 16 sums
@@ -293,18 +307,10 @@ static void act_seeds(const lmp_q8_act *x, int64_t ntok, int64_t cols, int32_t *
         int32_t *sd = seed + t * nb;
         int64_t b = 0;
         for (; b + 16 <= nb; b += 16) {
-            __m512i r[8], u4[4], u2[2];
+            __m512i r[8];
             UNROLL for (int i = 0; i < 8; i++)
                 r[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, _mm512_loadu_si512(q + (b + 2 * i) * LMP_QK));
-            UNROLL for (int i = 0; i < 4; i++)
-                u4[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]),
-                                         _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]));
-            UNROLL for (int i = 0; i < 2; i++)
-                u2[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(u4[2 * i], u4[2 * i + 1]),
-                                         _mm512_unpackhi_epi64(u4[2 * i], u4[2 * i + 1]));
-            __m512i c = _mm512_add_epi32(_mm512_shuffle_i32x4(u2[0], u2[1], 0x88),
-                                         _mm512_shuffle_i32x4(u2[0], u2[1], 0xdd));
-            c = _mm512_permutexvar_epi32(idx, c);
+            const __m512i c = _mm512_permutexvar_epi32(idx, fold8_epi32(r));
             _mm512_storeu_si512(sd + b, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(c, 7)));
         }
         for (; b < nb; b++) {
@@ -364,15 +370,7 @@ INLINE void q8_gemv8(const int8_t *wq, const uint16_t *ws, const int8_t *xq, con
                                 : _mm512_setzero_si512();
             r[i] = _mm512_dpbusd_epi32(i < nr ? sd : _mm512_setzero_si512(), wv, xv);
         }
-        __m512i t[4], u[2];
-        UNROLL for (int i = 0; i < 4; i++)
-            t[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]),
-                                    _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]));
-        UNROLL for (int i = 0; i < 2; i++)
-            u[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * i], t[2 * i + 1]),
-                                    _mm512_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
-        __m512i c = _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], 0x88), _mm512_shuffle_i32x4(u[0], u[1], 0xdd));
-        __m512 f = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(order, c));
+        __m512 f = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(order, fold8_epi32(r)));
         /* scales of blocks b and b+1 of each row: one dword per row, b in the low half */
         __m512 dw;
         if (!one) {

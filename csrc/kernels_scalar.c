@@ -65,32 +65,21 @@ static float dot_bf16_row(const uint16_t *w, const float *x, int64_t n) {
     return reduce_lanes(acc);
 }
 
-static void matmul_f32(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv, int64_t ntok,
-                       float *y, int64_t ldy) {
-    const float *x = xv;
-    const float *wd = w->data;
-    for (int64_t r = r0; r < r1; r++)
-        for (int64_t t = 0; t < ntok; t++)
-            y[t * ldy + r] = dot_f32_row(wd + r * w->cols, x + t * w->cols, w->cols);
-}
+/* Y[t, r] = one row dot per output, rows [r0, r1) x tokens [0, ntok): the loop of every weight
+ * type whose dot is a plain row function (WT weights, XT activations). */
+#define DEFINE_ROW_MATMUL(NAME, WT, XT, DOT)                                                         \
+    static void NAME(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv, int64_t ntok,       \
+                     float *y, int64_t ldy) {                                                        \
+        const XT *x = xv;                                                                            \
+        const WT *wd = w->data;                                                                      \
+        for (int64_t r = r0; r < r1; r++)                                                            \
+            for (int64_t t = 0; t < ntok; t++)                                                       \
+                y[t * ldy + r] = DOT(wd + r * w->cols, x + t * w->cols, w->cols);                    \
+    }
 
-static void matmul_f16(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv, int64_t ntok,
-                       float *y, int64_t ldy) {
-    const float *x = xv;
-    const uint16_t *wd = w->data;
-    for (int64_t r = r0; r < r1; r++)
-        for (int64_t t = 0; t < ntok; t++)
-            y[t * ldy + r] = dot_f16_row(wd + r * w->cols, x + t * w->cols, w->cols);
-}
-
-static void matmul_bf16(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv, int64_t ntok,
-                        float *y, int64_t ldy) {
-    const float *x = xv;
-    const uint16_t *wd = w->data;
-    for (int64_t r = r0; r < r1; r++)
-        for (int64_t t = 0; t < ntok; t++)
-            y[t * ldy + r] = dot_bf16_row(wd + r * w->cols, x + t * w->cols, w->cols);
-}
+DEFINE_ROW_MATMUL(matmul_f32, float, float, dot_f32_row)
+DEFINE_ROW_MATMUL(matmul_f16, uint16_t, float, dot_f16_row)
+DEFINE_ROW_MATMUL(matmul_bf16, uint16_t, float, dot_bf16_row)
 
 /* ---- bf16 weights x bf16 activations: VDPBF16PS's arithmetic ------------------------------ */
 
@@ -133,14 +122,7 @@ static float dot_bf16_bf16_row(const uint16_t *w, const uint16_t *x, int64_t n) 
     return reduce16(acc);
 }
 
-static void matmul_bf16_act(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv, int64_t ntok,
-                            float *y, int64_t ldy) {
-    const uint16_t *x = xv;
-    const uint16_t *wd = w->data;
-    for (int64_t r = r0; r < r1; r++)
-        for (int64_t t = 0; t < ntok; t++)
-            y[t * ldy + r] = dot_bf16_bf16_row(wd + r * w->cols, x + t * w->cols, w->cols);
-}
+DEFINE_ROW_MATMUL(matmul_bf16_act, uint16_t, uint16_t, dot_bf16_bf16_row)
 
 /* Per 32-block: the exact int32 dot of the quants, then acc += isum * (d_w * d_x), blocks in
  * order. |isum| <= 32*127*127 < 2^24, so the int to float conversion is exact. */
