@@ -90,18 +90,19 @@ const lmp_kernels *lmp_active_kernels(void);
  * every CPU with that table has), else NULL. */
 lmp_matmul_fn lmp_bf16_act_matmul(const lmp_kernels *k);
 
-/* How the one-token matmuls (GEMVs) of the x86 tables prefetch weights (tiling.h gemv_ahead).
- * The hardware prefetchers differ by vendor, so gemv_prefetch.c picks one profile per CPU vendor,
- * once, beside the table; prefetching never changes a result, only how fast rows arrive. */
+/* How the one-token matmuls (GEMVs) of the x86 tables prefetch and load weights (tiling.h
+ * gemv_ahead). The hardware prefetchers differ by vendor, so gemv_prefetch.c picks one profile per
+ * CPU vendor, once, beside the table; a profile never changes a result, only how fast rows arrive. */
 typedef struct {
     const char *name;
     int64_t short_row;         /* rows of this many bytes or more are left to the hardware */
     int64_t ahead_f, ahead_q8; /* bytes ahead: f32/f16/bf16 weights, the q8_0 quants plane */
     int whole_tile;            /* at least one whole row tile ahead, whatever the row length */
+    int half_width;            /* avx512 float GEMVs in 256-bit halves (same bits; kernels_avx512.c) */
 } lmp_gemv_prefetch;
 
 /* gemv_prefetch.c: the active profile (resolved from cpuid on first use), and a switch to the
- * one called `name` ("intel", "amd", "none"; -1 if none is) for benchmarks and tests. */
+ * one called `name` ("intel", "amd", "amd-zmm", "none"; -1 if none is) for benchmarks and tests. */
 const lmp_gemv_prefetch *lmp_gemv_prefetch_active(void);
 int lmp_gemv_prefetch_set(const char *name);
 

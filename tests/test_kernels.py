@@ -320,7 +320,7 @@ def test_silu_mul_close_to_float64_on_every_path(path, n):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-30)
 
 
-PREFETCH_PROFILES = ["intel", "amd", "none"]
+PREFETCH_PROFILES = ["intel", "amd", "amd-zmm", "none"]
 
 
 @pytest.fixture
