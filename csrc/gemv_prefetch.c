@@ -41,7 +41,7 @@ static const lmp_gemv_prefetch *vendor_profile(void) {
     if (memcmp(v, "AuthenticAMD", 12) == 0 || memcmp(v, "HygonGenuine", 12) == 0) return &profiles[1];
     return &profiles[0];
 #else
-    return &profiles[3];
+    return &profiles[NPROFILES - 1]; /* none */
 #endif
 }
 

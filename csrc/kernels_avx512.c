@@ -82,9 +82,12 @@ INLINE __m512 ldm_bf16(const void *p, int64_t c, __mmask16 m) {
 
 /* The same 16 lanes in two 256-bit halves, for the one-token tiles of profiles with half_width
  * (kernels.h): lanes 0-7 and 8-15 of each step, each added as the 512-bit FMA adds it, so the bits
- * are the same. On a Zen 5 (2 threads, TinyLlama bf16, `bench_gen.py --prefetch amd,amd-zmm`),
- * generation steps ran 4-5% faster at the median and ~10% at the 10th percentile this way: the
- * 512-bit widening loads (vpmovzxwd zmm, m256) kept fewer rows' lines in flight. */
+ * are the same. On a Zen 5 (2 threads, TinyLlama bf16, `bench_gen.py --prefetch amd,amd-zmm`, three
+ * runs) generation steps ran 4-7% faster at the median and 11-13% at the 10th percentile this way;
+ * whole 64-token generations alternating with the full width differed by less than their noise.
+ * Likely cause: 512-bit widening loads (vpmovzxwd zmm, m256) keep fewer lines in flight. f32 and f16
+ * rows (`bench_kernels.py --gemv-rows 2048,5632 --prefetch amd,amd-zmm`) moved within the noise
+ * either way; they take the halves too, so the three float types stay one code path. */
 INLINE __m256 ld8_f32(const void *p, int64_t c) { return _mm256_loadu_ps((const float *)p + c); }
 INLINE __m256 ld8_f16(const void *p, int64_t c) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + c)));

@@ -36,6 +36,8 @@
  * bf16 on the Zen 5 streamed as many bytes/s as Q8_0 (no compute limit from the widening), and
  * prefetchnta, two tiles ahead, 4 or 6 rows per GEMV tile, or 1-16 tasks per thread (forward.c)
  * all stayed within that shared machine's noise of this profile; 4 rows lost on AVX2.
+ * The AMD profile also has the avx512 table's one-token float tiles load and add in 256-bit halves
+ * (half_width; same bits): TinyLlama bf16 steps ran faster that way (kernels_avx512.c).
  * Prefetches never fault, so running past the end of the matrix is harmless. (No NEON machine
  * was at hand to measure, so that table does not prefetch.) */
 
