@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tables", default=_core.kernel_path(), help="comma-separated kernel tables")
     ap.add_argument("--prefetch", default=_core._gemv_prefetch(),
-                    help="comma-separated GEMV prefetch profiles (intel, amd, amd-zmm, none)")
+                    help="comma-separated GEMV prefetch profiles (intel, amd, amd-8rows, none)")
     ap.add_argument("--steps", type=int, default=16, help="single-token steps per variant per round")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--bw-mib", type=int, default=512, help="read-bandwidth buffer; 0 leaves it out")

@@ -115,7 +115,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="threads of the --gemv-rows runs")
     ap.add_argument("--mib", type=float, default=200, help="matrix size of the --gemv-rows runs")
     ap.add_argument("--prefetch", default=_core._gemv_prefetch(),
-                    help="GEMV prefetch profiles of the --gemv-rows runs, compared pass by pass (intel, amd, amd-zmm, none)")
+                    help="GEMV prefetch profiles of the --gemv-rows runs, compared pass by pass (intel, amd, amd-8rows, none)")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     before = _core.kernel_path()

@@ -98,11 +98,11 @@ typedef struct {
     int64_t short_row;         /* rows of this many bytes or more are left to the hardware */
     int64_t ahead_f, ahead_q8; /* bytes ahead: f32/f16/bf16 weights, the q8_0 quants plane */
     int whole_tile;            /* at least one whole row tile ahead, whatever the row length */
-    int half_width;            /* avx512 float GEMVs in 256-bit halves (same bits; kernels_avx512.c) */
+    int single_row;            /* the avx512 float GEMVs take rows one at a time (kernels_avx512.c) */
 } lmp_gemv_prefetch;
 
 /* gemv_prefetch.c: the active profile (resolved from cpuid on first use), and a switch to the
- * one called `name` ("intel", "amd", "amd-zmm", "none"; -1 if none is) for benchmarks and tests. */
+ * one called `name` ("intel", "amd", "amd-8rows", "none"; -1 if none is) for benchmarks and tests. */
 const lmp_gemv_prefetch *lmp_gemv_prefetch_active(void);
 int lmp_gemv_prefetch_set(const char *name);
 

@@ -80,23 +80,9 @@ INLINE __m512 ldm_bf16(const void *p, int64_t c, __mmask16 m) {
 #define FRM 6
 #define FRN 4
 
-/* The same 16 lanes in two 256-bit halves, for the one-token tiles of profiles with half_width
- * (kernels.h): lanes 0-7 and 8-15 of each step, each added as the 512-bit FMA adds it, so the bits
- * are the same. On a Zen 5 (2 threads, TinyLlama bf16, `bench_gen.py --prefetch amd,amd-zmm`),
- * generation steps ran 4-5% faster at the median and ~10% at the 10th percentile this way: the
- * 512-bit widening loads (vpmovzxwd zmm, m256) kept fewer rows' lines in flight. */
-INLINE __m256 ld8_f32(const void *p, int64_t c) { return _mm256_loadu_ps((const float *)p + c); }
-INLINE __m256 ld8_f16(const void *p, int64_t c) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + c)));
-}
-INLINE __m256 ld8_bf16(const void *p, int64_t c) {
-    return _mm256_castsi256_ps(
-        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + c))), 16));
-}
-
-/* One RM x RN tile for weights of ESIZE bytes loaded by LD/LDM (LD8: 8 of them, for the halves).
- * w: row r0 of the tile, x: token t0, y: &Y[t0*ldy + r0]. */
-#define DEFINE_FTILE(NAME, ESIZE, LD, LDM, LD8)                                                  \
+/* One RM x RN tile for weights of ESIZE bytes loaded by LD/LDM. w: row r0 of the tile,
+ * x: token t0, y: &Y[t0*ldy + r0]. */
+#define DEFINE_FTILE(NAME, ESIZE, LD, LDM)                                                       \
     INLINE void NAME(const char *w, const float *x, int64_t cols, int rm, int rn, float *y,     \
                      int64_t ldy) {                                                             \
         __m512 acc[8][FRN]; /* rows: FRM, or 8 for the GEMV */                            \
@@ -104,20 +90,6 @@ INLINE __m256 ld8_bf16(const void *p, int64_t c) {
             _mm512_setzero_ps();                                                                \
         const int64_t ahead = rn == 1 ? gemv_ahead(cols * ESIZE, rm, 0) : 0;                   \
         int64_t c = 0;                                                                          \
-        if (rn == 1 && lmp_gemv_prefetch_active()->half_width) {                                \
-            __m256 lo[8], hi[8];                                                                \
-            UNROLL for (int i = 0; i < rm; i++) lo[i] = hi[i] = _mm256_setzero_ps();            \
-            for (; c + 16 <= cols; c += 16) {                                                   \
-                if (ahead) GEMV_PREFETCH(w, ahead + c * rm * ESIZE, rm * 16 * ESIZE);          \
-                const __m256 xl = _mm256_loadu_ps(x + c), xh = _mm256_loadu_ps(x + c + 8);      \
-                UNROLL for (int i = 0; i < rm; i++) {                                           \
-                    lo[i] = _mm256_fmadd_ps(LD8(w + i * cols * ESIZE, c), xl, lo[i]);           \
-                    hi[i] = _mm256_fmadd_ps(LD8(w + i * cols * ESIZE, c + 8), xh, hi[i]);       \
-                }                                                                               \
-            }                                                                                   \
-            UNROLL for (int i = 0; i < rm; i++) /* the tail below continues the same lanes */   \
-                acc[i][0] = _mm512_insertf32x8(_mm512_castps256_ps512(lo[i]), hi[i], 1);        \
-        }                                                                                       \
         for (; c + 16 <= cols; c += 16) {                                                       \
             if (ahead) /* see gemv_ahead */                                                     \
                 GEMV_PREFETCH(w, ahead + c * rm * ESIZE, rm * 16 * ESIZE);                     \
@@ -143,9 +115,9 @@ INLINE __m256 ld8_bf16(const void *p, int64_t c) {
             y[j * ldy + i] = hsum16(acc[i][j]);                                                 \
     }
 
-DEFINE_FTILE(ftile_f32, 4, ld_f32, ldm_f32, ld8_f32)
-DEFINE_FTILE(ftile_f16, 2, ld_f16, ldm_f16, ld8_f16)
-DEFINE_FTILE(ftile_bf16, 2, ld_bf16, ldm_bf16, ld8_bf16)
+DEFINE_FTILE(ftile_f32, 4, ld_f32, ldm_f32)
+DEFINE_FTILE(ftile_f16, 2, ld_f16, ldm_f16)
+DEFINE_FTILE(ftile_bf16, 2, ld_bf16, ldm_bf16)
 
 /* Instantiates the tile for constant shapes so the accumulators live in registers. */
 #define FCASES_RM(T, RM) FCASE(T, RM, 1) FCASE(T, RM, 2) FCASE(T, RM, 3) FCASE(T, RM, 4)
@@ -153,6 +125,15 @@ DEFINE_FTILE(ftile_bf16, 2, ld_bf16, ldm_bf16, ld8_bf16)
 #define FCASES_ROWS(T) FCASES_RM(T, 1) FCASES_RM(T, 2) FCASES_RM(T, 3) FCASES_RM(T, 4) FCASES_RM(T, 5) \
     FCASES_RM(T, 6)
 
+/* Generation on the AMD profile streams float rows one at a time: one 16-lane chain per row still
+ * moves 32 bf16 bytes per FMA latency, and a thread's rows are then one sequential stream instead
+ * of 8 interleaved ones (same chains, same bits). On a Zen 5 (2 threads, `bench_gen.py --prefetch
+ * amd,amd-8rows`, 16-20 rounds, three runs) TinyLlama bf16 steps ran 15-18% faster at the median
+ * (stories110M 14%); 2 or 4 rows sat between; one row without the software prefetch was 8% slower
+ * than 8 rows with it. The
+ * avx2 table keeps 8 rows: its 8-lane chains move half as much per latency, and one row lost 18%. */
+#undef GEMV_TILE_ROWS
+#define GEMV_TILE_ROWS (lmp_gemv_prefetch_active()->single_row ? 1 : 8)
 DEFINE_FMATMUL(matmul_f32, ftile_f32, 4)
 DEFINE_FMATMUL(matmul_f16, ftile_f16, 2)
 DEFINE_FMATMUL(matmul_bf16, ftile_bf16, 2)
@@ -220,7 +201,8 @@ BF16_TARGET static void btile_any(const uint16_t *w, const uint16_t *x, int64_t 
     }
 }
 
-/* Generation streams 8 rows at a time; prompts walk BRM x BRN tiles. */
+/* Generation streams GEMV_TILE_ROWS rows at a time (as the f32-activation GEMV); prompts walk
+ * BRM x BRN tiles. */
 BF16_TARGET static void matmul_bf16_act(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv, int64_t ntok,
                                         float *y, int64_t ldy) {
     const uint16_t *wd = w->data, *x = xv;
@@ -228,7 +210,8 @@ BF16_TARGET static void matmul_bf16_act(const lmp_weight *w, int64_t r0, int64_t
     if (ntok == 1) {
         gemv_prologue(wd + r0 * cols, NULL, (r1 - r0) * cols * 2, gemv_ahead(cols * 2, 8, 0));
         int64_t r = r0;
-        for (; r + 8 <= r1; r += 8) btile_any(wd + r * cols, x, cols, 8, 1, y + r, ldy);
+        const int gr = GEMV_TILE_ROWS;
+        for (; r + gr <= r1; r += gr) btile_any(wd + r * cols, x, cols, gr, 1, y + r, ldy);
         for (; r < r1; r += BRM) {
             int rm = r1 - r < BRM ? (int)(r1 - r) : BRM;
             btile_any(wd + r * cols, x, cols, rm, 1, y + r, ldy);

@@ -36,6 +36,8 @@
  * bf16 on the Zen 5 streamed as many bytes/s as Q8_0 (no compute limit from the widening), and
  * prefetchnta, two tiles ahead, 4 or 6 rows per GEMV tile, or 1-16 tasks per thread (forward.c)
  * all stayed within that shared machine's noise of this profile; 4 rows lost on AVX2.
+ * The AMD profile also has the avx512 table's float GEMVs take one row at a time (single_row;
+ * same bits): TinyLlama bf16 steps ran ~15% faster that way (kernels_avx512.c).
  * Prefetches never fault, so running past the end of the matrix is harmless. (No NEON machine
  * was at hand to measure, so that table does not prefetch.) */
 
@@ -67,6 +69,9 @@ static inline void gemv_prologue(const void *w, const void *scales, int64_t byte
 }
 
 #define FCASE(T, RM, RN) case (RM) * 16 + (RN): T(w, x, cols, RM, RN, y, ldy); break;
+/* Rows of a one-token tile: 8 side by side, enough independent FMA chains to hide their latency
+ * with 8-lane vectors; a table may choose otherwise. */
+#define GEMV_TILE_ROWS 8
 /* The row counts 1..FRM a table's tiles come in; a table may define its own list. */
 #ifndef FCASES_ROWS
 #define FCASES_ROWS(T) FCASES_RM(T, 1) FCASES_RM(T, 2) FCASES_RM(T, 3) FCASES_RM(T, 4)
@@ -90,7 +95,8 @@ static inline void gemv_prologue(const void *w, const void *scales, int64_t byte
             gemv_prologue(wd + r0 * cols * ESIZE, NULL, (r1 - r0) * cols * ESIZE,              \
                           gemv_ahead(cols * ESIZE, 8, 0));                                      \
             int64_t r = r0;                                                                     \
-            for (; r + 8 <= r1; r += 8) TILE##_any(wd + r * cols * ESIZE, x, cols, 8, 1, y + r, ldy); \
+            const int gr = GEMV_TILE_ROWS;                                                      \
+            for (; r + gr <= r1; r += gr) TILE##_any(wd + r * cols * ESIZE, x, cols, gr, 1, y + r, ldy); \
             for (; r < r1; r += FRM) {                                                          \
                 int rm = r1 - r < FRM ? (int)(r1 - r) : FRM;                                    \
                 TILE##_any(wd + r * cols * ESIZE, x, cols, rm, 1, y + r, ldy);                  \
