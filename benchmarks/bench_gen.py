@@ -94,7 +94,7 @@ def main() -> None:
         _core._gemv_prefetch(prefetch0)
     print(f"threads {a.threads}, {a.steps} steps x {a.rounds} rounds per variant; "
           f"load {' / '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{'file':<16} {'table':<7} {'prefetch':<8} {'best':>7} {'p10':>7} {'p25':>7} {'median':>7}"
+    print(f"{'file':<16} {'table':<7} {'prefetch':<10} {'best':>7} {'p10':>7} {'p25':>7} {'median':>7}"
           f"  {'GB/s@p10':>8}  readbw before/after")
     try:
         for f in a.files:
@@ -106,7 +106,7 @@ def main() -> None:
             m.close()
             for (t, p), v in times.items():
                 p10 = quantile(v, 0.1)
-                print(f"{f.name:<16} {t:<7} {p:<8} {1 / min(v):7.2f} {1 / p10:7.2f} {1 / quantile(v, 0.25):7.2f} "
+                print(f"{f.name:<16} {t:<7} {p:<10} {1 / min(v):7.2f} {1 / p10:7.2f} {1 / quantile(v, 0.25):7.2f} "
                       f"{1 / statistics.median(v):7.2f}  {nbytes / p10 / 1e9:8.1f}  {before} / {after}", flush=True)
     finally:
         _core.set_kernel_path(table0)

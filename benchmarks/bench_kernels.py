@@ -125,7 +125,7 @@ def main():
         for p in profiles:
             _core._gemv_prefetch(p)  # ValueError now rather than after the first matrix
         _core._gemv_prefetch(before_pf)
-        print(f"{'path':7} {'dtype':5} {'cols':>6} {'threads':>7} {'prefetch':>8} {'GB/s':>6}")
+        print(f"{'path':7} {'dtype':5} {'cols':>6} {'threads':>7} {'prefetch':>10} {'GB/s':>6}")
         try:
             for path in args.paths.split(","):
                 _core.set_kernel_path(path)
@@ -133,7 +133,7 @@ def main():
                     for cols in map(int, args.gemv_rows.split(",")):
                         gbs = gemv_bandwidth(dtype, cols, args.mib, args.threads, args.repeat, rng, profiles)
                         for p in profiles:
-                            print(f"{path:7} {dtype:5} {cols:6d} {args.threads:7d} {p:>8} {gbs[p]:6.1f}", flush=True)
+                            print(f"{path:7} {dtype:5} {cols:6d} {args.threads:7d} {p:>10} {gbs[p]:6.1f}", flush=True)
         finally:
             _core.set_kernel_path(before)
         return

@@ -130,8 +130,7 @@ DEFINE_FTILE(ftile_bf16, 2, ld_bf16, ldm_bf16)
  * of 8 interleaved ones (same chains, same bits). On a Zen 5 (2 threads, `bench_gen.py --prefetch
  * amd,amd-8rows`, 16-20 rounds, three runs) TinyLlama bf16 steps ran 15-18% faster at the median
  * (stories110M 14%); 2 or 4 rows sat between; one row without the software prefetch was 8% slower
- * than 8 rows with it. The
- * avx2 table keeps 8 rows: its 8-lane chains move half as much per latency, and one row lost 18%. */
+ * than 8 rows with it. The avx2 table keeps 8 rows: its 8-lane chains move half as much per latency, and one row lost 18%. */
 #undef GEMV_TILE_ROWS
 #define GEMV_TILE_ROWS (lmp_gemv_prefetch_active()->single_row ? 1 : 8)
 DEFINE_FMATMUL(matmul_f32, ftile_f32, 4)
@@ -208,9 +207,9 @@ BF16_TARGET static void matmul_bf16_act(const lmp_weight *w, int64_t r0, int64_t
     const uint16_t *wd = w->data, *x = xv;
     const int64_t cols = w->cols;
     if (ntok == 1) {
-        gemv_prologue(wd + r0 * cols, NULL, (r1 - r0) * cols * 2, gemv_ahead(cols * 2, 8, 0));
-        int64_t r = r0;
         const int gr = GEMV_TILE_ROWS;
+        gemv_prologue(wd + r0 * cols, NULL, (r1 - r0) * cols * 2, gemv_ahead(cols * 2, gr, 0));
+        int64_t r = r0;
         for (; r + gr <= r1; r += gr) btile_any(wd + r * cols, x, cols, gr, 1, y + r, ldy);
         for (; r < r1; r += BRM) {
             int rm = r1 - r < BRM ? (int)(r1 - r) : BRM;

@@ -5,7 +5,7 @@
  * largest tile FRM x FRN, and FCASES_RM(T, RM) listing the token counts 1..FRN for a row count
  * (and FCASES_ROWS(T) the row counts, when FRM is not 4);
  * DEFINE_FMATMUL then instantiates every shape (so accumulators stay in registers) and the loop
- * that covers rows [r0, r1) x tokens [0, ntok): generation (one token) streams 8 rows at a time,
+ * that covers rows [r0, r1) x tokens [0, ntok): generation (one token) streams GEMV_TILE_ROWS rows at a time,
  * prompts walk FRM x FRN tiles. Every shape runs the same per-output chain, which is what makes
  * a row's result independent of the tile it lands in.
  */
@@ -17,8 +17,8 @@
 #include "kernels.h"
 
 /* Generation (one token) streams each weight row once, so it runs at memory speed only if lines
- * arrive before they are used. A GEMV tile reads 8 (4 on AVX2) rows side by side: as many
- * short streams at once, each restarting on every tile, and the hardware prefetchers keep up with
+ * arrive before they are used. A GEMV tile reads 8 rows side by side (one on the avx512 table under
+ * the AMD profile, below): as many short streams at once, each restarting on every tile, and the hardware prefetchers keep up with
  * that differently per vendor (csrc/gemv_prefetch.c picks an lmp_gemv_prefetch profile per vendor):
  *   - Intel (a 2-core Xeon): for rows shorter than a page the prefetchers fell behind (768-column
  *     bf16 rows ~11 GB/s against ~20 GB/s for page-long rows, Q8_0 ~10 GB/s), and prefetching
@@ -92,10 +92,10 @@ static inline void gemv_prologue(const void *w, const void *scales, int64_t byte
         const float *x = xv;                                                                    \
         const int64_t cols = w->cols;                                                           \
         if (ntok == 1) {                                                                        \
-            gemv_prologue(wd + r0 * cols * ESIZE, NULL, (r1 - r0) * cols * ESIZE,              \
-                          gemv_ahead(cols * ESIZE, 8, 0));                                      \
-            int64_t r = r0;                                                                     \
             const int gr = GEMV_TILE_ROWS;                                                      \
+            gemv_prologue(wd + r0 * cols * ESIZE, NULL, (r1 - r0) * cols * ESIZE,              \
+                          gemv_ahead(cols * ESIZE, gr, 0));                                     \
+            int64_t r = r0;                                                                     \
             for (; r + gr <= r1; r += gr) TILE##_any(wd + r * cols * ESIZE, x, cols, gr, 1, y + r, ldy); \
             for (; r < r1; r += FRM) {                                                          \
                 int rm = r1 - r < FRM ? (int)(r1 - r) : FRM;                                    \

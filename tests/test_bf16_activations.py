@@ -138,8 +138,8 @@ def test_simd_tables_bit_identical_to_scalar(kind, rows, cols, ntok):
 
 @pytest.mark.parametrize("rows,cols", [(13, 4096 + 32), (11, 96), (9, 100), (17, 768)])
 def test_determinism_contract(rows, cols):
-    """Every table with the entry: a token alone (the GEMV) or in any batch position, and any row
-    split (threads), gives the same bits."""
+    """Every table with the entry: a token alone (the GEMV, under every GEMV profile: tiles of one
+    row or of 8) or in any batch position, and any row split (threads), gives the same bits."""
     rng = np.random.default_rng(rows + cols)
     w = bf16_bits(rng.standard_normal((rows, cols)))
     ntok = 11
@@ -148,8 +148,15 @@ def test_determinism_contract(rows, cols):
         with using_kernels(p):
             full = matmul(w, x, rows, cols, ntok)
             assert not np.isnan(full).any()
-            for t in range(ntok):
-                np.testing.assert_array_equal(matmul(w, x[t:t + 1], rows, cols, 1)[0], full[t], err_msg=p)
+            profile = _core._gemv_prefetch()
+            try:
+                for name in ("intel", "amd", "amd-8rows", "none"):
+                    _core._gemv_prefetch(name)
+                    for t in range(ntok):
+                        np.testing.assert_array_equal(matmul(w, x[t:t + 1], rows, cols, 1)[0], full[t],
+                                                      err_msg=f"{p} {name}")
+            finally:
+                _core._gemv_prefetch(profile)
             for splits in ([0, 1, rows], [0, 5, 6, rows], [0, 3, 10, rows], list(range(rows + 1))):
                 splits = sorted({s for s in splits if s <= rows})
                 y = np.full((ntok, rows), np.nan, np.float32)
