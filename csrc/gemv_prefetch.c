@@ -16,10 +16,10 @@
 static const lmp_gemv_prefetch profiles[] = {
     /* measured on an Intel Xeon: a fixed distance, rows shorter than a page only */
     {.name = "intel", .short_row = 4096, .ahead_f = 16384, .ahead_q8 = 8192, .whole_tile = 0},
-    /* measured on an AMD EPYC Zen 5: every row, a whole tile (at least 16 KiB) ahead, and the
-     * avx512 float GEMVs one row at a time */
-    {.name = "amd", .short_row = INT64_MAX, .ahead_f = 16384, .ahead_q8 = 16384, .whole_tile = 1, .single_row = 1},
-    /* the same with 8-row float GEMV tiles on avx512 (for comparison) */
+    /* measured on an AMD EPYC Zen 5: every row, a whole tile (at least 16 KiB) ahead, and float
+     * GEMV tiles of 16 lanes (one avx512 row, two avx2 rows) */
+    {.name = "amd", .short_row = INT64_MAX, .ahead_f = 16384, .ahead_q8 = 16384, .whole_tile = 1, .narrow_gemv = 1},
+    /* the same with 8-row float GEMV tiles (for comparison) */
     {.name = "amd-8rows", .short_row = INT64_MAX, .ahead_f = 16384, .ahead_q8 = 16384, .whole_tile = 1},
     /* the hardware prefetchers alone (for comparison) */
     {.name = "none", .short_row = 0, .ahead_f = 0, .ahead_q8 = 0, .whole_tile = 0},

@@ -98,7 +98,7 @@ typedef struct {
     int64_t short_row;         /* rows of this many bytes or more are left to the hardware */
     int64_t ahead_f, ahead_q8; /* bytes ahead: f32/f16/bf16 weights, the q8_0 quants plane */
     int whole_tile;            /* at least one whole row tile ahead, whatever the row length */
-    int single_row;            /* the avx512 float GEMVs take rows one at a time (kernels_avx512.c) */
+    int narrow_gemv;           /* float GEMV tiles of 16 lanes: 1 avx512 row, 2 avx2 rows (tiling.h) */
 } lmp_gemv_prefetch;
 
 /* gemv_prefetch.c: the active profile (resolved from cpuid on first use), and a switch to the

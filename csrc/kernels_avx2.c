@@ -114,6 +114,13 @@ DEFINE_FTILE(ftile_bf16, 2, ld_bf16, ldm_bf16)
 
 #define FCASES_RM(T, RM) FCASE(T, RM, 1) FCASE(T, RM, 2) FCASE(T, RM, 3)
 
+/* Generation on the AMD profile streams float rows two at a time: 16 lanes of chains, as one
+ * avx512 row (kernels_avx512.c); one row alone waits on its FMA latency. On a Zen 5 (2 threads,
+ * `bench_gen.py --tables avx2 --prefetch amd,amd-8rows`, 16 rounds, two runs) TinyLlama bf16
+ * steps ran 5-7% faster at the median than with 8 rows (stories110M 3%); one row lost 18%, four
+ * gained nothing. Same chains, same bits. */
+#undef GEMV_TILE_ROWS
+#define GEMV_TILE_ROWS (lmp_gemv_prefetch_active()->narrow_gemv ? 2 : 8)
 DEFINE_FMATMUL(fmm_f32, ftile_f32, 4)
 DEFINE_FMATMUL(fmm_f16, ftile_f16, 2)
 DEFINE_FMATMUL(fmm_bf16, ftile_bf16, 2)

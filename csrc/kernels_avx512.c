@@ -130,9 +130,10 @@ DEFINE_FTILE(ftile_bf16, 2, ld_bf16, ldm_bf16)
  * of 8 interleaved ones (same chains, same bits). On a Zen 5 (2 threads, `bench_gen.py --prefetch
  * amd,amd-8rows`, 16-20 rounds, three runs) TinyLlama bf16 steps ran 15-18% faster at the median
  * (stories110M 14%); 2 or 4 rows sat between; one row without the software prefetch was 8% slower
- * than 8 rows with it. The avx2 table keeps 8 rows: its 8-lane chains move half as much per latency, and one row lost 18%. */
+ * than 8 rows with it. The avx2 table's 8-lane chains move half as much per latency: it takes two
+ * rows (kernels_avx2.c). */
 #undef GEMV_TILE_ROWS
-#define GEMV_TILE_ROWS (lmp_gemv_prefetch_active()->single_row ? 1 : 8)
+#define GEMV_TILE_ROWS (lmp_gemv_prefetch_active()->narrow_gemv ? 1 : 8)
 DEFINE_FMATMUL(matmul_f32, ftile_f32, 4)
 DEFINE_FMATMUL(matmul_f16, ftile_f16, 2)
 DEFINE_FMATMUL(matmul_bf16, ftile_bf16, 2)

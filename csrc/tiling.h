@@ -36,8 +36,10 @@
  * bf16 on the Zen 5 streamed as many bytes/s as Q8_0 (no compute limit from the widening), and
  * prefetchnta, two tiles ahead, 4 or 6 rows per GEMV tile, or 1-16 tasks per thread (forward.c)
  * all stayed within that shared machine's noise of this profile; 4 rows lost on AVX2.
- * The AMD profile also has the avx512 table's float GEMVs take one row at a time (single_row;
- * same bits): TinyLlama bf16 steps ran ~15% faster that way (kernels_avx512.c).
+ * The AMD profile also gives float GEMV tiles just 16 lanes of chains (narrow_gemv; same bits):
+ * one avx512 row or two avx2 rows, which hide the FMA latency while each thread streams as few
+ * rows side by side as that allows. TinyLlama bf16 steps ran ~15% faster on avx512 and ~5% on
+ * avx2 that way (kernels_avx512.c, kernels_avx2.c).
  * Prefetches never fault, so running past the end of the matrix is harmless. (No NEON machine
  * was at hand to measure, so that table does not prefetch.) */
 
