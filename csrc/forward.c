@@ -297,18 +297,36 @@ static void round_bf16(const float *x, int64_t n, uint16_t *h) {
  * its own block or value only, so any split gives the same bits. */
 #define SPLIT_MIN (INT64_C(1) << 15) /* elements below which the hand-off costs more than it saves */
 
+/* fn(ctx, i0, i1) over [0, n) in pieces of `per`, one pool task each. */
+typedef struct {
+    void (*fn)(const void *ctx, int64_t i0, int64_t i1);
+    const void *ctx;
+    int64_t n, per;
+} range_job;
+
+static void range_task(void *ctx, int64_t task, int thread) {
+    (void)thread;
+    const range_job *j = ctx;
+    const int64_t i0 = task * j->per, i1 = i0 + j->per < j->n ? i0 + j->per : j->n;
+    j->fn(j->ctx, i0, i1);
+}
+
+static void run_ranges(lmp_model *m, int64_t n, int64_t per, void (*fn)(const void *, int64_t, int64_t),
+                       const void *ctx) {
+    range_job j = {fn, ctx, n, per};
+    lmp_pool_run(m->pool, (n + per - 1) / per, range_task, &j);
+}
+
 typedef struct {
     const lmp_kernels *k;
     const float *x;
-    int64_t cols, ntok, per; /* quantize: tokens per task */
+    int64_t cols;
     int8_t *q;
     float *d;
 } quant_job;
 
-static void quant_task(void *ctx, int64_t task, int thread) {
-    (void)thread;
+static void quant_tokens(const void *ctx, int64_t t0, int64_t t1) {
     const quant_job *j = ctx;
-    const int64_t t0 = task * j->per, t1 = t0 + j->per < j->ntok ? t0 + j->per : j->ntok;
     j->k->quantize_act_q8(j->x + t0 * j->cols, (t1 - t0) * j->cols, j->q + t0 * j->cols,
                           j->d + t0 * (j->cols / LMP_QK));
 }
@@ -320,8 +338,8 @@ static void quantize_rows(lmp_model *m, const lmp_kernels *k, const float *x, in
         k->quantize_act_q8(x, ntok * cols, m->act_q, m->act_d);
         return;
     }
-    quant_job j = {k, x, cols, ntok, (ntok + 2 * nth - 1) / (2 * nth), m->act_q, m->act_d};
-    lmp_pool_run(m->pool, (ntok + j.per - 1) / j.per, quant_task, &j);
+    const quant_job j = {k, x, cols, m->act_q, m->act_d};
+    run_ranges(m, ntok, (ntok + 2 * nth - 1) / (2 * nth), quant_tokens, &j);
 }
 
 /* Y_i = W_i X for up to three weights sharing the input x [ntok, cols], in one parallel region.
@@ -521,13 +539,10 @@ static void glu_range(lmp_model *m, const lmp_kernels *k, int64_t i0, int64_t i1
 typedef struct {
     lmp_model *m;
     const lmp_kernels *k;
-    int64_t count, per;
 } glu_job;
 
-static void glu_task(void *ctx, int64_t task, int thread) {
-    (void)thread;
+static void glu_values(const void *ctx, int64_t i0, int64_t i1) {
     const glu_job *j = ctx;
-    const int64_t i0 = task * j->per, i1 = i0 + j->per < j->count ? i0 + j->per : j->count;
     glu_range(j->m, j->k, i0, i1);
 }
 
@@ -540,8 +555,8 @@ static void glu(lmp_model *m, const lmp_kernels *k, int64_t count) {
         glu_range(m, k, 0, count);
         return;
     }
-    glu_job j = {m, k, count, ((count + 2 * nth - 1) / (2 * nth) + 63) / 64 * 64};
-    lmp_pool_run(m->pool, (count + j.per - 1) / j.per, glu_task, &j);
+    const glu_job j = {m, k};
+    run_ranges(m, count, ((count + 2 * nth - 1) / (2 * nth) + 63) / 64 * 64, glu_values, &j);
 }
 
 /* The dense MLP on n rows x [n, dim] into m->proj. */

@@ -5,8 +5,8 @@
  * largest tile FRM x FRN, and FCASES_RM(T, RM) listing the token counts 1..FRN for a row count
  * (and FCASES_ROWS(T) the row counts, when FRM is not 4);
  * DEFINE_FMATMUL then instantiates every shape (so accumulators stay in registers) and the loop
- * that covers rows [r0, r1) x tokens [0, ntok): generation (one token) streams GEMV_TILE_ROWS rows at a time,
- * prompts walk FRM x FRN tiles. Every shape runs the same per-output chain, which is what makes
+ * that covers rows [r0, r1) x tokens [0, ntok): generation (one token) streams GEMV_TILE_ROWS
+ * rows at a time, prompts walk FRM x FRN tiles. Every shape runs the same per-output chain, which is what makes
  * a row's result independent of the tile it lands in.
  */
 #ifndef LMPACK_TILING_H
@@ -17,9 +17,9 @@
 #include "kernels.h"
 
 /* Generation (one token) streams each weight row once, so it runs at memory speed only if lines
- * arrive before they are used. A GEMV tile reads 8 rows side by side (one on the avx512 table under
- * the AMD profile, below): as many short streams at once, each restarting on every tile, and the hardware prefetchers keep up with
- * that differently per vendor (csrc/gemv_prefetch.c picks an lmp_gemv_prefetch profile per vendor):
+ * arrive before they are used. A GEMV tile reads 8 rows side by side (fewer under the AMD profile,
+ * below): as many short streams at once, each restarting on every tile, and the hardware
+ * prefetchers keep up with that differently per vendor (csrc/gemv_prefetch.c picks an lmp_gemv_prefetch profile per vendor):
  *   - Intel (a 2-core Xeon): for rows shorter than a page the prefetchers fell behind (768-column
  *     bf16 rows ~11 GB/s against ~20 GB/s for page-long rows, Q8_0 ~10 GB/s), and prefetching
  *     each step's tile bytes, in address order, a fixed distance ahead restored ~20 GB/s bf16,
