@@ -35,6 +35,8 @@
 #define UNROLL
 #endif
 
+#include "q8_scales.h"
+
 /* Fixed-order horizontal sum: halves, then pairs. */
 INLINE float hsum8(__m256 v) {
     __m128 b = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -277,15 +279,15 @@ INLINE void q8_tile(const __m256i *pw, const __m256 *sd, int kb, const int8_t *x
 INLINE void q8_gemv8(const int8_t *wq, const uint16_t *ws, const int8_t *xq, const float *xd,
                      int64_t cols, int nr, int64_t ahead, float *y) {
     const int64_t nb = cols / LMP_QK;
-    const __m256i sidx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                            _mm256_set1_epi32((int)nb * 2));
     const __m256i rmask = first_lanes(nr);
+    uint16_t sc[16 * 8];
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         if (ahead) { /* see gemv_ahead */
             GEMV_PREFETCH(wq, ahead + b * LMP_QK * nr, nr * LMP_QK);
             GEMV_PREFETCH(ws, ahead / 16 + b * 2 * nr, 1);
         }
+        if ((b & 15) == 0) q8_scales_8x16(ws, nb, b, nr, sc);
         const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * LMP_QK));
         __m256i r[8], t[4], u[2];
         UNROLL for (int i = 0; i < 8; i++) {
@@ -304,15 +306,7 @@ INLINE void q8_gemv8(const int8_t *wq, const uint16_t *ws, const int8_t *xq, con
                                     _mm256_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
         __m256i c = _mm256_add_epi32(_mm256_permute2x128_si256(u[0], u[1], 0x20),
                                      _mm256_permute2x128_si256(u[0], u[1], 0x31));
-        __m256 dw;
-        if (b + 1 < nb && nr == 8) { /* a 4-byte gather: the 2 bytes past each scale exist */
-            __m256i sw = _mm256_i32gather_epi32((const int *)(ws + b), sidx, 1);
-            sw = _mm256_and_si256(sw, _mm256_set1_epi32(0xffff));
-            sw = _mm256_permute4x64_epi64(_mm256_packus_epi32(sw, sw), 0x08);
-            dw = _mm256_cvtph_ps(_mm256_castsi256_si128(sw));
-        } else {
-            dw = load_scales8(ws, nb, b, nr);
-        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + 8 * (b & 15))));
         __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(xd + b));
         acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(c), d));
     }

@@ -41,6 +41,8 @@
 #define UNROLL
 #endif
 
+#include "q8_scales.h"
+
 /* Fixed-order horizontal sum: halves, then quarters, then pairs. */
 INLINE float hsum16(__m512 v) {
     __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v),
@@ -361,15 +363,15 @@ INLINE void q8_gemv8(const int8_t *wq, const uint16_t *ws, const int8_t *xq, con
     const int64_t nb = cols / LMP_QK;
     const __m512i k128 = _mm512_set1_epi8((char)0x80);
     const __m512i order = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
-    const __m256i srow = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i sidx = _mm256_mullo_epi32(srow, _mm256_set1_epi32((int)nb * 2));
     const __mmask8 rmask = (__mmask8)((1u << nr) - 1);
+    uint16_t sc[16 * 8];
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b += 2) {
         if (ahead) { /* see gemv_ahead */
             GEMV_PREFETCH(wq, ahead + b * LMP_QK * nr, nr * 2 * LMP_QK);
             GEMV_PREFETCH(ws, ahead / 16 + b * 2 * nr, 1);
         }
+        if ((b & 15) == 0) q8_scales_8x16(ws, nb, b, nr, sc);
         const int one = b + 1 == nb;
         const __mmask64 m = one ? (__mmask64)0xffffffffu : ~(__mmask64)0;
         const __m512i xv = _mm512_maskz_loadu_epi8(m, xq + b * LMP_QK);
@@ -382,18 +384,8 @@ INLINE void q8_gemv8(const int8_t *wq, const uint16_t *ws, const int8_t *xq, con
             r[i] = _mm512_dpbusd_epi32(i < nr ? sd : _mm512_setzero_si512(), wv, xv);
         }
         __m512 f = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(order, fold8_epi32(r)));
-        /* scales of blocks b and b+1 of each row: one dword per row, b in the low half */
-        __m512 dw;
-        if (!one) {
-            __m256i sw = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), rmask, sidx, ws + b, 1);
-            dw = _mm512_cvtph_ps(_mm256_inserti128_si256(
-                _mm256_castsi128_si256(_mm256_cvtepi32_epi16(_mm256_and_si256(sw, _mm256_set1_epi32(0xffff)))),
-                _mm256_cvtepi32_epi16(_mm256_srli_epi32(sw, 16)), 1));
-        } else { /* the last, odd block: its scale may end the array */
-            uint16_t s1[16] = {0};
-            for (int i = 0; i < nr; i++) s1[i] = ws[i * nb + b];
-            dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s1));
-        }
+        /* scales of blocks b and b+1 of each row, b in the low half (b+1 past the end: 0) */
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + 8 * (b & 15))));
         __m512 dx = expand2(one ? _mm_load_ss(xd + b) : _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(xd + b))));
         __m512 pr = _mm512_mul_round_ps(f, _mm512_mul_round_ps(dw, dx, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
