@@ -26,6 +26,8 @@ setup(
             "lmpack._core",
             sources=sorted(glob.glob("csrc/*.c")),
             include_dirs=["csrc"],
+            # every object is rebuilt when a header changes (tiling.h holds the float matmul loops)
+            depends=sorted(glob.glob("csrc/*.h")),
             extra_compile_args=compile_args,
             extra_link_args=link_args,
         )
