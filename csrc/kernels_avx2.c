@@ -123,51 +123,18 @@ DEFINE_FTILE(ftile_bf16, 2, ld_bf16, ldm_bf16)
  * gained nothing. Same chains, same bits. */
 #undef GEMV_TILE_ROWS
 #define GEMV_TILE_ROWS (lmp_gemv_prefetch_active()->narrow_gemv ? 2 : 8)
-DEFINE_FMATMUL(fmm_f32, ftile_f32, 4)
-DEFINE_FMATMUL(fmm_f16, ftile_f16, 2)
-DEFINE_FMATMUL(fmm_bf16, ftile_bf16, 2)
-
 /* Prompts: each 4-row tile reads 3 activation vectors per 12 FMAs, so walking every token for
- * each row tile (tiling.h) streams all of X once per 4 rows, from L3 once X outgrows L2 (a
- * 2048x5632 bf16 GEMM fell from ~92 to ~74 GFLOP/s at 512 tokens). Blocks of rows x tokens whose
- * weights and activations both stay in L2 keep that traffic there. Only the order of the tiles
- * changes: each output is still one tile's full chain over cols. */
+ * each row tile streams all of X once per 4 rows, from L3 once X outgrows L2 (a 2048x5632 bf16
+ * GEMM fell from ~92 to ~74 GFLOP/s at 512 tokens). Blocks of rows x tokens whose weights and
+ * activations both stay in L2 keep that traffic there. */
+#undef FBLOCK_W_BYTES
+#undef FBLOCK_X_BYTES
 #define FBLOCK_W_BYTES (192 * 1024) /* weight rows of a block */
 #define FBLOCK_X_BYTES (384 * 1024) /* activation rows of a block */
+DEFINE_FMATMUL(matmul_f32, ftile_f32, 4)
+DEFINE_FMATMUL(matmul_f16, ftile_f16, 2)
+DEFINE_FMATMUL(matmul_bf16, ftile_bf16, 2)
 
-#define DEFINE_FGEMM(NAME, FMM, TILE, ESIZE)                                                     \
-    static void NAME(const lmp_weight *w, int64_t r0, int64_t r1, const void *xv, int64_t ntok,  \
-                     float *y, int64_t ldy) {                                                   \
-        if (ntok == 1) {                                                                        \
-            FMM(w, r0, r1, xv, ntok, y, ldy);                                                   \
-            return;                                                                             \
-        }                                                                                       \
-        const char *wd = w->data;                                                               \
-        const float *x = xv;                                                                    \
-        const int64_t cols = w->cols;                                                           \
-        int64_t rb = FBLOCK_W_BYTES / (cols * ESIZE) / FRM * FRM;                               \
-        int64_t tb = FBLOCK_X_BYTES / (cols * 4) / FRN * FRN;                                   \
-        rb = rb < FRM ? FRM : rb;                                                               \
-        tb = tb < FRN ? FRN : tb;                                                               \
-        for (int64_t rB = r0; rB < r1; rB += rb) {                                              \
-            const int64_t rE = r1 - rB < rb ? r1 : rB + rb;                                     \
-            for (int64_t tB = 0; tB < ntok; tB += tb) {                                         \
-                const int64_t tE = ntok - tB < tb ? ntok : tB + tb;                             \
-                for (int64_t r = rB; r < rE; r += FRM) {                                        \
-                    int rm = rE - r < FRM ? (int)(rE - r) : FRM;                                \
-                    for (int64_t t = tB; t < tE; t += FRN) {                                    \
-                        int rn = tE - t < FRN ? (int)(tE - t) : FRN;                            \
-                        TILE##_any(wd + r * cols * ESIZE, x + t * cols, cols, rm, rn,           \
-                                   y + t * ldy + r, ldy);                                       \
-                    }                                                                           \
-                }                                                                               \
-            }                                                                                   \
-        }                                                                                       \
-    }
-
-DEFINE_FGEMM(matmul_f32, fmm_f32, ftile_f32, 4)
-DEFINE_FGEMM(matmul_f16, fmm_f16, ftile_f16, 2)
-DEFINE_FGEMM(matmul_bf16, fmm_bf16, ftile_bf16, 2)
 
 /* ---- q8_0 weights x q8 activations -------------------------------------------------------- */
 

@@ -136,6 +136,17 @@ DEFINE_FTILE(ftile_bf16, 2, ld_bf16, ldm_bf16)
  * rows (kernels_avx2.c). */
 #undef GEMV_TILE_ROWS
 #define GEMV_TILE_ROWS (lmp_gemv_prefetch_active()->narrow_gemv ? 1 : 8)
+/* Prompts walk blocks of rows x tokens (tiling.h) whose weights and f32 activations share a 1 MiB
+ * L2: otherwise each 6-row tile streams all of X, from L3 once X outgrows L2 (128 tokens of
+ * 5632 columns are 2.8 MiB), and two cores share that L3. One thread on a Zen 5 core
+ * (`bench_kernels.py --paths avx512 --dtypes bf16`, two sweeps): 2048x5632 at 128 tokens went
+ * from 161-176 to 194-200 GFLOP/s, every TinyLlama shape at 512 tokens from 163-177 to 191-207;
+ * 192/384, 384/192, 512/128 and 768/256 KiB blocks sat within the noise of these. Whole
+ * TinyLlama bf16 prompts (2 threads): pp128 +4-12%, pp512 +7-8%; stories110M unchanged. */
+#undef FBLOCK_W_BYTES
+#undef FBLOCK_X_BYTES
+#define FBLOCK_W_BYTES (512 * 1024) /* weight rows of a block */
+#define FBLOCK_X_BYTES (256 * 1024) /* activation rows of a block */
 DEFINE_FMATMUL(matmul_f32, ftile_f32, 4)
 DEFINE_FMATMUL(matmul_f16, ftile_f16, 2)
 DEFINE_FMATMUL(matmul_bf16, ftile_bf16, 2)

@@ -6,8 +6,9 @@
  * (and FCASES_ROWS(T) the row counts, when FRM is not 4);
  * DEFINE_FMATMUL then instantiates every shape (so accumulators stay in registers) and the loop
  * that covers rows [r0, r1) x tokens [0, ntok): generation (one token) streams GEMV_TILE_ROWS
- * rows at a time, prompts walk FRM x FRN tiles. Every shape runs the same per-output chain, which is what makes
- * a row's result independent of the tile it lands in.
+ * rows at a time, prompts walk FRM x FRN tiles, block by block (FBLOCK_W_BYTES x FBLOCK_X_BYTES,
+ * so a table can keep a block's weights and activations in its L2). Every shape runs the same
+ * per-output chain, which is what makes a row's result independent of the tile it lands in.
  */
 #ifndef LMPACK_TILING_H
 #define LMPACK_TILING_H
@@ -74,6 +75,11 @@ static inline void gemv_prologue(const void *w, const void *scales, int64_t byte
 /* Rows of a one-token tile: 8 side by side, enough independent FMA chains to hide their latency
  * with 8-lane vectors; a table may choose otherwise. */
 #define GEMV_TILE_ROWS 8
+/* Prompts walk blocks of weight rows x tokens whose bytes (weights, f32 activations) stay below
+ * these, tile by tile inside a block; a table sets its own (default: one block, so a row tile
+ * walks every token). Only the order of the tiles changes: each output is one tile's chain. */
+#define FBLOCK_W_BYTES INT64_MAX
+#define FBLOCK_X_BYTES INT64_MAX
 /* The row counts 1..FRM a table's tiles come in; a table may define its own list. */
 #ifndef FCASES_ROWS
 #define FCASES_ROWS(T) FCASES_RM(T, 1) FCASES_RM(T, 2) FCASES_RM(T, 3) FCASES_RM(T, 4)
@@ -105,12 +111,21 @@ static inline void gemv_prologue(const void *w, const void *scales, int64_t byte
             }                                                                                   \
             return;                                                                             \
         }                                                                                       \
-        for (int64_t r = r0; r < r1; r += FRM) {                                                \
-            int rm = r1 - r < FRM ? (int)(r1 - r) : FRM;                                        \
-            for (int64_t t = 0; t < ntok; t += FRN) {                                           \
-                int rn = ntok - t < FRN ? (int)(ntok - t) : FRN;                                \
-                TILE##_any(wd + r * cols * ESIZE, x + t * cols, cols, rm, rn, y + t * ldy + r,  \
-                           ldy);                                                                \
+        const int64_t rb0 = (int64_t)(FBLOCK_W_BYTES) / (cols * ESIZE) / FRM * FRM;               \
+        const int64_t tb0 = (int64_t)(FBLOCK_X_BYTES) / (cols * 4) / FRN * FRN;                    \
+        const int64_t rb = rb0 < FRM ? FRM : rb0, tb = tb0 < FRN ? FRN : tb0;                      \
+        for (int64_t rB = r0; rB < r1; rB += rb) {                                              \
+            const int64_t rE = r1 - rB < rb ? r1 : rB + rb;                                     \
+            for (int64_t tB = 0; tB < ntok; tB += tb) {                                         \
+                const int64_t tE = ntok - tB < tb ? ntok : tB + tb;                             \
+                for (int64_t r = rB; r < rE; r += FRM) {                                        \
+                    int rm = rE - r < FRM ? (int)(rE - r) : FRM;                                \
+                    for (int64_t t = tB; t < tE; t += FRN) {                                    \
+                        int rn = tE - t < FRN ? (int)(tE - t) : FRN;                            \
+                        TILE##_any(wd + r * cols * ESIZE, x + t * cols, cols, rm, rn,           \
+                                   y + t * ldy + r, ldy);                                       \
+                    }                                                                           \
+                }                                                                               \
             }                                                                                   \
         }                                                                                       \
     }

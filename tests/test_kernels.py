@@ -281,6 +281,24 @@ def test_env_var_naming_an_unrunnable_path_warns_and_falls_back():
 
 
 @pytest.mark.parametrize("table", ["avx2", "avx512"])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+def test_float_prompt_blocks_give_every_output_its_chain(table, dtype):
+    """Prompts walk blocks of rows x tokens sized for L2 (tiling.h FBLOCK_*); at 4128 columns and
+    40 tokens both tables cut the rows and the tokens into several blocks with ragged ends, and every
+    output must still be written, with the bits of the one-token GEMV (which never blocks)."""
+    if table not in PATHS:
+        pytest.skip(f"no {table} on this CPU")
+    rows, cols, ntok = 70, 4096 + 32, 40
+    rng = np.random.default_rng(11)
+    w, _, _ = make_weight(dtype, rows, cols, rng)
+    x = rng.standard_normal((ntok, cols)).astype(np.float32)
+    with using_kernels(table):
+        full = matmul(dtype, w, None, rows, cols, x, ntok)
+        for t in range(ntok):
+            np.testing.assert_array_equal(matmul(dtype, w, None, rows, cols, x[t:t + 1], 1)[0], full[t])
+
+
+@pytest.mark.parametrize("table", ["avx2", "avx512"])
 @pytest.mark.parametrize("rows,cols,ntok", [(45, 96, 1), (45, 96, 13), (33, 2080, 7), (7, 32, 2), (70, 1056, 1),
                                             (17, 1024, 3), (9, 4096, 5), (64, 64, 4), (23, 160, 33), (1, 32, 6)])
 def test_simd_q8_0_matmul_bit_identical_to_scalar(table, rows, cols, ntok):
