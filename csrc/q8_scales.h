@@ -9,6 +9,10 @@
 #ifndef LMPACK_Q8_SCALES_H
 #define LMPACK_Q8_SCALES_H
 
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
 /* out[8k + i] = ws[i*nb + b + k], the scale of block b+k of row i, for k < min(16, nb - b) and
  * i < nr <= 8; rows past nr give 0 (and so do blocks past nb). */
 INLINE void q8_scales_8x16(const uint16_t *ws, int64_t nb, int64_t b, int nr, uint16_t out[16 * 8]) {

@@ -282,13 +282,14 @@ def test_env_var_naming_an_unrunnable_path_warns_and_falls_back():
 
 @pytest.mark.parametrize("table", ["avx2", "avx512"])
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
-def test_float_prompt_blocks_give_every_output_its_chain(table, dtype):
-    """Prompts walk blocks of rows x tokens sized for L2 (tiling.h FBLOCK_*); at 4128 columns and
-    40 tokens both tables cut the rows and the tokens into several blocks with ragged ends, and every
-    output must still be written, with the bits of the one-token GEMV (which never blocks)."""
+@pytest.mark.parametrize("rows,cols,ntok", [(70, 4096 + 32, 41), (13, 70000, 9)])
+def test_float_prompt_blocks_give_every_output_its_chain(table, dtype, rows, cols, ntok):
+    """Prompts walk blocks of rows x tokens sized for L2 (tiling.h FBLOCK_*). At 4128 columns and
+    41 tokens both tables cut the rows and the tokens into several blocks, the last ones ragged
+    down to a partial tile; at 70000 columns a block is one tile (the sizes round to 0 and clamp).
+    Every output must still be written, with the bits of the one-token GEMV (which never blocks)."""
     if table not in PATHS:
         pytest.skip(f"no {table} on this CPU")
-    rows, cols, ntok = 70, 4096 + 32, 40
     rng = np.random.default_rng(11)
     w, _, _ = make_weight(dtype, rows, cols, rng)
     x = rng.standard_normal((ntok, cols)).astype(np.float32)
