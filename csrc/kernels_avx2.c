@@ -135,7 +135,6 @@ DEFINE_FMATMUL(matmul_f32, ftile_f32, 4)
 DEFINE_FMATMUL(matmul_f16, ftile_f16, 2)
 DEFINE_FMATMUL(matmul_bf16, ftile_bf16, 2)
 
-
 /* ---- q8_0 weights x q8 activations -------------------------------------------------------- */
 
 /* Every output follows the scalar reference's chain exactly: per 32-block the exact int32 dot,

@@ -111,9 +111,9 @@ static inline void gemv_prologue(const void *w, const void *scales, int64_t byte
             }                                                                                   \
             return;                                                                             \
         }                                                                                       \
-        const int64_t rb0 = (int64_t)(FBLOCK_W_BYTES) / (cols * ESIZE) / FRM * FRM;               \
-        const int64_t tb0 = (int64_t)(FBLOCK_X_BYTES) / (cols * 4) / FRN * FRN;                    \
-        const int64_t rb = rb0 < FRM ? FRM : rb0, tb = tb0 < FRN ? FRN : tb0;                      \
+        const int64_t rb0 = (int64_t)(FBLOCK_W_BYTES) / (cols * ESIZE) / FRM * FRM;             \
+        const int64_t tb0 = (int64_t)(FBLOCK_X_BYTES) / (cols * 4) / FRN * FRN;                 \
+        const int64_t rb = rb0 < FRM ? FRM : rb0, tb = tb0 < FRN ? FRN : tb0;                   \
         for (int64_t rB = r0; rB < r1; rB += rb) {                                              \
             const int64_t rE = r1 - rB < rb ? r1 : rB + rb;                                     \
             for (int64_t tB = 0; tB < ntok; tB += tb) {                                         \
