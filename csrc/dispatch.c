@@ -295,14 +295,15 @@ PyObject *lmp_py_kernel_path(PyObject *self, PyObject *noargs) {
 PyObject *lmp_py_kernel_paths(PyObject *self, PyObject *noargs) { return paths_list(); }
 
 /* _gemv_prefetch([name]) -> the active profile's name, after switching to `name` if given
- * ("intel", "amd", "amd-8rows", "none"; ValueError otherwise). For benchmarks comparing them in one process,
- * and tests; results never depend on it. */
+ * (ValueError, naming the profiles, otherwise). For benchmarks comparing them in one process, and
+ * tests; results never depend on it. */
 PyObject *lmp_py_gemv_prefetch(PyObject *self, PyObject *args) {
     const char *name = NULL;
     if (!PyArg_ParseTuple(args, "|s:_gemv_prefetch", &name)) return NULL;
     if (name && lmp_gemv_prefetch_set(name) != 0) {
-        PyErr_Format(PyExc_ValueError, "unknown GEMV prefetch profile %R (intel, amd, amd-8rows, none)",
-                     PyTuple_GET_ITEM(args, 0));
+        char names[256];
+        lmp_gemv_prefetch_names(names, sizeof names);
+        PyErr_Format(PyExc_ValueError, "unknown GEMV prefetch profile %R (%s)", PyTuple_GET_ITEM(args, 0), names);
         return NULL;
     }
     return PyUnicode_FromString(lmp_gemv_prefetch_active()->name);

@@ -8,6 +8,7 @@
  */
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "cpu_x86.h"
@@ -54,6 +55,16 @@ const lmp_gemv_prefetch *lmp_gemv_prefetch_active(void) {
         if (!atomic_compare_exchange_strong(&g_profile, &expected, p)) p = expected;
     }
     return p;
+}
+
+void lmp_gemv_prefetch_names(char *buf, size_t size) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < NPROFILES && used < size; i++) {
+        int n = snprintf(buf + used, size - used, "%s%s", i ? ", " : "", profiles[i].name);
+        if (n < 0) break;
+        used += (size_t)n;
+    }
 }
 
 int lmp_gemv_prefetch_set(const char *name) {

@@ -101,9 +101,11 @@ typedef struct {
     int narrow_gemv;           /* float GEMV tiles of 16 lanes: 1 avx512 row, 2 avx2 rows (tiling.h) */
 } lmp_gemv_prefetch;
 
-/* gemv_prefetch.c: the active profile (resolved from cpuid on first use), and a switch to the
- * one called `name` ("intel", "amd", "amd-8rows", "none"; -1 if none is) for benchmarks and tests. */
+/* gemv_prefetch.c: the active profile (resolved from cpuid on first use), a switch to the one
+ * called `name` (-1 if none is) for benchmarks and tests, and the profiles' names, comma-separated
+ * (truncated to fit `size`). */
 const lmp_gemv_prefetch *lmp_gemv_prefetch_active(void);
 int lmp_gemv_prefetch_set(const char *name);
+void lmp_gemv_prefetch_names(char *buf, size_t size);
 
 #endif

@@ -23,7 +23,7 @@ static PyMethodDef core_methods[] = {
      "write_behind(fd, offset, nbytes, wait) -> bool: start writing the range to disk (and, if wait,\n"
      "wait for it); False where the platform cannot, so the caller falls back to fdatasync."},
     {"_gemv_prefetch", lmp_py_gemv_prefetch, METH_VARARGS,
-     "_gemv_prefetch([name]) -> str: benchmark hook, the GEMV prefetch profile (intel, amd, amd-8rows, none)."},
+     "_gemv_prefetch([name]) -> str: benchmark hook, the GEMV prefetch profile (an unknown name's error lists them)."},
     {"_has_bf16_act", lmp_py_test_has_bf16_act, METH_NOARGS,
      "_has_bf16_act(): whether the active kernel table runs the bf16-activation matmul on this CPU."},
     {"_matmul", lmp_py_test_matmul, METH_VARARGS,

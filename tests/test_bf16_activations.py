@@ -28,7 +28,7 @@ import checkpoints
 import lmpack
 from lmpack import _core
 from lmpack.errors import LmpackError
-from kernel_tables import using_kernels
+from kernel_tables import PREFETCH_PROFILES, using_kernels, using_prefetch
 from test_q8_accuracy import kl
 
 REL_BOUND = 0.25        # max |logit diff| / std of the reference logits
@@ -148,15 +148,11 @@ def test_determinism_contract(rows, cols):
         with using_kernels(p):
             full = matmul(w, x, rows, cols, ntok)
             assert not np.isnan(full).any()
-            profile = _core._gemv_prefetch()
-            try:
-                for name in ("intel", "amd", "amd-8rows", "none"):
-                    _core._gemv_prefetch(name)
+            for name in PREFETCH_PROFILES:
+                with using_prefetch(name):
                     for t in range(ntok):
                         np.testing.assert_array_equal(matmul(w, x[t:t + 1], rows, cols, 1)[0], full[t],
                                                       err_msg=f"{p} {name}")
-            finally:
-                _core._gemv_prefetch(profile)
             for splits in ([0, 1, rows], [0, 5, 6, rows], [0, 3, 10, rows], list(range(rows + 1))):
                 splits = sorted({s for s in splits if s <= rows})
                 y = np.full((ntok, rows), np.nan, np.float32)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kernel_tables import using_kernels  # tests/ is on sys.path
+from kernel_tables import PREFETCH_PROFILES, using_kernels  # tests/ is on sys.path
 
 from lmpack import _core
 
@@ -339,9 +339,6 @@ def test_silu_mul_close_to_float64_on_every_path(path, n):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-30)
 
 
-PREFETCH_PROFILES = ["intel", "amd", "amd-8rows", "none"]
-
-
 @pytest.fixture
 def prefetch_restored():
     before = _core._gemv_prefetch()
@@ -389,8 +386,9 @@ def test_gemv_prefetch_profile_follows_the_cpu_vendor():
 
 def test_gemv_prefetch_hook_rejects_unknown_names(prefetch_restored):
     before = _core._gemv_prefetch()
-    with pytest.raises(ValueError, match="unknown GEMV prefetch profile"):
+    with pytest.raises(ValueError, match="unknown GEMV prefetch profile 'fastest' \\((.+)\\)") as e:
         _core._gemv_prefetch("fastest")
+    assert e.value.args[0].split("(")[1].rstrip(")").split(", ") == PREFETCH_PROFILES
     assert _core._gemv_prefetch() == before
 
 
